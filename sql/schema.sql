@@ -1,0 +1,105 @@
+-- pg_otp storage. Everything lives in schema "otp", which no application role
+-- can enter: callers reach it only through the SECURITY DEFINER functions.
+-- Invariants that must hold whatever the code does are CHECK constraints and
+-- indexes here, so a bug in the Rust layer fails loudly instead of corrupting.
+
+CREATE SCHEMA otp;
+REVOKE ALL ON SCHEMA otp FROM PUBLIC;
+COMMENT ON SCHEMA otp IS 'pg_otp internal state; use the otp_* and session_* functions instead';
+
+-- "Authenticate conversation" settings, one row per agent (otp_configure).
+CREATE TABLE otp.agent (
+    name              text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 128),
+    -- regclass survives renames of the table; a dropped table is detected at use
+    source            regclass NOT NULL,
+    id_column         text NOT NULL,
+    phone_column      text,
+    email_column      text,
+    require_otp       boolean NOT NULL,
+    code_ttl          interval NOT NULL CHECK (code_ttl > interval '0'),
+    max_attempts      integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 10),
+    idle_timeout      interval NOT NULL CHECK (idle_timeout > interval '0'),
+    absolute_timeout  interval NOT NULL CHECK (absolute_timeout > interval '0'),
+    preferred_channel text NOT NULL CHECK (preferred_channel IN ('whatsapp', 'email')),
+    created_at        timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL,
+    CHECK (phone_column IS NOT NULL OR email_column IS NOT NULL),
+    CHECK (idle_timeout <= absolute_timeout)
+);
+-- Agent settings are configuration: pg_dump must keep them.
+SELECT pg_catalog.pg_extension_config_dump('otp.agent', '');
+
+-- One row per code issued. Only an HMAC of the code is kept.
+CREATE SEQUENCE otp.challenge_id_seq AS bigint;
+CREATE TABLE otp.challenge (
+    -- taken with nextval() before insert: the code hash is bound to this id
+    id               bigint PRIMARY KEY,
+    agent            text NOT NULL,
+    conversation     text NOT NULL,
+    subject          text NOT NULL,
+    channel          text NOT NULL CHECK (channel IN ('whatsapp', 'email')),
+    destination_hint text NOT NULL,
+    code_hash        bytea NOT NULL CHECK (length(code_hash) = 32),
+    state            text NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'verified', 'locked', 'superseded', 'expired')),
+    attempts_used    integer NOT NULL DEFAULT 0 CHECK (attempts_used BETWEEN 0 AND max_attempts),
+    max_attempts     integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 10),
+    -- what became of the message carrying the code (mirrors otp.outbox)
+    delivery         text NOT NULL DEFAULT 'queued'
+                     CHECK (delivery IN ('queued', 'sent', 'failed', 'expired', 'cancelled')),
+    created_at       timestamptz NOT NULL,
+    expires_at       timestamptz NOT NULL,
+    ended_at         timestamptz,
+    CHECK ((state = 'pending') = (ended_at IS NULL))
+);
+ALTER SEQUENCE otp.challenge_id_seq OWNED BY otp.challenge.id;
+-- At most one live code per conversation, whatever races happen above.
+CREATE UNIQUE INDEX challenge_one_pending ON otp.challenge (agent, conversation)
+    WHERE state = 'pending';
+
+-- Messages for the delivery process. The code is kept only sealed (AEAD under a
+-- key derived from otp.secret_key) and only while the message is in flight.
+CREATE TABLE otp.outbox (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    challenge_id bigint NOT NULL,
+    agent        text NOT NULL,
+    conversation text NOT NULL,
+    channel      text NOT NULL CHECK (channel IN ('whatsapp', 'email')),
+    destination  text NOT NULL,
+    code_nonce   bytea,
+    code_sealed  bytea,
+    state        text NOT NULL DEFAULT 'queued'
+                 CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'expired', 'cancelled')),
+    attempt      integer NOT NULL DEFAULT 0,
+    -- when the message may next be claimed: creation, lease end, or retry time
+    available_at timestamptz NOT NULL,
+    expires_at   timestamptz NOT NULL,
+    provider_ref text,
+    last_error   text,
+    created_at   timestamptz NOT NULL,
+    sent_at      timestamptz,
+    finished_at  timestamptz,
+    -- a message in a final state can never still hold its code
+    CHECK ((state IN ('queued', 'sending')) = (code_sealed IS NOT NULL AND code_nonce IS NOT NULL)),
+    CHECK ((state IN ('queued', 'sending')) = (finished_at IS NULL))
+);
+CREATE INDEX outbox_due ON otp.outbox (available_at) WHERE state IN ('queued', 'sending');
+CREATE INDEX outbox_by_challenge ON otp.outbox (challenge_id);
+
+-- Authenticated conversation sessions. The bearer token is kept only as SHA-256.
+CREATE TABLE otp.session (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    token_hash      bytea NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+    agent           text NOT NULL,
+    conversation    text NOT NULL,
+    subject         text NOT NULL,
+    -- the verified challenge; NULL when the agent does not require a code
+    challenge_id    bigint UNIQUE,
+    idle_timeout    interval NOT NULL,
+    created_at      timestamptz NOT NULL,
+    last_seen_at    timestamptz NOT NULL,
+    idle_expires_at timestamptz NOT NULL,
+    expires_at      timestamptz NOT NULL,
+    revoked_at      timestamptz,
+    CHECK (idle_expires_at <= expires_at)
+);

@@ -1,0 +1,187 @@
+//! The SQL interface of pg_otp: every function a caller can see, in one place.
+//!
+//! These are thin: they name the arguments and result columns (a contract that
+//! applications depend on), open SPI, call the module that owns the concept and
+//! turn its errors into PostgreSQL ERRORs. Arguments are `Option` so that a NULL
+//! gets a clear error instead of a silently empty STRICT result.
+//!
+//! Every function that touches `otp.*` on behalf of an application runs as the
+//! extension owner (SECURITY DEFINER) with `search_path` pinned to
+//! `pg_catalog, pg_temp`; all queries inside name their schema.
+
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+
+use crate::config::AgentSettings;
+use crate::errors::OrRaise;
+use crate::{challenge, config, gucs, outbox, session};
+
+/// Creates or replaces an agent's "Authenticate conversation" settings.
+/// Runs with the caller's rights: only the extension owner or a superuser
+/// may write agent settings.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
+fn otp_configure(
+    agent: Option<&str>,
+    source: Option<pgrx::PgRelation>,
+    id_column: Option<&str>,
+    phone_column: default!(Option<&str>, "NULL"),
+    email_column: default!(Option<&str>, "NULL"),
+    require_otp: default!(Option<bool>, true),
+    code_ttl: default!(Option<Interval>, "'5 minutes'"),
+    max_attempts: default!(Option<i32>, 3),
+    idle_timeout: default!(Option<Interval>, "'30 minutes'"),
+    absolute_timeout: default!(Option<Interval>, "'24 hours'"),
+    preferred_channel: default!(Option<&str>, "'whatsapp'"),
+) {
+    let settings = AgentSettings {
+        agent,
+        source,
+        id_column,
+        phone_column,
+        email_column,
+        require_otp,
+        code_ttl,
+        max_attempts,
+        idle_timeout,
+        absolute_timeout,
+        preferred_channel,
+    };
+    Spi::connect_mut(|client| config::configure(client, settings)).or_raise()
+}
+
+/// Finds the person with `identifier` and sends them a code (or, when the
+/// agent does not require one, starts a session at once).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_issue(
+    agent: Option<&str>,
+    conversation: Option<&str>,
+    identifier: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(channel, Option<String>),
+        name!(destination_hint, Option<String>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+        name!(session_token, Option<String>),
+    ),
+> {
+    let issued = Spi::connect_mut(|client| challenge::issue(client, agent, conversation, identifier)).or_raise();
+    TableIterator::once((
+        issued.status.as_str().to_owned(),
+        issued.channel.map(str::to_owned),
+        issued.destination_hint,
+        issued.expires_at,
+        issued.session_token.map(|token| token.to_string()),
+    ))
+}
+
+/// Checks a code typed in a conversation; on success starts a session.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_verify(
+    agent: Option<&str>,
+    conversation: Option<&str>,
+    code: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(attempts_remaining, Option<i32>),
+        name!(session_token, Option<String>),
+        name!(subject, Option<String>),
+    ),
+> {
+    let verified = Spi::connect_mut(|client| challenge::verify(client, agent, conversation, code)).or_raise();
+    TableIterator::once((
+        verified.status.as_str().to_owned(),
+        verified.attempts_remaining,
+        verified.session_token.map(|token| token.to_string()),
+        verified.subject,
+    ))
+}
+
+/// Keeps a session alive (call it on every turn of the conversation), or says
+/// why it is no longer active.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn session_touch(
+    session_token: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(agent, Option<String>),
+        name!(conversation, Option<String>),
+        name!(subject, Option<String>),
+        name!(idle_expires_at, Option<TimestampWithTimeZone>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let touch = Spi::connect_mut(|client| session::touch(client, session_token)).or_raise();
+    TableIterator::once((
+        touch.status.as_str().to_owned(),
+        touch.agent,
+        touch.conversation,
+        touch.subject,
+        touch.idle_expires_at,
+        touch.expires_at,
+    ))
+}
+
+/// Ends a session now. True when this call revoked it.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn session_revoke(session_token: Option<&str>) -> bool {
+    Spi::connect_mut(|client| session::revoke(client, session_token)).or_raise()
+}
+
+/// Delivery protocol: claims due messages, with their codes, for `lease`.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_outbox_claim(
+    batch_size: default!(Option<i32>, 16),
+    lease: default!(Option<Interval>, "'30 seconds'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(message_id, i64),
+        name!(agent, String),
+        name!(conversation, String),
+        name!(channel, String),
+        name!(destination, String),
+        name!(code, String),
+        name!(expires_at, TimestampWithTimeZone),
+        name!(attempt, i32),
+    ),
+> {
+    let claimed = Spi::connect_mut(|client| {
+        let keys = gucs::keys()?;
+        outbox::claim(client, &keys, batch_size, lease)
+    })
+    .or_raise();
+    TableIterator::new(claimed.into_iter().map(|m| {
+        (m.message_id, m.agent, m.conversation, m.channel, m.destination, m.code.to_string(), m.expires_at, m.attempt)
+    }))
+}
+
+/// Delivery protocol: the provider accepted the message.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_outbox_sent(message_id: Option<i64>, provider_ref: Option<&str>) {
+    Spi::connect_mut(|client| outbox::sent(client, message_id, provider_ref)).or_raise()
+}
+
+/// Delivery protocol: the delivery failed; `retryable` asks for another try.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_outbox_failed(message_id: Option<i64>, error: Option<&str>, retryable: Option<bool>) {
+    Spi::connect_mut(|client| {
+        let keys = gucs::keys()?;
+        outbox::failed(client, &keys, message_id, error, retryable)
+    })
+    .or_raise()
+}

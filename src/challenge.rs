@@ -1,0 +1,317 @@
+//! Challenges: one issued code and what became of it.
+//!
+//! otp_issue finds the person, supersedes the conversation's pending challenge,
+//! stores an HMAC of a fresh code and queues the code for delivery. otp_verify
+//! checks a submitted code under a row lock, so concurrent submissions are
+//! serialised: attempts can never exceed max_attempts, and a code verifies once.
+//!
+//! Challenge states: `pending` → `verified` | `locked` (attempts used up) |
+//! `expired` (code_ttl passed) | `superseded` (a newer code was issued).
+//! A unique partial index allows one `pending` challenge per conversation.
+
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::spi::SpiClient;
+use zeroize::Zeroizing;
+
+use crate::config;
+use crate::crypto::{self, Code, CODE_DIGITS};
+use crate::errors::{OtpError, Result};
+use crate::{clock, gucs, outbox, record, session};
+
+/// Result words of otp_issue. The spelling is the SQL contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssueStatus {
+    CodeSent,
+    Authenticated,
+    NotFound,
+    NoChannel,
+}
+
+impl IssueStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssueStatus::CodeSent => "code_sent",
+            IssueStatus::Authenticated => "authenticated",
+            IssueStatus::NotFound => "not_found",
+            IssueStatus::NoChannel => "no_channel",
+        }
+    }
+}
+
+/// Result words of otp_verify. The spelling is the SQL contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyStatus {
+    Verified,
+    Incorrect,
+    Locked,
+    Expired,
+    NoChallenge,
+    InvalidFormat,
+}
+
+impl VerifyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyStatus::Verified => "verified",
+            VerifyStatus::Incorrect => "incorrect",
+            VerifyStatus::Locked => "locked",
+            VerifyStatus::Expired => "expired",
+            VerifyStatus::NoChallenge => "no_challenge",
+            VerifyStatus::InvalidFormat => "invalid_format",
+        }
+    }
+}
+
+pub struct Issued {
+    pub status: IssueStatus,
+    pub channel: Option<&'static str>,
+    pub destination_hint: Option<String>,
+    pub expires_at: Option<TimestampWithTimeZone>,
+    pub session_token: Option<Zeroizing<String>>,
+}
+
+impl Issued {
+    fn bare(status: IssueStatus) -> Self {
+        Issued { status, channel: None, destination_hint: None, expires_at: None, session_token: None }
+    }
+}
+
+pub struct Verified {
+    pub status: VerifyStatus,
+    pub attempts_remaining: Option<i32>,
+    pub session_token: Option<Zeroizing<String>>,
+    pub subject: Option<String>,
+}
+
+impl Verified {
+    fn bare(status: VerifyStatus) -> Self {
+        Verified { status, attempts_remaining: None, session_token: None, subject: None }
+    }
+}
+
+/// Starts authentication of a conversation for the person with `identifier`.
+pub fn issue(
+    client: &mut SpiClient<'_>,
+    agent: Option<&str>,
+    conversation: Option<&str>,
+    identifier: Option<&str>,
+) -> Result<Issued> {
+    let agent_name = config::agent_name(agent)?;
+    let conversation = config::conversation_id(conversation)?;
+    let identifier = identifier.ok_or_else(|| OtpError::null_argument("identifier"))?.trim();
+    let keys = gucs::keys()?;
+    let agent = config::load(client, agent_name)?;
+
+    lock_conversation(client, &agent.name, conversation)?;
+    let now = clock::now(client)?;
+    // Whatever this call finds, the user has started over: an older code must
+    // no longer work.
+    supersede_pending(client, &agent.name, conversation, now)?;
+
+    let found = if identifier.is_empty() { None } else { record::find(client, &agent, identifier)? };
+    let Some(person) = found else {
+        return Ok(Issued::bare(IssueStatus::NotFound));
+    };
+    if !agent.require_otp {
+        let token = session::start(client, &agent, conversation, &person.subject, None, now)?;
+        return Ok(Issued { session_token: Some(token), ..Issued::bare(IssueStatus::Authenticated) });
+    }
+    let Some(destination) = record::choose_destination(&person, agent.preferred_channel) else {
+        return Ok(Issued::bare(IssueStatus::NoChannel));
+    };
+
+    let row = client
+        .select(
+            "SELECT pg_catalog.nextval('otp.challenge_id_seq'), $1 + $2",
+            Some(1),
+            &[now.into(), agent.code_ttl.into()],
+        )?
+        .first();
+    let challenge_id: i64 = row.get(1)?.expect("nextval is never NULL");
+    let expires_at: TimestampWithTimeZone = row.get(2)?.expect("timestamptz + interval is never NULL");
+
+    let code = crypto::generate_code();
+    let code_hash = keys.code_hash(challenge_id, &agent.name, conversation, &code);
+    client.update(
+        "INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, code_hash,
+                                    max_attempts, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        None,
+        &[
+            challenge_id.into(),
+            agent.name.as_str().into(),
+            conversation.into(),
+            person.subject.as_str().into(),
+            destination.channel.as_str().into(),
+            destination.hint.as_str().into(),
+            code_hash.to_vec().into(),
+            agent.max_attempts.into(),
+            now.into(),
+            expires_at.into(),
+        ],
+    )?;
+    outbox::enqueue(client, &keys, challenge_id, &agent.name, conversation, &destination, &code, now, expires_at)?;
+
+    Ok(Issued {
+        status: IssueStatus::CodeSent,
+        channel: Some(destination.channel.as_str()),
+        destination_hint: Some(destination.hint),
+        expires_at: Some(expires_at),
+        session_token: None,
+    })
+}
+
+/// Checks a code the user typed in a conversation.
+pub fn verify(
+    client: &mut SpiClient<'_>,
+    agent: Option<&str>,
+    conversation: Option<&str>,
+    code: Option<&str>,
+) -> Result<Verified> {
+    let agent_name = config::agent_name(agent)?;
+    let conversation = config::conversation_id(conversation)?;
+    let submitted = code.ok_or_else(|| OtpError::null_argument("code"))?;
+    let keys = gucs::keys()?;
+    let agent = config::load(client, agent_name)?;
+    let Some(submitted) = normalize_code(submitted) else {
+        // A typo is not a guess: it costs no attempt.
+        return Ok(Verified::bare(VerifyStatus::InvalidFormat));
+    };
+
+    // FOR UPDATE serialises concurrent submissions: each one sees the
+    // attempts and state its predecessors committed.
+    let row = client
+        .update(
+            "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at
+               FROM otp.challenge
+              WHERE agent = $1 AND conversation = $2 AND state = 'pending'
+                FOR UPDATE",
+            Some(1),
+            &[agent.name.as_str().into(), conversation.into()],
+        )?
+        .first();
+    if row.is_empty() {
+        return Ok(Verified::bare(VerifyStatus::NoChallenge));
+    }
+    let challenge_id: i64 = row.get(1)?.expect("NOT NULL column");
+    let subject: String = row.get(2)?.unwrap_or_default();
+    let stored_hash: Vec<u8> = row.get(3)?.unwrap_or_default();
+    let expires_at: TimestampWithTimeZone = row.get(6)?.expect("NOT NULL column");
+    let now = clock::now(client)?;
+
+    if now >= expires_at {
+        end_challenge(client, challenge_id, "expired", now)?;
+        return Ok(Verified::bare(VerifyStatus::Expired));
+    }
+
+    if keys.code_matches(&stored_hash, challenge_id, &agent.name, conversation, &submitted) {
+        end_challenge(client, challenge_id, "verified", now)?;
+        let token = session::start(client, &agent, conversation, &subject, Some(challenge_id), now)?;
+        return Ok(Verified {
+            status: VerifyStatus::Verified,
+            attempts_remaining: None,
+            session_token: Some(token),
+            subject: Some(subject),
+        });
+    }
+
+    let counted = client
+        .update(
+            "UPDATE otp.challenge SET attempts_used = attempts_used + 1 WHERE id = $1
+          RETURNING max_attempts - attempts_used",
+            None,
+            &[challenge_id.into()],
+        )?
+        .first()
+        .get_one::<i32>()?
+        .unwrap_or(0);
+    if counted > 0 {
+        return Ok(Verified { attempts_remaining: Some(counted), ..Verified::bare(VerifyStatus::Incorrect) });
+    }
+    end_challenge(client, challenge_id, "locked", now)?;
+    Ok(Verified { attempts_remaining: Some(0), ..Verified::bare(VerifyStatus::Locked) })
+}
+
+/// The code as digits, or None when the input is not a 6-digit code.
+/// Spaces and hyphens are ignored ("483 921", "483-921"); anything else,
+/// including non-ASCII digits such as "٤٨٣٩٢١", makes it invalid.
+pub fn normalize_code(input: &str) -> Option<Code> {
+    const IGNORED_DASHES: [char; 6] = ['-', '\u{2010}', '\u{2011}', '\u{2012}', '\u{2013}', '\u{2212}'];
+    // Bound the work on hostile input before collecting anything.
+    if input.len() > 64 {
+        return None;
+    }
+    let digits: Code =
+        Zeroizing::new(input.chars().filter(|c| !c.is_whitespace() && !IGNORED_DASHES.contains(c)).collect());
+    (digits.len() == CODE_DIGITS && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+}
+
+/// Serialises otp_issue per conversation (transaction-scoped advisory lock),
+/// so that concurrent issues leave exactly one pending challenge.
+fn lock_conversation(client: &mut SpiClient<'_>, agent: &str, conversation: &str) -> Result<()> {
+    client.update(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:' || $1), pg_catalog.hashtext($2))",
+        None,
+        &[agent.into(), conversation.into()],
+    )?;
+    Ok(())
+}
+
+fn supersede_pending(
+    client: &mut SpiClient<'_>,
+    agent: &str,
+    conversation: &str,
+    now: TimestampWithTimeZone,
+) -> Result<()> {
+    let pending = client
+        .select(
+            "SELECT id FROM otp.challenge WHERE agent = $1 AND conversation = $2 AND state = 'pending'",
+            None,
+            &[agent.into(), conversation.into()],
+        )?
+        .map(|row| row.get::<i64>(1))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for challenge_id in pending.into_iter().flatten() {
+        end_challenge(client, challenge_id, "superseded", now)?;
+    }
+    Ok(())
+}
+
+/// Moves a pending challenge to a final state and stops delivery of its code.
+fn end_challenge(client: &mut SpiClient<'_>, challenge_id: i64, state: &str, now: TimestampWithTimeZone) -> Result<()> {
+    // An expired code's message is expired too; any other end cancels it.
+    let delivery_end = if state == "expired" { "expired" } else { "cancelled" };
+    let ended = client.update(
+        "UPDATE otp.challenge
+            SET state = $2, ended_at = $3,
+                delivery = CASE WHEN delivery = 'queued' THEN $4 ELSE delivery END
+          WHERE id = $1 AND state = 'pending'",
+        None,
+        &[challenge_id.into(), state.into(), now.into(), delivery_end.into()],
+    )?;
+    if !ended.is_empty() {
+        outbox::cancel_for_challenge(client, challenge_id, delivery_end, now)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_code;
+
+    #[test]
+    fn accepts_six_digits_with_spaces_and_hyphens() {
+        for input in ["483921", " 483 921 ", "483-921", "4-8-3-9-2-1", "483\u{a0}921", "483\u{2011}921", "\t483921\n"] {
+            assert_eq!(normalize_code(input).as_deref().map(String::as_str), Some("483921"), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        for input in ["", "48392", "4839211", "48392a", "483.921", "٤٨٣٩٢١", "４８３９２１", "+48392", "483921 483921"] {
+            assert!(normalize_code(input).is_none(), "{input:?}");
+        }
+        assert!(normalize_code(&"1".repeat(10_000)).is_none());
+        assert!(normalize_code(&format!("{}483921", " ".repeat(100))).is_none());
+    }
+}

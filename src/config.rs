@@ -1,0 +1,252 @@
+//! Agent configuration: the "Authenticate conversation" settings of one agent.
+//!
+//! An administrator points an agent at a table or view of people (`source`),
+//! names the column that identifies a person and the columns holding their
+//! WhatsApp number and email. pg_otp validates all of it when it is written
+//! and again whenever it is used, because tables change under configuration.
+
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+use pgrx::spi::SpiClient;
+use pgrx::PgSqlErrorCode;
+
+use crate::errors::{OtpError, Result};
+
+/// Limits on identifiers the application passes in (bytes).
+pub const MAX_AGENT_LEN: usize = 128;
+pub const MAX_CONVERSATION_LEN: usize = 512;
+
+/// Delivery channels. The SQL spelling is the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    WhatsApp,
+    Email,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::WhatsApp => "whatsapp",
+            Channel::Email => "email",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "whatsapp" => Some(Channel::WhatsApp),
+            "email" => Some(Channel::Email),
+            _ => None,
+        }
+    }
+}
+
+/// One agent's settings, as stored in otp.agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub source: pg_sys::Oid,
+    pub id_column: String,
+    pub phone_column: Option<String>,
+    pub email_column: Option<String>,
+    pub require_otp: bool,
+    pub code_ttl: Interval,
+    pub max_attempts: i32,
+    pub idle_timeout: Interval,
+    pub absolute_timeout: Interval,
+    pub preferred_channel: Channel,
+}
+
+/// Everything otp_configure was given, before validation.
+pub struct AgentSettings<'a> {
+    pub agent: Option<&'a str>,
+    /// The relation, locked (AccessShareLock) for the rest of the transaction.
+    pub source: Option<PgRelation>,
+    pub id_column: Option<&'a str>,
+    pub phone_column: Option<&'a str>,
+    pub email_column: Option<&'a str>,
+    pub require_otp: Option<bool>,
+    pub code_ttl: Option<Interval>,
+    pub max_attempts: Option<i32>,
+    pub idle_timeout: Option<Interval>,
+    pub absolute_timeout: Option<Interval>,
+    pub preferred_channel: Option<&'a str>,
+}
+
+/// Checks an agent name argument: present, non-empty, bounded.
+pub fn agent_name(agent: Option<&str>) -> Result<&str> {
+    let agent = agent.ok_or_else(|| OtpError::null_argument("agent"))?;
+    if agent.is_empty() || agent.len() > MAX_AGENT_LEN {
+        return Err(OtpError::invalid_argument("agent", format!("must be 1 to {MAX_AGENT_LEN} bytes long")));
+    }
+    Ok(agent)
+}
+
+/// Checks a conversation id argument: present, non-empty, bounded.
+pub fn conversation_id(conversation: Option<&str>) -> Result<&str> {
+    let conversation = conversation.ok_or_else(|| OtpError::null_argument("conversation"))?;
+    if conversation.is_empty() || conversation.len() > MAX_CONVERSATION_LEN {
+        return Err(OtpError::invalid_argument(
+            "conversation",
+            format!("must be 1 to {MAX_CONVERSATION_LEN} bytes long"),
+        ));
+    }
+    Ok(conversation)
+}
+
+fn positive(name: &str, value: Option<Interval>) -> Result<Interval> {
+    let value = value.ok_or_else(|| OtpError::null_argument(name))?;
+    if value.as_micros() <= 0 {
+        return Err(OtpError::invalid_argument(name, "must be a positive interval"));
+    }
+    Ok(value)
+}
+
+/// Optional column arguments: NULL and '' both mean "no such channel".
+fn optional_column(value: Option<&str>) -> Option<&str> {
+    value.filter(|c| !c.is_empty())
+}
+
+/// Validates and stores an agent's settings (create or replace).
+pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Result<()> {
+    let name = agent_name(settings.agent)?;
+    let source = settings.source.ok_or_else(|| OtpError::null_argument("source"))?;
+    let id_column = settings.id_column.filter(|c| !c.is_empty()).ok_or_else(|| OtpError::null_argument("id_column"))?;
+    let phone_column = optional_column(settings.phone_column);
+    let email_column = optional_column(settings.email_column);
+    if phone_column.is_none() && email_column.is_none() {
+        return Err(OtpError::invalid_argument("phone_column", "at least one of phone_column and email_column is required")
+            .with_hint("Name the column holding the WhatsApp number, the email address, or both."));
+    }
+    let require_otp = settings.require_otp.ok_or_else(|| OtpError::null_argument("require_otp"))?;
+    let code_ttl = positive("code_ttl", settings.code_ttl)?;
+    let idle_timeout = positive("idle_timeout", settings.idle_timeout)?;
+    let absolute_timeout = positive("absolute_timeout", settings.absolute_timeout)?;
+    if idle_timeout.as_micros() > absolute_timeout.as_micros() {
+        return Err(OtpError::invalid_argument("idle_timeout", "must not be longer than absolute_timeout"));
+    }
+    let max_attempts = settings.max_attempts.ok_or_else(|| OtpError::null_argument("max_attempts"))?;
+    if !(1..=10).contains(&max_attempts) {
+        return Err(OtpError::invalid_argument("max_attempts", "must be between 1 and 10"));
+    }
+    let preferred = settings.preferred_channel.ok_or_else(|| OtpError::null_argument("preferred_channel"))?;
+    let preferred = Channel::parse(preferred)
+        .ok_or_else(|| OtpError::invalid_argument("preferred_channel", "must be 'whatsapp' or 'email'"))?;
+
+    let may_configure = client
+        .select("SELECT pg_catalog.has_table_privilege('otp.agent', 'INSERT, UPDATE')", None, &[])?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    if !may_configure {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "pg_otp: only the owner of the pg_otp extension or a superuser may configure agents",
+        ));
+    }
+
+    let mut columns = vec![("id_column", id_column)];
+    columns.extend(phone_column.map(|c| ("phone_column", c)));
+    columns.extend(email_column.map(|c| ("email_column", c)));
+    check_source(client, source.oid(), &columns)?;
+
+    client.update(
+        "INSERT INTO otp.agent AS a (name, source, id_column, phone_column, email_column, require_otp, code_ttl,
+                                     max_attempts, idle_timeout, absolute_timeout, preferred_channel,
+                                     created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp())
+         ON CONFLICT (name) DO UPDATE SET
+             source = EXCLUDED.source, id_column = EXCLUDED.id_column, phone_column = EXCLUDED.phone_column,
+             email_column = EXCLUDED.email_column, require_otp = EXCLUDED.require_otp, code_ttl = EXCLUDED.code_ttl,
+             max_attempts = EXCLUDED.max_attempts, idle_timeout = EXCLUDED.idle_timeout,
+             absolute_timeout = EXCLUDED.absolute_timeout, preferred_channel = EXCLUDED.preferred_channel,
+             updated_at = EXCLUDED.updated_at",
+        None,
+        &[
+            name.into(),
+            source.oid().into(),
+            id_column.into(),
+            phone_column.into(),
+            email_column.into(),
+            require_otp.into(),
+            code_ttl.into(),
+            max_attempts.into(),
+            idle_timeout.into(),
+            absolute_timeout.into(),
+            preferred.as_str().into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Loads an agent, or fails with 42704 when it was never configured.
+pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
+    let row = client
+        .select(
+            "SELECT source::oid, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
+                    idle_timeout, absolute_timeout, preferred_channel
+               FROM otp.agent WHERE name = $1",
+            Some(1),
+            &[name.into()],
+        )?
+        .first();
+    if row.is_empty() {
+        return Err(OtpError::unknown_agent(name));
+    }
+    let preferred: String = row.get(10)?.unwrap_or_default();
+    Ok(Agent {
+        name: name.to_owned(),
+        source: row.get(1)?.unwrap_or(pg_sys::InvalidOid),
+        id_column: row.get(2)?.unwrap_or_default(),
+        phone_column: row.get(3)?,
+        email_column: row.get(4)?,
+        require_otp: row.get(5)?.unwrap_or(true),
+        code_ttl: row.get(6)?.expect("NOT NULL column"),
+        max_attempts: row.get(7)?.unwrap_or(3),
+        idle_timeout: row.get(8)?.expect("NOT NULL column"),
+        absolute_timeout: row.get(9)?.expect("NOT NULL column"),
+        preferred_channel: Channel::parse(&preferred).unwrap_or(Channel::WhatsApp),
+    })
+}
+
+/// Checks that the relation exists, can hold people, and has the named
+/// columns. Returns its schema-qualified, safely quoted name.
+pub fn check_source(client: &SpiClient<'_>, source: pg_sys::Oid, columns: &[(&str, &str)]) -> Result<String> {
+    let wanted: Vec<&str> = columns.iter().map(|(_, column)| *column).collect();
+    let row = client
+        .select(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::text,
+                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                             AND a.attname::text = ANY ($2))
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = $1",
+            Some(1),
+            &[source.into(), wanted.into()],
+        )?
+        .first();
+    if row.is_empty() {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("pg_otp: the source relation (OID {}) no longer exists", source.to_u32()),
+        )
+        .with_hint("Run otp_configure again with the table or view that now holds the records."));
+    }
+    let qualified: String = row.get(1)?.unwrap_or_default();
+    let relkind: String = row.get(2)?.unwrap_or_default();
+    let present: Vec<String> = row.get(3)?.unwrap_or_default();
+    if !matches!(relkind.as_str(), "r" | "v" | "m" | "p" | "f") {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("pg_otp: {qualified} is not a table, view, materialized view or foreign table"),
+        ));
+    }
+    if let Some((argument, column)) = columns.iter().find(|(_, column)| !present.iter().any(|p| p == column)) {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("pg_otp: column \"{column}\" ({argument}) does not exist in {qualified}"),
+        )
+        .with_hint("Column names are case-sensitive. If the table changed, run otp_configure again."));
+    }
+    Ok(qualified)
+}

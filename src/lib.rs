@@ -1,0 +1,57 @@
+//! pg_otp: one-time-code verification and authenticated conversation sessions,
+//! enforced inside PostgreSQL.
+//!
+//! Layout, one module per concept:
+//! - `api`       — the SQL functions applications and dispatchers call
+//! - `config`    — agent settings ("Authenticate conversation") and their validation
+//! - `record`    — finding the person behind an identifier; channel choice and masking
+//! - `challenge` — issuing and verifying codes
+//! - `session`   — authenticated conversation sessions
+//! - `outbox`    — messages for the delivery process and its claim/report protocol
+//! - `crypto`    — code generation, keyed hashes, sealing, tokens
+//! - `gucs`      — configuration parameters (the server secret)
+//! - `clock`     — how deadlines are judged
+//! - `errors`    — ERRORs with SQLSTATEs
+//!
+//! Storage is in `sql/schema.sql`; privileges in `sql/privileges.sql`.
+
+use pgrx::prelude::*;
+
+mod api;
+mod challenge;
+mod clock;
+mod config;
+mod crypto;
+mod errors;
+mod gucs;
+mod outbox;
+mod record;
+mod session;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+/// Required by `cargo pgrx test`: settings of the throwaway test cluster.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'pg_otp'",
+            // A fixed test secret; never use it anywhere else.
+            "otp.secret_key = '6f74702d746573742d7365637265742d6e6f742d666f722d70726f64756374696f6e'",
+        ]
+    }
+}

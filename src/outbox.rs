@@ -1,0 +1,351 @@
+//! The outbox: messages carrying codes, handed to the delivery process.
+//!
+//! The database never makes network calls. otp_issue writes a message here and
+//! sends `NOTIFY otp_outbox` in the same transaction; a dispatcher claims due
+//! messages, delivers them, and reports each result.
+//!
+//! Message states: `queued` → `sending` (claimed, under a lease) → one of
+//! `sent`, `failed` (permanent), `expired` (the code ran out before delivery),
+//! `cancelled` (the challenge ended first). A retryable failure goes back to
+//! `queued` with a backoff. A lease that runs out makes the message claimable
+//! again, so a crashed dispatcher loses nothing. The sealed code is erased when
+//! a message reaches a final state (a CHECK constraint enforces it).
+
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::spi::SpiClient;
+use pgrx::PgSqlErrorCode;
+
+use crate::clock;
+use crate::crypto::{self, Code, Keys};
+use crate::errors::{OtpError, Result};
+use crate::record::Destination;
+
+/// Channel a dispatcher listens on.
+pub const NOTIFY_CHANNEL: &str = "otp_outbox";
+pub const MAX_BATCH: i32 = 1000;
+/// After this many delivery attempts a message fails for good.
+pub const MAX_DELIVERY_ATTEMPTS: i32 = 10;
+/// Retry backoff: 1 s doubling to at most 30 s, each with jitter.
+const BACKOFF_BASE_SECS: f64 = 1.0;
+const BACKOFF_CAP_SECS: f64 = 30.0;
+/// Provider errors are kept for diagnosis, within reason.
+const MAX_ERROR_LEN: usize = 1000;
+
+/// A claimed message, as otp_outbox_claim returns it.
+pub struct Claimed {
+    pub message_id: i64,
+    pub agent: String,
+    pub conversation: String,
+    pub channel: String,
+    pub destination: String,
+    pub code: Code,
+    pub expires_at: TimestampWithTimeZone,
+    pub attempt: i32,
+}
+
+/// Queues the code of a new challenge for delivery and wakes the dispatchers.
+pub fn enqueue(
+    client: &mut SpiClient<'_>,
+    keys: &Keys,
+    challenge_id: i64,
+    agent: &str,
+    conversation: &str,
+    destination: &Destination,
+    code: &str,
+    now: TimestampWithTimeZone,
+    expires_at: TimestampWithTimeZone,
+) -> Result<()> {
+    let sealed = keys.seal_code(challenge_id, code)?;
+    client.update(
+        "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
+                                 available_at, expires_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)",
+        None,
+        &[
+            challenge_id.into(),
+            agent.into(),
+            conversation.into(),
+            destination.channel.as_str().into(),
+            destination.address.as_str().into(),
+            sealed.nonce.into(),
+            sealed.ciphertext.into(),
+            now.into(),
+            expires_at.into(),
+        ],
+    )?;
+    // A constant payload: PostgreSQL folds repeats within one transaction.
+    client.update("SELECT pg_catalog.pg_notify($1, '')", None, &[NOTIFY_CHANNEL.into()])?;
+    Ok(())
+}
+
+/// Ends the in-flight message of a challenge whose code is no longer wanted,
+/// as `cancelled` or `expired`.
+pub fn cancel_for_challenge(
+    client: &mut SpiClient<'_>,
+    challenge_id: i64,
+    state: &str,
+    now: TimestampWithTimeZone,
+) -> Result<()> {
+    client.update(
+        "UPDATE otp.outbox SET state = $2, code_nonce = NULL, code_sealed = NULL, finished_at = $3
+          WHERE challenge_id = $1 AND state IN ('queued', 'sending')",
+        None,
+        &[challenge_id.into(), state.into(), now.into()],
+    )?;
+    Ok(())
+}
+
+/// Claims up to `batch_size` due messages for `lease`. Messages whose code has
+/// expired are finished as `expired` instead and never returned.
+pub fn claim(
+    client: &mut SpiClient<'_>,
+    keys: &Keys,
+    batch_size: Option<i32>,
+    lease: Option<Interval>,
+) -> Result<Vec<Claimed>> {
+    let batch_size = batch_size.ok_or_else(|| OtpError::null_argument("batch_size"))?;
+    if !(1..=MAX_BATCH).contains(&batch_size) {
+        return Err(OtpError::invalid_argument("batch_size", format!("must be between 1 and {MAX_BATCH}")));
+    }
+    let lease = lease.ok_or_else(|| OtpError::null_argument("lease"))?;
+    if lease.as_micros() <= 0 {
+        return Err(OtpError::invalid_argument("lease", "must be a positive interval"));
+    }
+    let now = clock::now(client)?;
+
+    // SKIP LOCKED everywhere: dispatchers never wait on, or deadlock with, each other.
+    client.update(
+        "WITH gone AS (
+             SELECT id FROM otp.outbox
+              WHERE state IN ('queued', 'sending') AND available_at <= $1 AND expires_at <= $1
+                FOR UPDATE SKIP LOCKED),
+         ended AS (
+             UPDATE otp.outbox o
+                SET state = 'expired', code_nonce = NULL, code_sealed = NULL, finished_at = $1
+               FROM gone WHERE o.id = gone.id
+          RETURNING o.challenge_id)
+         UPDATE otp.challenge c SET delivery = 'expired'
+           FROM ended WHERE c.id = ended.challenge_id AND c.delivery = 'queued'",
+        None,
+        &[now.into()],
+    )?;
+
+    let rows = client.update(
+        "WITH due AS (
+             SELECT id FROM otp.outbox
+              WHERE state IN ('queued', 'sending') AND available_at <= $1 AND expires_at > $1
+              ORDER BY available_at, id
+              LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+         UPDATE otp.outbox o
+            SET state = 'sending', attempt = o.attempt + 1, available_at = $1 + $3
+           FROM due WHERE o.id = due.id
+      RETURNING o.id, o.challenge_id, o.agent, o.conversation, o.channel, o.destination,
+                o.code_nonce, o.code_sealed, o.expires_at, o.attempt",
+        None,
+        &[now.into(), batch_size.into(), lease.into()],
+    )?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let challenge_id: i64 = row.get(2)?.unwrap_or_default();
+        let nonce: Vec<u8> = row.get(7)?.unwrap_or_default();
+        let sealed: Vec<u8> = row.get(8)?.unwrap_or_default();
+        claimed.push(Claimed {
+            message_id: row.get(1)?.unwrap_or_default(),
+            agent: row.get(3)?.unwrap_or_default(),
+            conversation: row.get(4)?.unwrap_or_default(),
+            channel: row.get(5)?.unwrap_or_default(),
+            destination: row.get(6)?.unwrap_or_default(),
+            code: keys.open_code(challenge_id, &nonce, &sealed)?,
+            expires_at: row.get(9)?.expect("NOT NULL column"),
+            attempt: row.get(10)?.unwrap_or_default(),
+        });
+    }
+    claimed.sort_by_key(|m| m.message_id);
+    Ok(claimed)
+}
+
+/// The state of one message, locked for the caller's update.
+struct Message {
+    challenge_id: i64,
+    state: String,
+    attempt: i32,
+    nonce: Option<Vec<u8>>,
+    sealed: Option<Vec<u8>>,
+}
+
+fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(i64, Message)> {
+    let message_id = message_id.ok_or_else(|| OtpError::null_argument("message_id"))?;
+    // update(), not select(): a locking read needs a read-write SPI call.
+    let row = client
+        .update(
+            "SELECT challenge_id, state, attempt, code_nonce, code_sealed FROM otp.outbox WHERE id = $1 FOR UPDATE",
+            Some(1),
+            &[message_id.into()],
+        )?
+        .first();
+    if row.is_empty() {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("pg_otp: outbox message {message_id} does not exist"),
+        ));
+    }
+    Ok((
+        message_id,
+        Message {
+            challenge_id: row.get(1)?.unwrap_or_default(),
+            state: row.get(2)?.unwrap_or_default(),
+            attempt: row.get(3)?.unwrap_or_default(),
+            nonce: row.get(4)?,
+            sealed: row.get(5)?,
+        },
+    ))
+}
+
+fn not_claimed(message_id: i64, state: &str) -> OtpError {
+    OtpError::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("pg_otp: outbox message {message_id} is not claimed (state {state})"),
+    )
+    .with_hint("Report results only for messages returned by otp_outbox_claim.")
+}
+
+/// Moves a message to a final state, erases its code and mirrors the outcome
+/// on the challenge.
+fn finish(
+    client: &mut SpiClient<'_>,
+    message_id: i64,
+    challenge_id: i64,
+    state: &str,
+    now: TimestampWithTimeZone,
+) -> Result<()> {
+    client.update(
+        "UPDATE otp.outbox SET state = $2, code_nonce = NULL, code_sealed = NULL, finished_at = $3,
+                sent_at = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_at END
+          WHERE id = $1",
+        None,
+        &[message_id.into(), state.into(), now.into()],
+    )?;
+    client.update("UPDATE otp.challenge SET delivery = $2 WHERE id = $1", None, &[challenge_id.into(), state.into()])?;
+    Ok(())
+}
+
+/// Records a successful delivery.
+pub fn sent(client: &mut SpiClient<'_>, message_id: Option<i64>, provider_ref: Option<&str>) -> Result<()> {
+    let (message_id, message) = lock_message(client, message_id)?;
+    let now = clock::now(client)?;
+    let provider_ref = provider_ref.map(|r| truncate(r, MAX_ERROR_LEN));
+    match message.state.as_str() {
+        "sending" => finish(client, message_id, message.challenge_id, "sent", now)?,
+        // Repeating a report (say, after a lost commit acknowledgement) is harmless.
+        "sent" => return Ok(()),
+        // The challenge ended while the message was on its way; it still arrived.
+        "cancelled" | "expired" => {
+            client.update("UPDATE otp.outbox SET sent_at = $2 WHERE id = $1", None, &[message_id.into(), now.into()])?;
+            client.update(
+                "UPDATE otp.challenge SET delivery = 'sent' WHERE id = $1",
+                None,
+                &[message.challenge_id.into()],
+            )?;
+        }
+        other => return Err(not_claimed(message_id, other)),
+    }
+    client.update(
+        "UPDATE otp.outbox SET provider_ref = $2 WHERE id = $1",
+        None,
+        &[message_id.into(), provider_ref.into()],
+    )?;
+    Ok(())
+}
+
+/// Records a failed delivery. A retryable failure is retried after a jittered
+/// backoff, unless that would be after the code expires; a permanent one ends
+/// the message and marks the challenge's delivery as failed.
+pub fn failed(
+    client: &mut SpiClient<'_>,
+    keys: &Keys,
+    message_id: Option<i64>,
+    error: Option<&str>,
+    retryable: Option<bool>,
+) -> Result<()> {
+    let retryable = retryable.ok_or_else(|| OtpError::null_argument("retryable"))?;
+    let (message_id, message) = lock_message(client, message_id)?;
+    let now = clock::now(client)?;
+    let error = scrub(keys, &message, error.unwrap_or(""));
+    client.update(
+        "UPDATE otp.outbox SET last_error = $2 WHERE id = $1",
+        None,
+        &[message_id.into(), error.as_str().into()],
+    )?;
+    match message.state.as_str() {
+        "sending" => {}
+        // A late report on a finished message is kept as diagnosis only.
+        "sent" | "failed" | "expired" | "cancelled" => return Ok(()),
+        other => return Err(not_claimed(message_id, other)),
+    }
+    if !retryable || message.attempt >= MAX_DELIVERY_ATTEMPTS {
+        return finish(client, message_id, message.challenge_id, "failed", now);
+    }
+    let delay = backoff_seconds(message.attempt);
+    let requeued = client.update(
+        "UPDATE otp.outbox SET state = 'queued', available_at = $2 + pg_catalog.make_interval(secs => $3)
+          WHERE id = $1 AND $2 + pg_catalog.make_interval(secs => $3) < expires_at",
+        None,
+        &[message_id.into(), now.into(), delay.into()],
+    )?;
+    if requeued.is_empty() {
+        // No retry can arrive before the code expires: never deliver late.
+        finish(client, message_id, message.challenge_id, "expired", now)?;
+    }
+    Ok(())
+}
+
+/// Seconds to wait before retry number `attempt`: exponential, capped, with
+/// jitter so that a burst of failures does not retry in lockstep.
+pub fn backoff_seconds(attempt: i32) -> f64 {
+    let exponent = attempt.clamp(1, 16) - 1;
+    let base = (BACKOFF_BASE_SECS * f64::from(1u32 << exponent)).min(BACKOFF_CAP_SECS);
+    base * (0.5 + 0.5 * crypto::jitter())
+}
+
+/// A provider's error text with the code blanked out, in case it echoed the
+/// message back, and cut to a sane length.
+fn scrub(keys: &Keys, message: &Message, error: &str) -> String {
+    let mut error = truncate(error, MAX_ERROR_LEN);
+    if let (Some(nonce), Some(sealed)) = (&message.nonce, &message.sealed) {
+        if let Ok(code) = keys.open_code(message.challenge_id, nonce, sealed) {
+            error = error.replace(code.as_str(), "[code]");
+        }
+    }
+    error
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        for _ in 0..50 {
+            let first = backoff_seconds(1);
+            assert!((0.5..=1.0).contains(&first), "{first}");
+            let third = backoff_seconds(3);
+            assert!((2.0..=4.0).contains(&third), "{third}");
+            let late = backoff_seconds(12);
+            assert!((15.0..=30.0).contains(&late), "{late}");
+        }
+    }
+
+    #[test]
+    fn truncates_on_character_boundaries() {
+        assert_eq!(truncate("ñandú", 2), "ña");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

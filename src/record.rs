@@ -1,0 +1,126 @@
+//! The person behind an identifier: looked up in the agent's source relation,
+//! with the channel their code goes to and the masked hint the agent may show.
+
+use pgrx::spi::SpiClient;
+use pgrx::PgSqlErrorCode;
+
+use crate::config::{check_source, Agent, Channel};
+use crate::errors::{OtpError, Result};
+
+/// The record found for an identifier.
+#[derive(Debug)]
+pub struct Record {
+    /// The identifier as stored in the id column (text form).
+    pub subject: String,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+}
+
+/// Where a code goes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub channel: Channel,
+    pub address: String,
+    pub hint: String,
+}
+
+/// Finds the record whose id column equals `identifier` (compared as text).
+/// More than one match is a configuration error: the id column must identify.
+pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<Option<Record>> {
+    let mut columns = vec![("id_column", agent.id_column.as_str())];
+    columns.extend(agent.phone_column.as_deref().map(|c| ("phone_column", c)));
+    columns.extend(agent.email_column.as_deref().map(|c| ("email_column", c)));
+    let relation = check_source(client, agent.source, &columns)?;
+
+    let quoted = |column: Option<&str>| match column {
+        Some(c) => format!("{}::text", pgrx::spi::quote_identifier(c)),
+        None => "NULL::text".to_owned(),
+    };
+    let id = quoted(Some(&agent.id_column));
+    // Identifiers are quoted by PostgreSQL's own quote_identifier: no injection
+    // through column names. The value is a bound parameter. `col::text = $1`
+    // uses a plain index on text/varchar columns; other types need an index on
+    // (col::text), as the README explains.
+    let query = format!(
+        "SELECT {id}, {phone}, {email} FROM {relation} WHERE {id} = $1 LIMIT 2",
+        phone = quoted(agent.phone_column.as_deref()),
+        email = quoted(agent.email_column.as_deref()),
+    );
+    let rows = client.select(query.as_str(), None, &[identifier.into()])?;
+    if rows.len() > 1 {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_CARDINALITY_VIOLATION,
+            format!("pg_otp: more than one record in {relation} has this {}", agent.id_column),
+        )
+        .with_hint("The id column of an agent must be unique; add a unique index or choose another column."));
+    }
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(Some(Record {
+        subject: row.get(1)?.unwrap_or_default(),
+        phone: row.get(2)?,
+        email: row.get(3)?,
+    }))
+}
+
+/// Picks the preferred channel when the record has it, else the other one.
+pub fn choose_destination(record: &Record, preferred: Channel) -> Option<Destination> {
+    let usable = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    let phone = usable(&record.phone).map(|address| (Channel::WhatsApp, address));
+    let email = usable(&record.email).map(|address| (Channel::Email, address));
+    let (first, second) = match preferred {
+        Channel::WhatsApp => (phone, email),
+        Channel::Email => (email, phone),
+    };
+    first.or(second).map(|(channel, address)| Destination { channel, hint: mask(channel, &address), address })
+}
+
+/// A hint that tells the user where the code went without disclosing the
+/// address: `***78` for a phone, `j***@example.com` for an email.
+pub fn mask(channel: Channel, address: &str) -> String {
+    match channel {
+        Channel::WhatsApp => {
+            let digits: Vec<char> = address.chars().filter(char::is_ascii_digit).collect();
+            let tail: String = digits[digits.len().saturating_sub(2)..].iter().collect();
+            format!("***{tail}")
+        }
+        Channel::Email => match address.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+                let first: String = local.chars().take(1).collect();
+                format!("{first}***@{domain}")
+            }
+            _ => "***".to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(phone: Option<&str>, email: Option<&str>) -> Record {
+        Record { subject: "4721".into(), phone: phone.map(Into::into), email: email.map(Into::into) }
+    }
+
+    #[test]
+    fn masks_phone_and_email() {
+        assert_eq!(mask(Channel::WhatsApp, "+34 600 123 478"), "***78");
+        assert_eq!(mask(Channel::WhatsApp, "7"), "***7");
+        assert_eq!(mask(Channel::Email, "jane.doe@example.com"), "j***@example.com");
+        assert_eq!(mask(Channel::Email, "ñu@example.com"), "ñ***@example.com");
+        assert_eq!(mask(Channel::Email, "broken"), "***");
+        assert_eq!(mask(Channel::Email, "@example.com"), "***");
+    }
+
+    #[test]
+    fn prefers_configured_channel_then_falls_back() {
+        let both = record(Some("+34600123478"), Some("jane@example.com"));
+        assert_eq!(choose_destination(&both, Channel::WhatsApp).unwrap().channel, Channel::WhatsApp);
+        assert_eq!(choose_destination(&both, Channel::Email).unwrap().channel, Channel::Email);
+        let email_only = record(Some("   "), Some(" jane@example.com "));
+        let chosen = choose_destination(&email_only, Channel::WhatsApp).unwrap();
+        assert_eq!((chosen.channel, chosen.address.as_str()), (Channel::Email, "jane@example.com"));
+        assert_eq!(choose_destination(&record(None, Some("")), Channel::Email), None);
+    }
+}

@@ -1,0 +1,693 @@
+//! `#[pg_test]`s: every status path of the SQL interface, run inside a real
+//! PostgreSQL by `cargo pgrx test`. Each test runs in its own transaction,
+//! which is rolled back afterwards.
+//!
+//! Time: deadlines are judged by clock_timestamp(). Instead of sleeping, tests
+//! move a deadline into the past with an UPDATE (they run as superuser), which
+//! is deterministic. One pg_regress case shows real expiry with a short TTL.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// A small HR table and the `payroll` agent of the README's example.
+    const FIXTURE: &str = r#"
+        CREATE TABLE IF NOT EXISTS public.employees (
+            employee_no text PRIMARY KEY,
+            full_name   text NOT NULL,
+            whatsapp    text,
+            email       text,
+            net_pay     numeric
+        );
+        INSERT INTO public.employees VALUES
+            ('4721', 'Ana Ruiz',   '+34 600 123 478', 'ana@example.com', 2150.00),
+            ('5000', 'Bo Lind',    NULL,              'bo@example.com',  1900.00),
+            ('6000', 'Cy Okafor',  '',                NULL,              1800.00)
+        ON CONFLICT DO NOTHING;
+        SELECT otp_configure(agent => 'payroll', source => 'public.employees', id_column => 'employee_no',
+                             phone_column => 'whatsapp', email_column => 'email');
+        CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(query text) RETURNS text LANGUAGE plpgsql AS $f$
+        BEGIN
+            EXECUTE query;
+            RETURN 'ok';
+        EXCEPTION WHEN OTHERS THEN
+            RETURN SQLSTATE;
+        END
+        $f$;
+    "#;
+
+    fn fixture() {
+        Spi::run(FIXTURE).unwrap();
+    }
+
+    /// Only the pg_temp.sqlstate_of helper, for tests that need no agent.
+    fn fixture_sqlstate_helper() {
+        let helper = &FIXTURE[FIXTURE.find("CREATE OR REPLACE FUNCTION").unwrap()..];
+        Spi::run(helper).unwrap();
+    }
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap();
+    }
+
+    fn one<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
+        Spi::get_one(sql).unwrap()
+    }
+
+    /// The SQLSTATE a statement fails with, or "ok".
+    fn sqlstate(sql: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap().unwrap()
+    }
+
+    #[derive(Debug)]
+    struct Issue {
+        status: String,
+        channel: Option<String>,
+        hint: Option<String>,
+        expires_in_future: Option<bool>,
+        token: Option<String>,
+    }
+
+    fn issue_for(agent: &str, conversation: &str, identifier: &str) -> Issue {
+        Spi::connect(|c| {
+            let row = c
+                .select(
+                    "SELECT status, channel, destination_hint, expires_at > clock_timestamp(), session_token
+                       FROM otp_issue($1, $2, $3)",
+                    None,
+                    &[agent.into(), conversation.into(), identifier.into()],
+                )
+                .unwrap()
+                .first();
+            Issue {
+                status: row.get(1).unwrap().unwrap(),
+                channel: row.get(2).unwrap(),
+                hint: row.get(3).unwrap(),
+                expires_in_future: row.get(4).unwrap(),
+                token: row.get(5).unwrap(),
+            }
+        })
+    }
+
+    fn issue(conversation: &str, identifier: &str) -> Issue {
+        issue_for("payroll", conversation, identifier)
+    }
+
+    #[derive(Debug)]
+    struct Verify {
+        status: String,
+        remaining: Option<i32>,
+        token: Option<String>,
+        subject: Option<String>,
+    }
+
+    fn verify(conversation: &str, code: &str) -> Verify {
+        Spi::connect(|c| {
+            let row = c
+                .select(
+                    "SELECT status, attempts_remaining, session_token, subject FROM otp_verify('payroll', $1, $2)",
+                    None,
+                    &[conversation.into(), code.into()],
+                )
+                .unwrap()
+                .first();
+            Verify {
+                status: row.get(1).unwrap().unwrap(),
+                remaining: row.get(2).unwrap(),
+                token: row.get(3).unwrap(),
+                subject: row.get(4).unwrap(),
+            }
+        })
+    }
+
+    /// The code of a conversation's newest message, read the way a dispatcher
+    /// does. A claim takes every due message, so what it returns is kept in a
+    /// temporary table for the other conversations of the test.
+    fn delivered_code(conversation: &str) -> String {
+        run("CREATE TEMP TABLE IF NOT EXISTS claimed (conversation text, message_id bigint, code text);
+             INSERT INTO claimed SELECT conversation, message_id, code FROM otp_outbox_claim(batch_size => 1000)");
+        Spi::get_one_with_args::<String>(
+            "SELECT code FROM claimed WHERE conversation = $1 ORDER BY message_id DESC LIMIT 1",
+            &[conversation.into()],
+        )
+        .unwrap()
+        .expect("a queued message for the conversation")
+    }
+
+    fn wrong_code(right: &str) -> String {
+        let n: u32 = right.parse().unwrap();
+        format!("{:06}", (n + 1) % 1_000_000)
+    }
+
+    fn touch_status(token: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT status FROM session_touch($1)", &[token.into()]).unwrap().unwrap()
+    }
+
+    fn challenge_field(conversation: &str, column: &str) -> Option<String> {
+        Spi::get_one_with_args::<String>(
+            &format!("SELECT {column}::text FROM otp.challenge WHERE conversation = $1 ORDER BY id DESC LIMIT 1"),
+            &[conversation.into()],
+        )
+        .unwrap()
+    }
+
+    // ---- otp_issue -------------------------------------------------------
+
+    #[pg_test]
+    fn issue_sends_code_to_whatsapp_with_masked_hint() {
+        fixture();
+        let issued = issue("t-issue-1", "4721");
+        assert_eq!(issued.status, "code_sent");
+        assert_eq!(issued.channel.as_deref(), Some("whatsapp"));
+        assert_eq!(issued.hint.as_deref(), Some("***78"));
+        assert_eq!(issued.expires_in_future, Some(true));
+        assert_eq!(issued.token, None);
+        // one pending challenge, one queued message, sealed
+        assert_eq!(challenge_field("t-issue-1", "state").as_deref(), Some("pending"));
+        let queued: Option<i64> = one(
+            "SELECT count(*) FROM otp.outbox WHERE conversation = 't-issue-1' AND state = 'queued'
+               AND destination = '+34 600 123 478' AND code_sealed IS NOT NULL",
+        );
+        assert_eq!(queued, Some(1));
+    }
+
+    #[pg_test]
+    fn issue_falls_back_to_email_and_honours_preferred_channel() {
+        fixture();
+        let issued = issue("t-issue-2", "5000");
+        assert_eq!((issued.status.as_str(), issued.channel.as_deref()), ("code_sent", Some("email")));
+        assert_eq!(issued.hint.as_deref(), Some("b***@example.com"));
+
+        run("SELECT otp_configure(agent => 'payroll-mail', source => 'public.employees', id_column => 'employee_no',
+                                  phone_column => 'whatsapp', email_column => 'email', preferred_channel => 'email')");
+        let issued = issue_for("payroll-mail", "t-issue-3", "4721");
+        assert_eq!((issued.channel.as_deref(), issued.hint.as_deref()), (Some("email"), Some("a***@example.com")));
+    }
+
+    #[pg_test]
+    fn issue_reports_not_found_and_no_channel() {
+        fixture();
+        assert_eq!(issue("t-issue-4", "9999").status, "not_found");
+        assert_eq!(issue("t-issue-4", "").status, "not_found");
+        assert_eq!(issue("t-issue-4", "   ").status, "not_found");
+        assert_eq!(issue("t-issue-4", &"9".repeat(10_000)).status, "not_found");
+        assert_eq!(issue("t-issue-4", "4721' OR '1'='1").status, "not_found");
+        assert_eq!(issue("t-issue-4", "6000").status, "no_channel");
+        let rows: Option<i64> = one("SELECT count(*) FROM otp.challenge WHERE conversation = 't-issue-4'");
+        assert_eq!(rows, Some(0));
+    }
+
+    #[pg_test]
+    fn issue_trims_the_identifier() {
+        fixture();
+        assert_eq!(issue("t-issue-5", "  4721 ").status, "code_sent");
+    }
+
+    #[pg_test]
+    fn new_issue_supersedes_pending_challenge_and_cancels_its_message() {
+        fixture();
+        issue("t-super", "4721");
+        let old_code = delivered_code("t-super");
+        issue("t-super", "4721");
+        let states: Option<String> =
+            one("SELECT string_agg(state, ',' ORDER BY id) FROM otp.challenge WHERE conversation = 't-super'");
+        assert_eq!(states.as_deref(), Some("superseded,pending"));
+        let old_message: Option<String> = one(
+            "SELECT state || ':' || (code_sealed IS NULL) FROM otp.outbox WHERE conversation = 't-super' ORDER BY id LIMIT 1",
+        );
+        assert_eq!(old_message.as_deref(), Some("cancelled:true"));
+        let new_code = delivered_code("t-super");
+        if old_code != new_code {
+            assert_eq!(verify("t-super", &old_code).status, "incorrect");
+        }
+        assert_eq!(verify("t-super", &new_code).status, "verified");
+    }
+
+    #[pg_test]
+    fn issue_without_otp_authenticates_at_once() {
+        fixture();
+        run("SELECT otp_configure(agent => 'faq', source => 'public.employees', id_column => 'employee_no',
+                                  email_column => 'email', require_otp => false)");
+        let issued = issue_for("faq", "t-noauth", "4721");
+        assert_eq!(issued.status, "authenticated");
+        assert_eq!((issued.channel, issued.hint), (None, None));
+        let token = issued.token.expect("a session token");
+        assert_eq!(touch_status(&token), "active");
+        let messages: Option<i64> = one("SELECT count(*) FROM otp.outbox WHERE conversation = 't-noauth'");
+        assert_eq!(messages, Some(0));
+    }
+
+    // ---- otp_verify ------------------------------------------------------
+
+    #[pg_test]
+    fn correct_code_verifies_once_and_starts_a_session() {
+        fixture();
+        issue("t-ok", "4721");
+        let code = delivered_code("t-ok");
+        let verified = verify("t-ok", &code);
+        assert_eq!(verified.status, "verified");
+        assert_eq!(verified.subject.as_deref(), Some("4721"));
+        let token = verified.token.expect("session token");
+        assert_eq!(token.len(), 43);
+        assert_eq!(touch_status(&token), "active");
+        // single use
+        let again = verify("t-ok", &code);
+        assert_eq!((again.status.as_str(), again.token), ("no_challenge", None));
+        assert_eq!(challenge_field("t-ok", "state").as_deref(), Some("verified"));
+        // the session is bound to the verified challenge
+        let linked: Option<i64> =
+            one("SELECT count(*) FROM otp.session s JOIN otp.challenge c ON c.id = s.challenge_id WHERE c.conversation = 't-ok'");
+        assert_eq!(linked, Some(1));
+    }
+
+    #[pg_test]
+    fn wrong_codes_count_down_then_lock() {
+        fixture();
+        issue("t-wrong", "4721");
+        let code = delivered_code("t-wrong");
+        let wrong = wrong_code(&code);
+        let first = verify("t-wrong", &wrong);
+        assert_eq!((first.status.as_str(), first.remaining), ("incorrect", Some(2)));
+        let second = verify("t-wrong", &wrong);
+        assert_eq!((second.status.as_str(), second.remaining), ("incorrect", Some(1)));
+        let third = verify("t-wrong", &wrong);
+        assert_eq!((third.status.as_str(), third.remaining, third.token), ("locked", Some(0), None));
+        // the right code no longer helps: the user must start again
+        assert_eq!(verify("t-wrong", &code).status, "no_challenge");
+        assert_eq!(challenge_field("t-wrong", "state").as_deref(), Some("locked"));
+        assert_eq!(challenge_field("t-wrong", "attempts_used").as_deref(), Some("3"));
+        let sessions: Option<i64> = one("SELECT count(*) FROM otp.session WHERE conversation = 't-wrong'");
+        assert_eq!(sessions, Some(0));
+    }
+
+    #[pg_test]
+    fn malformed_codes_use_no_attempt() {
+        fixture();
+        issue("t-format", "4721");
+        let code = delivered_code("t-format");
+        for bad in ["", "12345", "1234567", "12a456", "١٢٣٤٥٦", "123.456"] {
+            let result = verify("t-format", bad);
+            assert_eq!((result.status.as_str(), result.remaining), ("invalid_format", None), "{bad:?}");
+        }
+        assert_eq!(challenge_field("t-format", "attempts_used").as_deref(), Some("0"));
+        let spaced = format!("{} {}", &code[..3], &code[3..]);
+        assert_eq!(verify("t-format", &spaced).status, "verified");
+    }
+
+    #[pg_test]
+    fn hyphenated_code_verifies() {
+        fixture();
+        issue("t-hyphen", "4721");
+        let code = delivered_code("t-hyphen");
+        assert_eq!(verify("t-hyphen", &format!("{}-{}", &code[..3], &code[3..])).status, "verified");
+    }
+
+    #[pg_test]
+    fn expired_code_is_rejected_without_using_an_attempt() {
+        fixture();
+        issue("t-expired", "4721");
+        let code = delivered_code("t-expired");
+        run("UPDATE otp.challenge SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-expired'");
+        let result = verify("t-expired", &code);
+        assert_eq!((result.status.as_str(), result.token), ("expired", None));
+        assert_eq!(challenge_field("t-expired", "attempts_used").as_deref(), Some("0"));
+        assert_eq!(challenge_field("t-expired", "state").as_deref(), Some("expired"));
+        assert_eq!(verify("t-expired", &code).status, "no_challenge");
+    }
+
+    #[pg_test]
+    fn code_is_bound_to_its_conversation() {
+        fixture();
+        issue("t-bound-a", "4721");
+        issue("t-bound-b", "4721");
+        let code_a = delivered_code("t-bound-a");
+        let code_b = delivered_code("t-bound-b");
+        assert_eq!(verify("t-bound-c", &code_a).status, "no_challenge");
+        if code_a != code_b {
+            assert_eq!(verify("t-bound-b", &code_a).status, "incorrect");
+        }
+        assert_eq!(verify("t-bound-a", &code_a).status, "verified");
+    }
+
+    #[pg_test]
+    fn verify_without_challenge() {
+        fixture();
+        assert_eq!(verify("t-none", "123456").status, "no_challenge");
+    }
+
+    #[pg_test]
+    fn no_plaintext_code_in_challenge_or_outbox_rows() {
+        fixture();
+        issue("t-plain", "4721");
+        let code = Spi::get_one::<String>(
+            "SELECT code FROM otp_outbox_claim(batch_size => 1000, lease => '1 hour') WHERE conversation = 't-plain'",
+        )
+        .unwrap()
+        .unwrap();
+        let leaks: Option<i64> = Spi::get_one_with_args(
+            "SELECT (SELECT count(*) FROM otp.challenge c WHERE c::text LIKE '%' || $1 || '%'
+                        OR position(convert_to($1, 'UTF8') IN c.code_hash) > 0)
+                  + (SELECT count(*) FROM otp.outbox o WHERE o::text LIKE '%' || $1 || '%'
+                        OR position(convert_to($1, 'UTF8') IN o.code_sealed) > 0)",
+            &[code.as_str().into()],
+        )
+        .unwrap();
+        assert_eq!(leaks, Some(0));
+    }
+
+    // ---- sessions --------------------------------------------------------
+
+    fn session_for(conversation: &str) -> String {
+        issue(conversation, "4721");
+        let code = delivered_code(conversation);
+        verify(conversation, &code).token.expect("session token")
+    }
+
+    #[pg_test]
+    fn touch_extends_idle_deadline_but_never_past_absolute() {
+        fixture();
+        let token = session_for("t-touch");
+        run("UPDATE otp.session SET idle_expires_at = clock_timestamp() + interval '1 minute',
+                                    expires_at = clock_timestamp() + interval '10 minutes'
+              WHERE conversation = 't-touch'");
+        let moved: Option<bool> = Spi::get_one_with_args(
+            "SELECT idle_expires_at > clock_timestamp() + interval '9 minutes' AND idle_expires_at <= expires_at
+               FROM session_touch($1)",
+            &[token.as_str().into()],
+        )
+        .unwrap();
+        assert_eq!(moved, Some(true));
+        let row: Option<String> = Spi::get_one_with_args(
+            "SELECT status || '/' || agent || '/' || conversation || '/' || subject FROM session_touch($1)",
+            &[token.as_str().into()],
+        )
+        .unwrap();
+        assert_eq!(row.as_deref(), Some("active/payroll/t-touch/4721"));
+    }
+
+    #[pg_test]
+    fn idle_session_times_out() {
+        fixture();
+        let token = session_for("t-idle");
+        run("UPDATE otp.session SET idle_expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-idle'");
+        assert_eq!(touch_status(&token), "idle_timeout");
+        // a timed-out session stays timed out
+        assert_eq!(touch_status(&token), "idle_timeout");
+    }
+
+    #[pg_test]
+    fn session_expires_at_absolute_limit() {
+        fixture();
+        let token = session_for("t-abs");
+        run("UPDATE otp.session SET expires_at = clock_timestamp() - interval '1 second',
+                                    idle_expires_at = clock_timestamp() - interval '1 second'
+              WHERE conversation = 't-abs'");
+        assert_eq!(touch_status(&token), "expired");
+    }
+
+    #[pg_test]
+    fn default_session_lifetimes_are_30_minutes_idle_and_24_hours() {
+        fixture();
+        session_for("t-life");
+        let lifetimes: Option<String> = one(
+            "SELECT (idle_expires_at - created_at)::text || ' ' || (expires_at - created_at)::text
+               FROM otp.session WHERE conversation = 't-life'",
+        );
+        assert_eq!(lifetimes.as_deref(), Some("00:30:00 1 day"));
+    }
+
+    #[pg_test]
+    fn revoke_ends_a_session_once() {
+        fixture();
+        let token = session_for("t-revoke");
+        let first: Option<bool> =
+            Spi::get_one_with_args("SELECT session_revoke($1)", &[token.as_str().into()]).unwrap();
+        let second: Option<bool> =
+            Spi::get_one_with_args("SELECT session_revoke($1)", &[token.as_str().into()]).unwrap();
+        assert_eq!((first, second), (Some(true), Some(false)));
+        assert_eq!(touch_status(&token), "revoked");
+        let unknown: Option<bool> = one("SELECT session_revoke('no-such-token')");
+        assert_eq!(unknown, Some(false));
+    }
+
+    #[pg_test]
+    fn unknown_token() {
+        fixture();
+        assert_eq!(touch_status("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), "unknown");
+        assert_eq!(touch_status(""), "unknown");
+        let stored: Option<i64> = one("SELECT count(*) FROM otp.session WHERE octet_length(token_hash) <> 32");
+        assert_eq!(stored, Some(0));
+    }
+
+    // ---- outbox protocol -------------------------------------------------
+
+    fn message_field(conversation: &str, column: &str) -> Option<String> {
+        Spi::get_one_with_args::<String>(
+            &format!("SELECT {column}::text FROM otp.outbox WHERE conversation = $1 ORDER BY id DESC LIMIT 1"),
+            &[conversation.into()],
+        )
+        .unwrap()
+    }
+
+    /// Claims every due message; the id of the one for `conversation`, if any.
+    fn claim_id(conversation: &str) -> Option<i64> {
+        Spi::get_one_with_args::<i64>(
+            "SELECT max(message_id) FROM otp_outbox_claim(batch_size => 1000) WHERE conversation = $1",
+            &[conversation.into()],
+        )
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn claim_leases_a_message_and_reoffers_it_after_the_lease() {
+        fixture();
+        issue("t-lease", "4721");
+        let id = claim_id("t-lease").expect("claimed");
+        assert_eq!(message_field("t-lease", "state").as_deref(), Some("sending"));
+        assert_eq!(claim_id("t-lease"), None, "leased messages are not offered twice");
+        run("UPDATE otp.outbox SET available_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-lease'");
+        let attempt: Option<i32> = Spi::get_one_with_args(
+            "SELECT max(attempt) FROM otp_outbox_claim() WHERE message_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(attempt, Some(2));
+    }
+
+    #[pg_test]
+    fn claim_never_returns_expired_codes_and_erases_them() {
+        fixture();
+        issue("t-claim-exp", "4721");
+        run("UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-claim-exp'");
+        assert_eq!(claim_id("t-claim-exp"), None);
+        assert_eq!(message_field("t-claim-exp", "state").as_deref(), Some("expired"));
+        assert_eq!(message_field("t-claim-exp", "code_sealed"), None);
+        assert_eq!(challenge_field("t-claim-exp", "delivery").as_deref(), Some("expired"));
+    }
+
+    #[pg_test]
+    fn sent_finishes_the_message_and_is_idempotent() {
+        fixture();
+        issue("t-sent", "4721");
+        let id = claim_id("t-sent").unwrap();
+        Spi::run_with_args("SELECT otp_outbox_sent($1, 'wamid.1')", &[id.into()]).unwrap();
+        Spi::run_with_args("SELECT otp_outbox_sent($1, 'wamid.1')", &[id.into()]).unwrap();
+        assert_eq!(message_field("t-sent", "state").as_deref(), Some("sent"));
+        assert_eq!(message_field("t-sent", "provider_ref").as_deref(), Some("wamid.1"));
+        assert_eq!(message_field("t-sent", "code_sealed"), None);
+        assert_eq!(challenge_field("t-sent", "delivery").as_deref(), Some("sent"));
+    }
+
+    #[pg_test]
+    fn retryable_failure_requeues_before_expiry() {
+        fixture();
+        issue("t-retry", "4721");
+        let id = claim_id("t-retry").unwrap();
+        Spi::run_with_args("SELECT otp_outbox_failed($1, 'HTTP 503', true)", &[id.into()]).unwrap();
+        let requeued: Option<String> = Spi::get_one_with_args(
+            "SELECT state || ':' || (available_at > clock_timestamp()) || ':' || (available_at < expires_at)
+                    || ':' || (code_sealed IS NOT NULL) || ':' || last_error
+               FROM otp.outbox WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(requeued.as_deref(), Some("queued:true:true:true:HTTP 503"));
+        assert_eq!(challenge_field("t-retry", "delivery").as_deref(), Some("queued"));
+    }
+
+    #[pg_test]
+    fn retryable_failure_near_expiry_expires_instead_of_sending_late() {
+        fixture();
+        issue("t-retry-late", "4721");
+        let id = claim_id("t-retry-late").unwrap();
+        run("UPDATE otp.outbox SET expires_at = clock_timestamp() + interval '100 milliseconds'
+              WHERE conversation = 't-retry-late'");
+        Spi::run_with_args("SELECT otp_outbox_failed($1, 'timeout', true)", &[id.into()]).unwrap();
+        assert_eq!(message_field("t-retry-late", "state").as_deref(), Some("expired"));
+        assert_eq!(message_field("t-retry-late", "code_sealed"), None);
+    }
+
+    #[pg_test]
+    fn permanent_failure_is_final_and_visible_on_the_challenge() {
+        fixture();
+        issue("t-perm", "4721");
+        let (id, code) = Spi::connect(|c| {
+            let row = c
+                .select("SELECT message_id, code FROM otp_outbox_claim(1000) WHERE conversation = 't-perm'", None, &[])
+                .unwrap()
+                .first();
+            (row.get::<i64>(1).unwrap().unwrap(), row.get::<String>(2).unwrap().unwrap())
+        });
+        // a provider echoing the message back must not put the code in a table
+        let error = format!("131026: recipient cannot receive message with code {code}");
+        Spi::run_with_args("SELECT otp_outbox_failed($1, $2, false)", &[id.into(), error.as_str().into()]).unwrap();
+        assert_eq!(message_field("t-perm", "state").as_deref(), Some("failed"));
+        assert_eq!(message_field("t-perm", "code_sealed"), None);
+        let stored_error = message_field("t-perm", "last_error").unwrap();
+        assert!(!stored_error.contains(&code), "{stored_error}");
+        assert!(stored_error.ends_with("with code [code]"), "{stored_error}");
+        assert_eq!(challenge_field("t-perm", "delivery").as_deref(), Some("failed"));
+    }
+
+    #[pg_test]
+    fn reports_on_unclaimed_or_unknown_messages_are_errors() {
+        fixture();
+        issue("t-proto", "4721");
+        let id: i64 = one("SELECT id FROM otp.outbox WHERE conversation = 't-proto'").unwrap();
+        assert_eq!(sqlstate(&format!("SELECT otp_outbox_sent({id}, 'x')")), "55000");
+        assert_eq!(sqlstate(&format!("SELECT otp_outbox_failed({id}, 'x', true)")), "55000");
+        assert_eq!(sqlstate("SELECT otp_outbox_sent(-1, 'x')"), "P0002");
+        assert_eq!(sqlstate("SELECT otp_outbox_sent(NULL, 'x')"), "22004");
+        assert_eq!(sqlstate("SELECT otp_outbox_failed(1, 'x', NULL)"), "22004");
+        assert_eq!(sqlstate("SELECT * FROM otp_outbox_claim(0)"), "22023");
+        assert_eq!(sqlstate("SELECT * FROM otp_outbox_claim(10, '0 seconds')"), "22023");
+    }
+
+    #[pg_test]
+    fn a_message_cancelled_in_flight_still_records_its_delivery() {
+        fixture();
+        issue("t-race", "4721");
+        let id = claim_id("t-race").unwrap();
+        issue("t-race", "4721"); // supersedes while the dispatcher is sending
+        Spi::run_with_args("SELECT otp_outbox_sent($1, 'wamid.late')", &[id.into()]).unwrap();
+        let row: Option<String> = Spi::get_one_with_args(
+            "SELECT state || ':' || provider_ref || ':' || (sent_at IS NOT NULL) FROM otp.outbox WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(row.as_deref(), Some("cancelled:wamid.late:true"));
+    }
+
+    // ---- bad input and configuration --------------------------------------
+
+    #[pg_test]
+    fn null_and_empty_arguments_are_errors_with_sqlstates() {
+        fixture();
+        assert_eq!(sqlstate("SELECT * FROM otp_issue(NULL, 'c', '4721')"), "22004");
+        assert_eq!(sqlstate("SELECT * FROM otp_issue('payroll', NULL, '4721')"), "22004");
+        assert_eq!(sqlstate("SELECT * FROM otp_issue('payroll', 'c', NULL)"), "22004");
+        assert_eq!(sqlstate("SELECT * FROM otp_issue('', 'c', '4721')"), "22023");
+        assert_eq!(sqlstate("SELECT * FROM otp_issue('payroll', '', '4721')"), "22023");
+        assert_eq!(sqlstate(&format!("SELECT * FROM otp_issue('payroll', '{}', '4721')", "c".repeat(513))), "22023");
+        assert_eq!(sqlstate("SELECT * FROM otp_verify('payroll', 'c', NULL)"), "22004");
+        assert_eq!(sqlstate("SELECT * FROM session_touch(NULL)"), "22004");
+        assert_eq!(sqlstate("SELECT session_revoke(NULL)"), "22004");
+    }
+
+    #[pg_test]
+    fn unknown_agent_is_an_error() {
+        fixture();
+        assert_eq!(sqlstate("SELECT * FROM otp_issue('nobody', 'c', '4721')"), "42704");
+        assert_eq!(sqlstate("SELECT * FROM otp_verify('nobody', 'c', '123456')"), "42704");
+    }
+
+    #[pg_test]
+    fn configure_validates_everything() {
+        fixture();
+        let base = "agent => 'cfg', source => 'public.employees', id_column => 'employee_no'";
+        let configure = |extra: &str| sqlstate(&format!("SELECT otp_configure({base}{extra})"));
+        assert_eq!(configure(", phone_column => 'whatsapp'"), "ok");
+        assert_eq!(configure(""), "22023", "no channel column");
+        assert_eq!(configure(", phone_column => 'nope'"), "42703");
+        assert_eq!(configure(", phone_column => 'WhatsApp'"), "42703", "names are case-sensitive");
+        assert_eq!(configure(", email_column => 'email', code_ttl => '-5 minutes'"), "22023");
+        assert_eq!(configure(", email_column => 'email', code_ttl => '0'"), "22023");
+        assert_eq!(configure(", email_column => 'email', idle_timeout => '0'"), "22023");
+        assert_eq!(configure(", email_column => 'email', absolute_timeout => '-1 hour'"), "22023");
+        assert_eq!(configure(", email_column => 'email', idle_timeout => '2 days'"), "22023");
+        assert_eq!(configure(", email_column => 'email', max_attempts => 0"), "22023");
+        assert_eq!(configure(", email_column => 'email', max_attempts => 11"), "22023");
+        assert_eq!(configure(", email_column => 'email', preferred_channel => 'sms'"), "22023");
+        assert_eq!(configure(", email_column => 'email', require_otp => NULL"), "22004");
+        assert_eq!(sqlstate("SELECT otp_configure('x', 'public.no_such_table', 'id', 'phone')"), "42P01");
+        assert_eq!(sqlstate("SELECT otp_configure('x', 'pg_catalog.pg_class_oid_index', 'oid', 'relname')"), "42809");
+        assert_eq!(sqlstate("SELECT otp_configure(NULL, 'public.employees', 'employee_no', 'whatsapp')"), "22004");
+        // hostile column names are identifiers, never SQL
+        run(r#"CREATE TABLE IF NOT EXISTS public."odd ""names""" ("id; DROP TABLE x" text, "e-mail" text)"#);
+        run(r#"INSERT INTO public."odd ""names""" VALUES ('1', 'odd@example.com')"#);
+        run(r#"SELECT otp_configure('odd', 'public."odd ""names"""', 'id; DROP TABLE x', email_column => 'e-mail')"#);
+        assert_eq!(issue_for("odd", "t-odd", "1").hint.as_deref(), Some("o***@example.com"));
+    }
+
+    #[pg_test]
+    fn reconfiguring_replaces_settings() {
+        fixture();
+        run("SELECT otp_configure(agent => 'payroll', source => 'public.employees', id_column => 'employee_no',
+                                  email_column => 'email', max_attempts => 5)");
+        let settings: Option<String> =
+            one("SELECT phone_column IS NULL || ':' || max_attempts FROM otp.agent WHERE name = 'payroll'");
+        assert_eq!(settings.as_deref(), Some("true:5"));
+        issue("t-reconf", "4721");
+        let code = delivered_code("t-reconf");
+        assert_eq!(verify("t-reconf", &wrong_code(&code)).remaining, Some(4));
+    }
+
+    #[pg_test]
+    fn dropped_source_column_is_a_clear_error_not_corruption() {
+        fixture();
+        run("CREATE TABLE public.shrinking (id text PRIMARY KEY, phone text, email text)");
+        run("INSERT INTO public.shrinking VALUES ('1', '+1 555 0101', 'x@example.com')");
+        run("SELECT otp_configure('shrink', 'public.shrinking', 'id', 'phone', 'email')");
+        run("ALTER TABLE public.shrinking DROP COLUMN phone");
+        assert_eq!(sqlstate("SELECT * FROM otp_issue('shrink', 't-shrink', '1')"), "42703");
+        run("DROP TABLE public.shrinking");
+        assert_eq!(sqlstate("SELECT * FROM otp_issue('shrink', 't-shrink', '1')"), "42P01");
+        let rows: Option<i64> = one("SELECT count(*) FROM otp.challenge WHERE agent = 'shrink'");
+        assert_eq!(rows, Some(0));
+    }
+
+    #[pg_test]
+    fn duplicate_identifiers_are_a_configuration_error() {
+        fixture();
+        run("CREATE TABLE public.dupes (id text, email text)");
+        run("INSERT INTO public.dupes VALUES ('1', 'a@example.com'), ('1', 'b@example.com')");
+        run("SELECT otp_configure('dupes', 'public.dupes', 'id', email_column => 'email')");
+        assert_eq!(sqlstate("SELECT * FROM otp_issue('dupes', 't-dupes', '1')"), "21000");
+    }
+
+    #[pg_test]
+    fn integer_id_columns_work() {
+        fixture();
+        run("CREATE TABLE public.numbered (id integer PRIMARY KEY, email text)");
+        run("INSERT INTO public.numbered VALUES (4721, 'n@example.com')");
+        run("SELECT otp_configure('numbered', 'public.numbered', 'id', email_column => 'email')");
+        assert_eq!(issue_for("numbered", "t-num", "4721").status, "code_sent");
+        assert_eq!(issue_for("numbered", "t-num", "abc").status, "not_found");
+    }
+
+    #[pg_test]
+    fn secret_is_hidden_from_ordinary_roles() {
+        run("CREATE ROLE otp_test_nobody NOLOGIN");
+        fixture_sqlstate_helper();
+        run("GRANT EXECUTE ON FUNCTION pg_temp.sqlstate_of(text) TO otp_test_nobody");
+        run("SET LOCAL ROLE otp_test_nobody");
+        let visible: Option<i64> = one("SELECT count(*) FROM pg_settings WHERE name = 'otp.secret_key'");
+        assert_eq!(visible, Some(0));
+        assert_eq!(sqlstate("SHOW otp.secret_key"), "42501");
+        assert_eq!(sqlstate("SELECT current_setting('otp.secret_key')"), "42501");
+        // a SIGHUP parameter: not settable in a session by anyone
+        assert_eq!(sqlstate("SET otp.secret_key = 'x'"), "55P02");
+        assert_eq!(sqlstate("SELECT otp_configure('x', 'pg_class', 'oid', 'relname')"), "42501");
+        run("RESET ROLE");
+    }
+}
