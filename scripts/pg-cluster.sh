@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL 15 cluster for trying and testing pg_otp.
+#
+#   pg-cluster.sh start DIR PORT   fresh cluster in DIR, socket in DIR, no TCP
+#   pg-cluster.sh stop DIR
+#
+# PostgreSQL refuses to run as root, so the cluster runs as the postgres user;
+# DIR must be somewhere postgres can enter (use /tmp). The cluster preloads
+# pg_otp and gets a random otp.secret_key; its log is DIR/server.log.
+set -euo pipefail
+BIN=/usr/lib/postgresql/15/bin
+
+command=${1:?usage: pg-cluster.sh start DIR PORT | stop DIR}
+dir=${2:?usage: pg-cluster.sh start DIR PORT | stop DIR}
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+case "$command" in
+start)
+    port=${3:?usage: pg-cluster.sh start DIR PORT}
+    "$0" stop "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    chown postgres: "$dir"
+    as_postgres "$BIN/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+    secret=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+    cat >>"$dir/data/postgresql.conf" <<CONF
+
+# --- pg_otp throwaway cluster ---
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$dir'
+shared_preload_libraries = 'pg_otp'
+otp.secret_key = '$secret'
+max_connections = 200
+log_line_prefix = '%m [%p] %q%u@%d '
+CONF
+    as_postgres "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+    echo "PostgreSQL 15 running: host=$dir port=$port user=postgres (log: $dir/server.log)"
+    ;;
+stop)
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        as_postgres "$BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
+    fi
+    ;;
+*)
+    echo "usage: pg-cluster.sh start DIR PORT | stop DIR" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing pg_otp needs on Debian 12, as root:
+# PostgreSQL 15 with server headers, clang (for pgrx's bindgen), sudo (pgrx
+# runs the test cluster as postgres through it) and cargo-pgrx 0.18.0.
+# Safe to run again: every step is skipped when already done.
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PGRX_VERSION=0.18.0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (it installs system packages)" >&2
+    exit 1
+fi
+
+missing=()
+for package in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
+    echo "==> cargo install cargo-pgrx $PGRX_VERSION (about 5 minutes)"
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
+    echo "==> cargo pgrx init --pg15 $PG_CONFIG"
+    # As root pgrx prints "Skipping initdb": expected, tests make their own clusters.
+    cargo pgrx init --pg15 "$PG_CONFIG"
+fi

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test of pg_otp. On a fresh Debian 12 machine, as root, it first
+# installs what it needs (scripts/setup.sh). Steps:
+#   1. rustfmt and clippy
+#   2. #[pg_test] unit tests inside PostgreSQL (cargo pgrx test)
+#   3. pg_regress SQL tests against a throwaway cluster with pg_otp installed
+#   4. integration tests: many real connections against the same cluster
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+PGRX_DATA=/tmp/pg_otp-pgrx
+CLUSTER=/tmp/pg_otp-cluster
+PORT=54329
+
+step() { printf '\n==> %s\n' "$*"; }
+
+bash scripts/setup.sh
+
+step "rustfmt and clippy"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --features pg_test -- -D warnings
+
+step "pgrx tests (#[pg_test] and unit tests)"
+rm -rf "$PGRX_DATA"   # pgrx creates it as postgres, who cannot enter /root
+cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA/data"
+
+step "install pg_otp into PostgreSQL 15"
+cargo pgrx install --pg-config "$PG_CONFIG"
+
+step "throwaway cluster"
+trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"' EXIT
+bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT"
+
+step "pg_regress"
+if ! "$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress" \
+        --bindir="$PG_BIN" --host="$CLUSTER" --port="$PORT" --user=postgres \
+        --dbname=pg_otp_regress --inputdir=tests/pg_regress --outputdir=tests/pg_regress \
+        setup conversation expiry privileges errors; then
+    cat tests/pg_regress/regression.diffs >&2 || true
+    exit 1
+fi
+
+step "integration tests (real parallel connections)"
+PG_OTP_TEST_HOST="$CLUSTER" PG_OTP_TEST_PORT="$PORT" PG_OTP_TEST_LOG="$CLUSTER/server.log" \
+PG_OTP_TEST_PGDATA="$CLUSTER/data" \
+    cargo test -p pg_otp_integration -- --test-threads=1

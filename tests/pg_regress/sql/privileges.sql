@@ -1,0 +1,31 @@
+-- Applications get EXECUTE on functions, never access to otp.*, never the secret.
+SET ROLE chat_app;
+SELECT * FROM otp.challenge;
+SELECT * FROM otp.session;
+SELECT * FROM otp_outbox_claim();
+SELECT otp_configure('rogue', 'hr.employees', 'employee_no', 'whatsapp');
+SHOW otp.secret_key;
+SELECT current_setting('otp.secret_key');
+SELECT count(*) AS visible FROM pg_settings WHERE name = 'otp.secret_key';
+RESET ROLE;
+
+-- The delivery process can use the outbox protocol and nothing else.
+SET ROLE otp_sender;
+SELECT * FROM otp_issue('payroll', 'conv-x', '4721');
+SELECT * FROM otp.outbox;
+SELECT count(*) >= 0 AS may_claim FROM otp_outbox_claim();
+RESET ROLE;
+
+-- Nobody may change the secret from a session.
+SET otp.secret_key = '00';
+SET otp.anything_else = 'x';
+
+-- Every function: who runs it, with which search_path, and PUBLIC may call none.
+SELECT p.oid::regprocedure AS function,
+       p.prosecdef AS security_definer,
+       p.proconfig AS settings,
+       EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0) AS public_execute
+  FROM pg_proc p
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_otp'
+ ORDER BY p.proname;

@@ -1,0 +1,37 @@
+-- A DBA installs pg_otp and configures the "payroll" agent of the example
+-- conversation over an HR table, with one role for the chat application and
+-- one for the delivery process.
+CREATE EXTENSION pg_otp;
+
+CREATE SCHEMA hr;
+CREATE TABLE hr.employees (
+    employee_no text PRIMARY KEY,
+    full_name   text NOT NULL,
+    whatsapp    text,
+    email       text,
+    net_pay     numeric(10, 2)
+);
+INSERT INTO hr.employees VALUES
+    ('4721', 'Ana Ruiz',  '+34 600 123 478', 'ana.ruiz@example.com', 2150.00),
+    ('5108', 'Bo Lind',   NULL,              'bo.lind@example.com',  1980.50),
+    ('6230', 'Cy Okafor', NULL,              NULL,                   1800.00);
+
+-- "Authenticate conversation" on, "Require OTP" on (the default).
+SELECT otp_configure(agent => 'payroll', source => 'hr.employees', id_column => 'employee_no',
+                     phone_column => 'whatsapp', email_column => 'email');
+SELECT name, source, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
+       idle_timeout, absolute_timeout, preferred_channel
+  FROM otp.agent;
+
+-- The chat application may call the conversation functions, nothing else.
+CREATE ROLE chat_app LOGIN;
+GRANT EXECUTE ON FUNCTION otp_issue(text, text, text), otp_verify(text, text, text),
+                          session_touch(text), session_revoke(text) TO chat_app;
+-- Its own data stays its own business: it reads pay stubs once a session says who is asking.
+GRANT USAGE ON SCHEMA hr TO chat_app;
+GRANT SELECT ON hr.employees TO chat_app;
+
+-- The delivery process may only use the outbox protocol.
+CREATE ROLE otp_sender LOGIN;
+GRANT EXECUTE ON FUNCTION otp_outbox_claim(integer, interval), otp_outbox_sent(bigint, text),
+                          otp_outbox_failed(bigint, text, boolean) TO otp_sender;
