@@ -35,7 +35,8 @@ otp.secret_key = '$secret'
 max_connections = 200
 log_line_prefix = '%m [%p] %q%u@%d '
 CONF
-    as_postgres "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+    # RUST_BACKTRACE would make pgrx attach backtraces to the DETAIL of ERRORs.
+    env -u RUST_BACKTRACE runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
     echo "PostgreSQL 15 running: host=$dir port=$port user=postgres (log: $dir/server.log)"
     ;;
 stop)

@@ -9,6 +9,10 @@
 //! extension owner (SECURITY DEFINER) with `search_path` pinned to
 //! `pg_catalog, pg_temp`; all queries inside name their schema.
 
+// The result types stay spelled out in each signature: pgrx reads the column
+// names from the `name!` tokens there, which a type alias would hide.
+#![allow(clippy::type_complexity)]
+
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
@@ -69,7 +73,9 @@ fn otp_issue(
         name!(session_token, Option<String>),
     ),
 > {
-    let issued = Spi::connect_mut(|client| challenge::issue(client, agent, conversation, identifier)).or_raise();
+    let issued =
+        Spi::connect_mut(|client| challenge::issue(client, agent, conversation, identifier))
+            .or_raise();
     TableIterator::once((
         issued.status.as_str().to_owned(),
         issued.channel.map(str::to_owned),
@@ -95,7 +101,8 @@ fn otp_verify(
         name!(subject, Option<String>),
     ),
 > {
-    let verified = Spi::connect_mut(|client| challenge::verify(client, agent, conversation, code)).or_raise();
+    let verified =
+        Spi::connect_mut(|client| challenge::verify(client, agent, conversation, code)).or_raise();
     TableIterator::once((
         verified.status.as_str().to_owned(),
         verified.attempts_remaining,
@@ -164,7 +171,16 @@ fn otp_outbox_claim(
     })
     .or_raise();
     TableIterator::new(claimed.into_iter().map(|m| {
-        (m.message_id, m.agent, m.conversation, m.channel, m.destination, m.code.to_string(), m.expires_at, m.attempt)
+        (
+            m.message_id,
+            m.agent,
+            m.conversation,
+            m.channel,
+            m.destination,
+            m.code.to_string(),
+            m.expires_at,
+            m.attempt,
+        )
     }))
 }
 

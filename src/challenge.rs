@@ -72,7 +72,13 @@ pub struct Issued {
 
 impl Issued {
     fn bare(status: IssueStatus) -> Self {
-        Issued { status, channel: None, destination_hint: None, expires_at: None, session_token: None }
+        Issued {
+            status,
+            channel: None,
+            destination_hint: None,
+            expires_at: None,
+            session_token: None,
+        }
     }
 }
 
@@ -85,7 +91,12 @@ pub struct Verified {
 
 impl Verified {
     fn bare(status: VerifyStatus) -> Self {
-        Verified { status, attempts_remaining: None, session_token: None, subject: None }
+        Verified {
+            status,
+            attempts_remaining: None,
+            session_token: None,
+            subject: None,
+        }
     }
 }
 
@@ -98,7 +109,9 @@ pub fn issue(
 ) -> Result<Issued> {
     let agent_name = config::agent_name(agent)?;
     let conversation = config::conversation_id(conversation)?;
-    let identifier = identifier.ok_or_else(|| OtpError::null_argument("identifier"))?.trim();
+    let identifier = identifier
+        .ok_or_else(|| OtpError::null_argument("identifier"))?
+        .trim();
     let keys = gucs::keys()?;
     let agent = config::load(client, agent_name)?;
 
@@ -108,13 +121,20 @@ pub fn issue(
     // no longer work.
     supersede_pending(client, &agent.name, conversation, now)?;
 
-    let found = if identifier.is_empty() { None } else { record::find(client, &agent, identifier)? };
+    let found = if identifier.is_empty() {
+        None
+    } else {
+        record::find(client, &agent, identifier)?
+    };
     let Some(person) = found else {
         return Ok(Issued::bare(IssueStatus::NotFound));
     };
     if !agent.require_otp {
         let token = session::start(client, &agent, conversation, &person.subject, None, now)?;
-        return Ok(Issued { session_token: Some(token), ..Issued::bare(IssueStatus::Authenticated) });
+        return Ok(Issued {
+            session_token: Some(token),
+            ..Issued::bare(IssueStatus::Authenticated)
+        });
     }
     let Some(destination) = record::choose_destination(&person, agent.preferred_channel) else {
         return Ok(Issued::bare(IssueStatus::NoChannel));
@@ -128,7 +148,8 @@ pub fn issue(
         )?
         .first();
     let challenge_id: i64 = row.get(1)?.expect("nextval is never NULL");
-    let expires_at: TimestampWithTimeZone = row.get(2)?.expect("timestamptz + interval is never NULL");
+    let expires_at: TimestampWithTimeZone =
+        row.get(2)?.expect("timestamptz + interval is never NULL");
 
     let code = crypto::generate_code();
     let code_hash = keys.code_hash(challenge_id, &agent.name, conversation, &code);
@@ -150,7 +171,16 @@ pub fn issue(
             expires_at.into(),
         ],
     )?;
-    outbox::enqueue(client, &keys, challenge_id, &agent.name, conversation, &destination, &code, now, expires_at)?;
+    let message = outbox::Outgoing {
+        challenge_id,
+        agent: &agent.name,
+        conversation,
+        destination: &destination,
+        code: &code,
+        created_at: now,
+        expires_at,
+    };
+    outbox::enqueue(client, &keys, &message)?;
 
     Ok(Issued {
         status: IssueStatus::CodeSent,
@@ -204,9 +234,22 @@ pub fn verify(
         return Ok(Verified::bare(VerifyStatus::Expired));
     }
 
-    if keys.code_matches(&stored_hash, challenge_id, &agent.name, conversation, &submitted) {
+    if keys.code_matches(
+        &stored_hash,
+        challenge_id,
+        &agent.name,
+        conversation,
+        &submitted,
+    ) {
         end_challenge(client, challenge_id, "verified", now)?;
-        let token = session::start(client, &agent, conversation, &subject, Some(challenge_id), now)?;
+        let token = session::start(
+            client,
+            &agent,
+            conversation,
+            &subject,
+            Some(challenge_id),
+            now,
+        )?;
         return Ok(Verified {
             status: VerifyStatus::Verified,
             attempts_remaining: None,
@@ -226,23 +269,35 @@ pub fn verify(
         .get_one::<i32>()?
         .unwrap_or(0);
     if counted > 0 {
-        return Ok(Verified { attempts_remaining: Some(counted), ..Verified::bare(VerifyStatus::Incorrect) });
+        return Ok(Verified {
+            attempts_remaining: Some(counted),
+            ..Verified::bare(VerifyStatus::Incorrect)
+        });
     }
     end_challenge(client, challenge_id, "locked", now)?;
-    Ok(Verified { attempts_remaining: Some(0), ..Verified::bare(VerifyStatus::Locked) })
+    Ok(Verified {
+        attempts_remaining: Some(0),
+        ..Verified::bare(VerifyStatus::Locked)
+    })
 }
 
 /// The code as digits, or None when the input is not a 6-digit code.
 /// Spaces and hyphens are ignored ("483 921", "483-921"); anything else,
 /// including non-ASCII digits such as "٤٨٣٩٢١", makes it invalid.
 pub fn normalize_code(input: &str) -> Option<Code> {
-    const IGNORED_DASHES: [char; 6] = ['-', '\u{2010}', '\u{2011}', '\u{2012}', '\u{2013}', '\u{2212}'];
+    const IGNORED_DASHES: [char; 6] = [
+        '-', '\u{2010}', '\u{2011}', '\u{2012}', '\u{2013}', '\u{2212}',
+    ];
     // Bound the work on hostile input before collecting anything.
     if input.len() > 64 {
         return None;
     }
-    let digits: Code =
-        Zeroizing::new(input.chars().filter(|c| !c.is_whitespace() && !IGNORED_DASHES.contains(c)).collect());
+    let digits: Code = Zeroizing::new(
+        input
+            .chars()
+            .filter(|c| !c.is_whitespace() && !IGNORED_DASHES.contains(c))
+            .collect(),
+    );
     (digits.len() == CODE_DIGITS && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
 }
 
@@ -278,16 +333,30 @@ fn supersede_pending(
 }
 
 /// Moves a pending challenge to a final state and stops delivery of its code.
-fn end_challenge(client: &mut SpiClient<'_>, challenge_id: i64, state: &str, now: TimestampWithTimeZone) -> Result<()> {
+fn end_challenge(
+    client: &mut SpiClient<'_>,
+    challenge_id: i64,
+    state: &str,
+    now: TimestampWithTimeZone,
+) -> Result<()> {
     // An expired code's message is expired too; any other end cancels it.
-    let delivery_end = if state == "expired" { "expired" } else { "cancelled" };
+    let delivery_end = if state == "expired" {
+        "expired"
+    } else {
+        "cancelled"
+    };
     let ended = client.update(
         "UPDATE otp.challenge
             SET state = $2, ended_at = $3,
                 delivery = CASE WHEN delivery = 'queued' THEN $4 ELSE delivery END
           WHERE id = $1 AND state = 'pending'",
         None,
-        &[challenge_id.into(), state.into(), now.into(), delivery_end.into()],
+        &[
+            challenge_id.into(),
+            state.into(),
+            now.into(),
+            delivery_end.into(),
+        ],
     )?;
     if !ended.is_empty() {
         outbox::cancel_for_challenge(client, challenge_id, delivery_end, now)?;
@@ -301,14 +370,36 @@ mod tests {
 
     #[test]
     fn accepts_six_digits_with_spaces_and_hyphens() {
-        for input in ["483921", " 483 921 ", "483-921", "4-8-3-9-2-1", "483\u{a0}921", "483\u{2011}921", "\t483921\n"] {
-            assert_eq!(normalize_code(input).as_deref().map(String::as_str), Some("483921"), "{input:?}");
+        for input in [
+            "483921",
+            " 483 921 ",
+            "483-921",
+            "4-8-3-9-2-1",
+            "483\u{a0}921",
+            "483\u{2011}921",
+            "\t483921\n",
+        ] {
+            assert_eq!(
+                normalize_code(input).as_deref().map(String::as_str),
+                Some("483921"),
+                "{input:?}"
+            );
         }
     }
 
     #[test]
     fn rejects_everything_else() {
-        for input in ["", "48392", "4839211", "48392a", "483.921", "٤٨٣٩٢١", "４８３９２１", "+48392", "483921 483921"] {
+        for input in [
+            "",
+            "48392",
+            "4839211",
+            "48392a",
+            "483.921",
+            "٤٨٣٩٢١",
+            "４８３９２１",
+            "+48392",
+            "483921 483921",
+        ] {
             assert!(normalize_code(input).is_none(), "{input:?}");
         }
         assert!(normalize_code(&"1".repeat(10_000)).is_none());

@@ -15,4 +15,3 @@ pub fn now(client: &SpiClient<'_>) -> Result<TimestampWithTimeZone> {
         .get_one::<TimestampWithTimeZone>()?
         .expect("clock_timestamp() is never NULL"))
 }
-

@@ -7,8 +7,8 @@
 
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
-use pgrx::PgRelation;
 use pgrx::spi::SpiClient;
+use pgrx::PgRelation;
 use pgrx::PgSqlErrorCode;
 
 use crate::errors::{OtpError, Result};
@@ -77,7 +77,10 @@ pub struct AgentSettings<'a> {
 pub fn agent_name(agent: Option<&str>) -> Result<&str> {
     let agent = agent.ok_or_else(|| OtpError::null_argument("agent"))?;
     if agent.is_empty() || agent.len() > MAX_AGENT_LEN {
-        return Err(OtpError::invalid_argument("agent", format!("must be 1 to {MAX_AGENT_LEN} bytes long")));
+        return Err(OtpError::invalid_argument(
+            "agent",
+            format!("must be 1 to {MAX_AGENT_LEN} bytes long"),
+        ));
     }
     Ok(agent)
 }
@@ -97,7 +100,10 @@ pub fn conversation_id(conversation: Option<&str>) -> Result<&str> {
 fn positive(name: &str, value: Option<Interval>) -> Result<Interval> {
     let value = value.ok_or_else(|| OtpError::null_argument(name))?;
     if value.as_micros() <= 0 {
-        return Err(OtpError::invalid_argument(name, "must be a positive interval"));
+        return Err(OtpError::invalid_argument(
+            name,
+            "must be a positive interval",
+        ));
     }
     Ok(value)
 }
@@ -110,31 +116,56 @@ fn optional_column(value: Option<&str>) -> Option<&str> {
 /// Validates and stores an agent's settings (create or replace).
 pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Result<()> {
     let name = agent_name(settings.agent)?;
-    let source = settings.source.ok_or_else(|| OtpError::null_argument("source"))?;
-    let id_column = settings.id_column.filter(|c| !c.is_empty()).ok_or_else(|| OtpError::null_argument("id_column"))?;
+    let source = settings
+        .source
+        .ok_or_else(|| OtpError::null_argument("source"))?;
+    let id_column = settings
+        .id_column
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| OtpError::null_argument("id_column"))?;
     let phone_column = optional_column(settings.phone_column);
     let email_column = optional_column(settings.email_column);
     if phone_column.is_none() && email_column.is_none() {
-        return Err(OtpError::invalid_argument("phone_column", "at least one of phone_column and email_column is required")
-            .with_hint("Name the column holding the WhatsApp number, the email address, or both."));
+        return Err(OtpError::invalid_argument(
+            "phone_column",
+            "at least one of phone_column and email_column is required",
+        )
+        .with_hint("Name the column holding the WhatsApp number, the email address, or both."));
     }
-    let require_otp = settings.require_otp.ok_or_else(|| OtpError::null_argument("require_otp"))?;
+    let require_otp = settings
+        .require_otp
+        .ok_or_else(|| OtpError::null_argument("require_otp"))?;
     let code_ttl = positive("code_ttl", settings.code_ttl)?;
     let idle_timeout = positive("idle_timeout", settings.idle_timeout)?;
     let absolute_timeout = positive("absolute_timeout", settings.absolute_timeout)?;
     if idle_timeout.as_micros() > absolute_timeout.as_micros() {
-        return Err(OtpError::invalid_argument("idle_timeout", "must not be longer than absolute_timeout"));
+        return Err(OtpError::invalid_argument(
+            "idle_timeout",
+            "must not be longer than absolute_timeout",
+        ));
     }
-    let max_attempts = settings.max_attempts.ok_or_else(|| OtpError::null_argument("max_attempts"))?;
+    let max_attempts = settings
+        .max_attempts
+        .ok_or_else(|| OtpError::null_argument("max_attempts"))?;
     if !(1..=10).contains(&max_attempts) {
-        return Err(OtpError::invalid_argument("max_attempts", "must be between 1 and 10"));
+        return Err(OtpError::invalid_argument(
+            "max_attempts",
+            "must be between 1 and 10",
+        ));
     }
-    let preferred = settings.preferred_channel.ok_or_else(|| OtpError::null_argument("preferred_channel"))?;
-    let preferred = Channel::parse(preferred)
-        .ok_or_else(|| OtpError::invalid_argument("preferred_channel", "must be 'whatsapp' or 'email'"))?;
+    let preferred = settings
+        .preferred_channel
+        .ok_or_else(|| OtpError::null_argument("preferred_channel"))?;
+    let preferred = Channel::parse(preferred).ok_or_else(|| {
+        OtpError::invalid_argument("preferred_channel", "must be 'whatsapp' or 'email'")
+    })?;
 
     let may_configure = client
-        .select("SELECT pg_catalog.has_table_privilege('otp.agent', 'INSERT, UPDATE')", None, &[])?
+        .select(
+            "SELECT pg_catalog.has_table_privilege('otp.agent', 'INSERT, UPDATE')",
+            None,
+            &[],
+        )?
         .first()
         .get_one::<bool>()?
         .unwrap_or(false);
@@ -211,7 +242,11 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
 
 /// Checks that the relation exists, can hold people, and has the named
 /// columns. Returns its schema-qualified, safely quoted name.
-pub fn check_source(client: &SpiClient<'_>, source: pg_sys::Oid, columns: &[(&str, &str)]) -> Result<String> {
+pub fn check_source(
+    client: &SpiClient<'_>,
+    source: pg_sys::Oid,
+    columns: &[(&str, &str)],
+) -> Result<String> {
     let wanted: Vec<&str> = columns.iter().map(|(_, column)| *column).collect();
     let row = client
         .select(
@@ -228,7 +263,10 @@ pub fn check_source(client: &SpiClient<'_>, source: pg_sys::Oid, columns: &[(&st
     if row.is_empty() {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("pg_otp: the source relation (OID {}) no longer exists", source.to_u32()),
+            format!(
+                "pg_otp: the source relation (OID {}) no longer exists",
+                source.to_u32()
+            ),
         )
         .with_hint("Run otp_configure again with the table or view that now holds the records."));
     }
@@ -241,12 +279,17 @@ pub fn check_source(client: &SpiClient<'_>, source: pg_sys::Oid, columns: &[(&st
             format!("pg_otp: {qualified} is not a table, view, materialized view or foreign table"),
         ));
     }
-    if let Some((argument, column)) = columns.iter().find(|(_, column)| !present.iter().any(|p| p == column)) {
+    if let Some((argument, column)) = columns
+        .iter()
+        .find(|(_, column)| !present.iter().any(|p| p == column))
+    {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!("pg_otp: column \"{column}\" ({argument}) does not exist in {qualified}"),
         )
-        .with_hint("Column names are case-sensitive. If the table changed, run otp_configure again."));
+        .with_hint(
+            "Column names are case-sensitive. If the table changed, run otp_configure again.",
+        ));
     }
     Ok(qualified)
 }

@@ -55,14 +55,26 @@ impl Keys {
         let mut code_hash = Zeroizing::new([0u8; 32]);
         let mut outbox_seal = Zeroizing::new([0u8; 32]);
         // 32 bytes is far below HKDF-SHA256's limit of 8160: expand cannot fail.
-        hkdf.expand(CODE_HASH_INFO, code_hash.as_mut()).expect("32-byte HKDF output");
-        hkdf.expand(OUTBOX_SEAL_INFO, outbox_seal.as_mut()).expect("32-byte HKDF output");
-        Self { code_hash, outbox_seal }
+        hkdf.expand(CODE_HASH_INFO, code_hash.as_mut())
+            .expect("32-byte HKDF output");
+        hkdf.expand(OUTBOX_SEAL_INFO, outbox_seal.as_mut())
+            .expect("32-byte HKDF output");
+        Self {
+            code_hash,
+            outbox_seal,
+        }
     }
 
     /// The keyed hash stored for a challenge's code.
-    pub fn code_hash(&self, challenge_id: i64, agent: &str, conversation: &str, code: &str) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.code_hash.as_ref()).expect("HMAC takes any key length");
+    pub fn code_hash(
+        &self,
+        challenge_id: i64,
+        agent: &str,
+        conversation: &str,
+        code: &str,
+    ) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.code_hash.as_ref())
+            .expect("HMAC takes any key length");
         mac.update(&challenge_id.to_be_bytes());
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
         for field in [agent.as_bytes(), conversation.as_bytes(), code.as_bytes()] {
@@ -73,7 +85,14 @@ impl Keys {
     }
 
     /// Does `code` match the stored hash? Constant time in the hash bytes.
-    pub fn code_matches(&self, stored: &[u8], challenge_id: i64, agent: &str, conversation: &str, code: &str) -> bool {
+    pub fn code_matches(
+        &self,
+        stored: &[u8],
+        challenge_id: i64,
+        agent: &str,
+        conversation: &str,
+        code: &str,
+    ) -> bool {
         let computed = self.code_hash(challenge_id, agent, conversation, code);
         bool::from(computed.as_slice().ct_eq(stored))
     }
@@ -84,9 +103,18 @@ impl Keys {
         let aad = outbox_aad(challenge_id);
         let ciphertext = self
             .cipher()
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: code.as_bytes(), aad: &aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: code.as_bytes(),
+                    aad: &aad,
+                },
+            )
             .map_err(|_| internal("sealing a code failed"))?;
-        Ok(Sealed { nonce: nonce.to_vec(), ciphertext })
+        Ok(Sealed {
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
     }
 
     pub fn open_code(&self, challenge_id: i64, nonce: &[u8], ciphertext: &[u8]) -> Result<Code> {
@@ -96,7 +124,13 @@ impl Keys {
         let aad = outbox_aad(challenge_id);
         let plain = Zeroizing::new(
             self.cipher()
-                .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
+                .decrypt(
+                    XNonce::from_slice(nonce),
+                    Payload {
+                        msg: ciphertext,
+                        aad: &aad,
+                    },
+                )
                 .map_err(|_| unopenable(challenge_id))?,
         );
         let code = String::from_utf8(plain.to_vec()).map_err(|_| unopenable(challenge_id))?;
@@ -123,13 +157,18 @@ fn unopenable(challenge_id: i64) -> OtpError {
 }
 
 fn internal(what: &str) -> OtpError {
-    OtpError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_otp: {what}"))
+    OtpError::new(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("pg_otp: {what}"),
+    )
 }
 
 fn fill_random(buf: &mut [u8]) -> Result<()> {
-    OsRng
-        .try_fill_bytes(buf)
-        .map_err(|err| internal(&format!("the operating system's random number generator failed: {err}")))
+    OsRng.try_fill_bytes(buf).map_err(|err| {
+        internal(&format!(
+            "the operating system's random number generator failed: {err}"
+        ))
+    })
 }
 
 /// A fresh, uniformly random 6-digit code.
@@ -144,7 +183,8 @@ pub fn new_session_token() -> Result<(Zeroizing<String>, [u8; 32])> {
     use base64::Engine as _;
     let mut raw = Zeroizing::new([0u8; 32]);
     fill_random(raw.as_mut())?;
-    let token = Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref()));
+    let token =
+        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref()));
     let hash = session_token_hash(&token);
     Ok((token, hash))
 }
@@ -170,10 +210,17 @@ mod tests {
 
     #[test]
     fn codes_are_six_ascii_digits_and_vary() {
-        let codes: std::collections::HashSet<String> = (0..200).map(|_| generate_code().to_string()).collect();
-        assert!(codes.iter().all(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit())));
+        let codes: std::collections::HashSet<String> =
+            (0..200).map(|_| generate_code().to_string()).collect();
+        assert!(codes
+            .iter()
+            .all(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit())));
         // 200 draws from 10^6 values: a repeat-heavy set means a broken generator.
-        assert!(codes.len() > 190, "only {} distinct codes in 200", codes.len());
+        assert!(
+            codes.len() > 190,
+            "only {} distinct codes in 200",
+            codes.len()
+        );
     }
 
     #[test]
@@ -195,20 +242,31 @@ mod tests {
         let k = keys();
         let sealed = k.seal_code(42, "004711").unwrap();
         assert!(!sealed.ciphertext.windows(6).any(|w| w == b"004711"));
-        assert_eq!(k.open_code(42, &sealed.nonce, &sealed.ciphertext).unwrap().as_str(), "004711");
+        assert_eq!(
+            k.open_code(42, &sealed.nonce, &sealed.ciphertext)
+                .unwrap()
+                .as_str(),
+            "004711"
+        );
         assert!(k.open_code(43, &sealed.nonce, &sealed.ciphertext).is_err());
-        assert!(Keys::derive(&[8u8; 32]).open_code(42, &sealed.nonce, &sealed.ciphertext).is_err());
+        assert!(Keys::derive(&[8u8; 32])
+            .open_code(42, &sealed.nonce, &sealed.ciphertext)
+            .is_err());
         let mut tampered = sealed.ciphertext.clone();
         tampered[0] ^= 1;
         assert!(k.open_code(42, &sealed.nonce, &tampered).is_err());
-        assert!(k.open_code(42, &sealed.nonce[..12], &sealed.ciphertext).is_err());
+        assert!(k
+            .open_code(42, &sealed.nonce[..12], &sealed.ciphertext)
+            .is_err());
     }
 
     #[test]
     fn session_tokens_are_256_bit_base64url() {
         let (token, hash) = new_session_token().unwrap();
         assert_eq!(token.len(), 43);
-        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(hash, session_token_hash(&token));
         let (other, _) = new_session_token().unwrap();
         assert_ne!(*token, *other);

@@ -22,7 +22,12 @@ pub struct OtpError {
 
 impl OtpError {
     pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), detail: None, hint: None }
+        Self {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -57,7 +62,9 @@ impl OtpError {
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("pg_otp: agent \"{agent}\" is not configured"),
         )
-        .with_hint("Configure it first with otp_configure(agent => ..., source => ..., id_column => ...).")
+        .with_hint(
+            "Configure it first with otp_configure(agent => ..., source => ..., id_column => ...).",
+        )
     }
 
     /// Raise as a PostgreSQL ERROR; never returns.
@@ -77,7 +84,10 @@ impl OtpError {
 impl From<pgrx::spi::Error> for OtpError {
     // SPI errors here mean a query pg_otp wrote itself is wrong: a bug, not a caller error.
     fn from(err: pgrx::spi::Error) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_otp: internal query failed: {err}"))
+        Self::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("pg_otp: internal query failed: {err}"),
+        )
     }
 }
 

@@ -21,7 +21,8 @@ use crate::crypto::Keys;
 use crate::errors::{OtpError, Result};
 
 /// The server secret: at least 32 random bytes, written as hex or base64.
-pub static SECRET_KEY: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
+pub static SECRET_KEY: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
 
 /// Smallest secret accepted, in bytes (256 bits).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -79,7 +80,9 @@ fn require_preloaded() -> Result<()> {
 /// Decodes the secret: hex when every character is a hex digit, base64 otherwise.
 fn parse_secret(raw: &[u8]) -> std::result::Result<zeroize::Zeroizing<Vec<u8>>, &'static str> {
     use base64::Engine as _;
-    let text = std::str::from_utf8(raw).map_err(|_| "is not valid text")?.trim();
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| "is not valid text")?
+        .trim();
     if text.is_empty() {
         return Err("is not set");
     }
@@ -108,7 +111,10 @@ mod tests {
         let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
         assert_eq!(parse_secret(hex.as_bytes()).unwrap().len(), 32);
         let b64 = "ABEiM0RVZneImaq7zN3u/wARIjNEVWZ3iJmqu8zd7v8=";
-        assert_eq!(parse_secret(b64.as_bytes()).unwrap().as_slice(), hex::decode(hex).unwrap().as_slice());
+        assert_eq!(
+            parse_secret(b64.as_bytes()).unwrap().as_slice(),
+            hex::decode(hex).unwrap().as_slice()
+        );
         let b64url = "ABEiM0RVZneImaq7zN3u_wARIjNEVWZ3iJmqu8zd7v8";
         assert_eq!(parse_secret(b64url.as_bytes()).unwrap().len(), 32);
     }
@@ -117,8 +123,13 @@ mod tests {
     fn rejects_missing_short_and_garbled_secrets() {
         assert_eq!(parse_secret(b"").unwrap_err(), "is not set");
         assert_eq!(parse_secret(b"   ").unwrap_err(), "is not set");
-        assert!(parse_secret(b"00112233").unwrap_err().starts_with("is too short"));
+        assert!(parse_secret(b"00112233")
+            .unwrap_err()
+            .starts_with("is too short"));
         assert!(parse_secret(b"not a key!").is_err());
-        assert!(parse_secret("00112233445566778899aabbccddeeff00112233445566778899aabbccddeef".as_bytes()).is_err());
+        assert!(parse_secret(
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeef".as_bytes()
+        )
+        .is_err());
     }
 }

@@ -43,38 +43,43 @@ pub struct Claimed {
     pub attempt: i32,
 }
 
+/// A message to queue: the code of a new challenge and where it goes.
+pub struct Outgoing<'a> {
+    pub challenge_id: i64,
+    pub agent: &'a str,
+    pub conversation: &'a str,
+    pub destination: &'a Destination,
+    pub code: &'a str,
+    pub created_at: TimestampWithTimeZone,
+    pub expires_at: TimestampWithTimeZone,
+}
+
 /// Queues the code of a new challenge for delivery and wakes the dispatchers.
-pub fn enqueue(
-    client: &mut SpiClient<'_>,
-    keys: &Keys,
-    challenge_id: i64,
-    agent: &str,
-    conversation: &str,
-    destination: &Destination,
-    code: &str,
-    now: TimestampWithTimeZone,
-    expires_at: TimestampWithTimeZone,
-) -> Result<()> {
-    let sealed = keys.seal_code(challenge_id, code)?;
+pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) -> Result<()> {
+    let sealed = keys.seal_code(message.challenge_id, message.code)?;
     client.update(
         "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
                                  available_at, expires_at, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)",
         None,
         &[
-            challenge_id.into(),
-            agent.into(),
-            conversation.into(),
-            destination.channel.as_str().into(),
-            destination.address.as_str().into(),
+            message.challenge_id.into(),
+            message.agent.into(),
+            message.conversation.into(),
+            message.destination.channel.as_str().into(),
+            message.destination.address.as_str().into(),
             sealed.nonce.into(),
             sealed.ciphertext.into(),
-            now.into(),
-            expires_at.into(),
+            message.created_at.into(),
+            message.expires_at.into(),
         ],
     )?;
     // A constant payload: PostgreSQL folds repeats within one transaction.
-    client.update("SELECT pg_catalog.pg_notify($1, '')", None, &[NOTIFY_CHANNEL.into()])?;
+    client.update(
+        "SELECT pg_catalog.pg_notify($1, '')",
+        None,
+        &[NOTIFY_CHANNEL.into()],
+    )?;
     Ok(())
 }
 
@@ -105,11 +110,17 @@ pub fn claim(
 ) -> Result<Vec<Claimed>> {
     let batch_size = batch_size.ok_or_else(|| OtpError::null_argument("batch_size"))?;
     if !(1..=MAX_BATCH).contains(&batch_size) {
-        return Err(OtpError::invalid_argument("batch_size", format!("must be between 1 and {MAX_BATCH}")));
+        return Err(OtpError::invalid_argument(
+            "batch_size",
+            format!("must be between 1 and {MAX_BATCH}"),
+        ));
     }
     let lease = lease.ok_or_else(|| OtpError::null_argument("lease"))?;
     if lease.as_micros() <= 0 {
-        return Err(OtpError::invalid_argument("lease", "must be a positive interval"));
+        return Err(OtpError::invalid_argument(
+            "lease",
+            "must be a positive interval",
+        ));
     }
     let now = clock::now(client)?;
 
@@ -146,20 +157,37 @@ pub fn claim(
         &[now.into(), batch_size.into(), lease.into()],
     )?;
     let mut claimed = Vec::with_capacity(rows.len());
+    let mut unopenable = Vec::new();
     for row in rows {
+        let message_id: i64 = row.get(1)?.unwrap_or_default();
         let challenge_id: i64 = row.get(2)?.unwrap_or_default();
         let nonce: Vec<u8> = row.get(7)?.unwrap_or_default();
         let sealed: Vec<u8> = row.get(8)?.unwrap_or_default();
+        // A code sealed under an earlier secret cannot be delivered; it must
+        // not block the rest of the batch either.
+        let Ok(code) = keys.open_code(challenge_id, &nonce, &sealed) else {
+            unopenable.push((message_id, challenge_id));
+            continue;
+        };
         claimed.push(Claimed {
-            message_id: row.get(1)?.unwrap_or_default(),
+            message_id,
             agent: row.get(3)?.unwrap_or_default(),
             conversation: row.get(4)?.unwrap_or_default(),
             channel: row.get(5)?.unwrap_or_default(),
             destination: row.get(6)?.unwrap_or_default(),
-            code: keys.open_code(challenge_id, &nonce, &sealed)?,
+            code,
             expires_at: row.get(9)?.expect("NOT NULL column"),
             attempt: row.get(10)?.unwrap_or_default(),
         });
+    }
+    for (message_id, challenge_id) in unopenable {
+        pgrx::warning!("pg_otp: outbox message {message_id} was sealed under another otp.secret_key; marked failed");
+        client.update(
+            "UPDATE otp.outbox SET last_error = 'sealed under another otp.secret_key' WHERE id = $1",
+            None,
+            &[message_id.into()],
+        )?;
+        finish(client, message_id, challenge_id, "failed", now)?;
     }
     claimed.sort_by_key(|m| m.message_id);
     Ok(claimed)
@@ -226,12 +254,20 @@ fn finish(
         None,
         &[message_id.into(), state.into(), now.into()],
     )?;
-    client.update("UPDATE otp.challenge SET delivery = $2 WHERE id = $1", None, &[challenge_id.into(), state.into()])?;
+    client.update(
+        "UPDATE otp.challenge SET delivery = $2 WHERE id = $1",
+        None,
+        &[challenge_id.into(), state.into()],
+    )?;
     Ok(())
 }
 
 /// Records a successful delivery.
-pub fn sent(client: &mut SpiClient<'_>, message_id: Option<i64>, provider_ref: Option<&str>) -> Result<()> {
+pub fn sent(
+    client: &mut SpiClient<'_>,
+    message_id: Option<i64>,
+    provider_ref: Option<&str>,
+) -> Result<()> {
     let (message_id, message) = lock_message(client, message_id)?;
     let now = clock::now(client)?;
     let provider_ref = provider_ref.map(|r| truncate(r, MAX_ERROR_LEN));
@@ -241,7 +277,11 @@ pub fn sent(client: &mut SpiClient<'_>, message_id: Option<i64>, provider_ref: O
         "sent" => return Ok(()),
         // The challenge ended while the message was on its way; it still arrived.
         "cancelled" | "expired" => {
-            client.update("UPDATE otp.outbox SET sent_at = $2 WHERE id = $1", None, &[message_id.into(), now.into()])?;
+            client.update(
+                "UPDATE otp.outbox SET sent_at = $2 WHERE id = $1",
+                None,
+                &[message_id.into(), now.into()],
+            )?;
             client.update(
                 "UPDATE otp.challenge SET delivery = 'sent' WHERE id = $1",
                 None,

@@ -66,14 +66,24 @@ pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<O
 
 /// Picks the preferred channel when the record has it, else the other one.
 pub fn choose_destination(record: &Record, preferred: Channel) -> Option<Destination> {
-    let usable = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    let usable = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
     let phone = usable(&record.phone).map(|address| (Channel::WhatsApp, address));
     let email = usable(&record.email).map(|address| (Channel::Email, address));
     let (first, second) = match preferred {
         Channel::WhatsApp => (phone, email),
         Channel::Email => (email, phone),
     };
-    first.or(second).map(|(channel, address)| Destination { channel, hint: mask(channel, &address), address })
+    first.or(second).map(|(channel, address)| Destination {
+        channel,
+        hint: mask(channel, &address),
+        address,
+    })
 }
 
 /// A hint that tells the user where the code went without disclosing the
@@ -100,14 +110,21 @@ mod tests {
     use super::*;
 
     fn record(phone: Option<&str>, email: Option<&str>) -> Record {
-        Record { subject: "4721".into(), phone: phone.map(Into::into), email: email.map(Into::into) }
+        Record {
+            subject: "4721".into(),
+            phone: phone.map(Into::into),
+            email: email.map(Into::into),
+        }
     }
 
     #[test]
     fn masks_phone_and_email() {
         assert_eq!(mask(Channel::WhatsApp, "+34 600 123 478"), "***78");
         assert_eq!(mask(Channel::WhatsApp, "7"), "***7");
-        assert_eq!(mask(Channel::Email, "jane.doe@example.com"), "j***@example.com");
+        assert_eq!(
+            mask(Channel::Email, "jane.doe@example.com"),
+            "j***@example.com"
+        );
         assert_eq!(mask(Channel::Email, "ñu@example.com"), "ñ***@example.com");
         assert_eq!(mask(Channel::Email, "broken"), "***");
         assert_eq!(mask(Channel::Email, "@example.com"), "***");
@@ -116,11 +133,25 @@ mod tests {
     #[test]
     fn prefers_configured_channel_then_falls_back() {
         let both = record(Some("+34600123478"), Some("jane@example.com"));
-        assert_eq!(choose_destination(&both, Channel::WhatsApp).unwrap().channel, Channel::WhatsApp);
-        assert_eq!(choose_destination(&both, Channel::Email).unwrap().channel, Channel::Email);
+        assert_eq!(
+            choose_destination(&both, Channel::WhatsApp)
+                .unwrap()
+                .channel,
+            Channel::WhatsApp
+        );
+        assert_eq!(
+            choose_destination(&both, Channel::Email).unwrap().channel,
+            Channel::Email
+        );
         let email_only = record(Some("   "), Some(" jane@example.com "));
         let chosen = choose_destination(&email_only, Channel::WhatsApp).unwrap();
-        assert_eq!((chosen.channel, chosen.address.as_str()), (Channel::Email, "jane@example.com"));
-        assert_eq!(choose_destination(&record(None, Some("")), Channel::Email), None);
+        assert_eq!(
+            (chosen.channel, chosen.address.as_str()),
+            (Channel::Email, "jane@example.com")
+        );
+        assert_eq!(
+            choose_destination(&record(None, Some("")), Channel::Email),
+            None
+        );
     }
 }

@@ -152,7 +152,10 @@ pub fn revoke(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<bool> {
     let revoked = client.update(
         "UPDATE otp.session SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
         None,
-        &[crypto::session_token_hash(token).to_vec().into(), now.into()],
+        &[
+            crypto::session_token_hash(token).to_vec().into(),
+            now.into(),
+        ],
     )?;
     Ok(revoked.len() == 1)
 }

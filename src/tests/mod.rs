@@ -56,7 +56,9 @@ mod tests {
 
     /// The SQLSTATE a statement fails with, or "ok".
     fn sqlstate(sql: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap().unwrap()
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()])
+            .unwrap()
+            .unwrap()
     }
 
     #[derive(Debug)]
@@ -140,7 +142,9 @@ mod tests {
     }
 
     fn touch_status(token: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT status FROM session_touch($1)", &[token.into()]).unwrap().unwrap()
+        Spi::get_one_with_args::<String>("SELECT status FROM session_touch($1)", &[token.into()])
+            .unwrap()
+            .unwrap()
     }
 
     fn challenge_field(conversation: &str, column: &str) -> Option<String> {
@@ -163,7 +167,10 @@ mod tests {
         assert_eq!(issued.expires_in_future, Some(true));
         assert_eq!(issued.token, None);
         // one pending challenge, one queued message, sealed
-        assert_eq!(challenge_field("t-issue-1", "state").as_deref(), Some("pending"));
+        assert_eq!(
+            challenge_field("t-issue-1", "state").as_deref(),
+            Some("pending")
+        );
         let queued: Option<i64> = one(
             "SELECT count(*) FROM otp.outbox WHERE conversation = 't-issue-1' AND state = 'queued'
                AND destination = '+34 600 123 478' AND code_sealed IS NOT NULL",
@@ -175,13 +182,19 @@ mod tests {
     fn issue_falls_back_to_email_and_honours_preferred_channel() {
         fixture();
         let issued = issue("t-issue-2", "5000");
-        assert_eq!((issued.status.as_str(), issued.channel.as_deref()), ("code_sent", Some("email")));
+        assert_eq!(
+            (issued.status.as_str(), issued.channel.as_deref()),
+            ("code_sent", Some("email"))
+        );
         assert_eq!(issued.hint.as_deref(), Some("b***@example.com"));
 
         run("SELECT otp_configure(agent => 'payroll-mail', source => 'public.employees', id_column => 'employee_no',
                                   phone_column => 'whatsapp', email_column => 'email', preferred_channel => 'email')");
         let issued = issue_for("payroll-mail", "t-issue-3", "4721");
-        assert_eq!((issued.channel.as_deref(), issued.hint.as_deref()), (Some("email"), Some("a***@example.com")));
+        assert_eq!(
+            (issued.channel.as_deref(), issued.hint.as_deref()),
+            (Some("email"), Some("a***@example.com"))
+        );
     }
 
     #[pg_test]
@@ -193,7 +206,8 @@ mod tests {
         assert_eq!(issue("t-issue-4", &"9".repeat(10_000)).status, "not_found");
         assert_eq!(issue("t-issue-4", "4721' OR '1'='1").status, "not_found");
         assert_eq!(issue("t-issue-4", "6000").status, "no_channel");
-        let rows: Option<i64> = one("SELECT count(*) FROM otp.challenge WHERE conversation = 't-issue-4'");
+        let rows: Option<i64> =
+            one("SELECT count(*) FROM otp.challenge WHERE conversation = 't-issue-4'");
         assert_eq!(rows, Some(0));
     }
 
@@ -233,7 +247,8 @@ mod tests {
         assert_eq!((issued.channel, issued.hint), (None, None));
         let token = issued.token.expect("a session token");
         assert_eq!(touch_status(&token), "active");
-        let messages: Option<i64> = one("SELECT count(*) FROM otp.outbox WHERE conversation = 't-noauth'");
+        let messages: Option<i64> =
+            one("SELECT count(*) FROM otp.outbox WHERE conversation = 't-noauth'");
         assert_eq!(messages, Some(0));
     }
 
@@ -253,7 +268,10 @@ mod tests {
         // single use
         let again = verify("t-ok", &code);
         assert_eq!((again.status.as_str(), again.token), ("no_challenge", None));
-        assert_eq!(challenge_field("t-ok", "state").as_deref(), Some("verified"));
+        assert_eq!(
+            challenge_field("t-ok", "state").as_deref(),
+            Some("verified")
+        );
         // the session is bound to the verified challenge
         let linked: Option<i64> =
             one("SELECT count(*) FROM otp.session s JOIN otp.challenge c ON c.id = s.challenge_id WHERE c.conversation = 't-ok'");
@@ -267,16 +285,32 @@ mod tests {
         let code = delivered_code("t-wrong");
         let wrong = wrong_code(&code);
         let first = verify("t-wrong", &wrong);
-        assert_eq!((first.status.as_str(), first.remaining), ("incorrect", Some(2)));
+        assert_eq!(
+            (first.status.as_str(), first.remaining),
+            ("incorrect", Some(2))
+        );
         let second = verify("t-wrong", &wrong);
-        assert_eq!((second.status.as_str(), second.remaining), ("incorrect", Some(1)));
+        assert_eq!(
+            (second.status.as_str(), second.remaining),
+            ("incorrect", Some(1))
+        );
         let third = verify("t-wrong", &wrong);
-        assert_eq!((third.status.as_str(), third.remaining, third.token), ("locked", Some(0), None));
+        assert_eq!(
+            (third.status.as_str(), third.remaining, third.token),
+            ("locked", Some(0), None)
+        );
         // the right code no longer helps: the user must start again
         assert_eq!(verify("t-wrong", &code).status, "no_challenge");
-        assert_eq!(challenge_field("t-wrong", "state").as_deref(), Some("locked"));
-        assert_eq!(challenge_field("t-wrong", "attempts_used").as_deref(), Some("3"));
-        let sessions: Option<i64> = one("SELECT count(*) FROM otp.session WHERE conversation = 't-wrong'");
+        assert_eq!(
+            challenge_field("t-wrong", "state").as_deref(),
+            Some("locked")
+        );
+        assert_eq!(
+            challenge_field("t-wrong", "attempts_used").as_deref(),
+            Some("3")
+        );
+        let sessions: Option<i64> =
+            one("SELECT count(*) FROM otp.session WHERE conversation = 't-wrong'");
         assert_eq!(sessions, Some(0));
     }
 
@@ -287,9 +321,16 @@ mod tests {
         let code = delivered_code("t-format");
         for bad in ["", "12345", "1234567", "12a456", "١٢٣٤٥٦", "123.456"] {
             let result = verify("t-format", bad);
-            assert_eq!((result.status.as_str(), result.remaining), ("invalid_format", None), "{bad:?}");
+            assert_eq!(
+                (result.status.as_str(), result.remaining),
+                ("invalid_format", None),
+                "{bad:?}"
+            );
         }
-        assert_eq!(challenge_field("t-format", "attempts_used").as_deref(), Some("0"));
+        assert_eq!(
+            challenge_field("t-format", "attempts_used").as_deref(),
+            Some("0")
+        );
         let spaced = format!("{} {}", &code[..3], &code[3..]);
         assert_eq!(verify("t-format", &spaced).status, "verified");
     }
@@ -299,7 +340,10 @@ mod tests {
         fixture();
         issue("t-hyphen", "4721");
         let code = delivered_code("t-hyphen");
-        assert_eq!(verify("t-hyphen", &format!("{}-{}", &code[..3], &code[3..])).status, "verified");
+        assert_eq!(
+            verify("t-hyphen", &format!("{}-{}", &code[..3], &code[3..])).status,
+            "verified"
+        );
     }
 
     #[pg_test]
@@ -310,8 +354,14 @@ mod tests {
         run("UPDATE otp.challenge SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-expired'");
         let result = verify("t-expired", &code);
         assert_eq!((result.status.as_str(), result.token), ("expired", None));
-        assert_eq!(challenge_field("t-expired", "attempts_used").as_deref(), Some("0"));
-        assert_eq!(challenge_field("t-expired", "state").as_deref(), Some("expired"));
+        assert_eq!(
+            challenge_field("t-expired", "attempts_used").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            challenge_field("t-expired", "state").as_deref(),
+            Some("expired")
+        );
         assert_eq!(verify("t-expired", &code).status, "no_challenge");
     }
 
@@ -367,9 +417,11 @@ mod tests {
     fn touch_extends_idle_deadline_but_never_past_absolute() {
         fixture();
         let token = session_for("t-touch");
-        run("UPDATE otp.session SET idle_expires_at = clock_timestamp() + interval '1 minute',
+        run(
+            "UPDATE otp.session SET idle_expires_at = clock_timestamp() + interval '1 minute',
                                     expires_at = clock_timestamp() + interval '10 minutes'
-              WHERE conversation = 't-touch'");
+              WHERE conversation = 't-touch'",
+        );
         let moved: Option<bool> = Spi::get_one_with_args(
             "SELECT idle_expires_at > clock_timestamp() + interval '9 minutes' AND idle_expires_at <= expires_at
                FROM session_touch($1)",
@@ -399,9 +451,11 @@ mod tests {
     fn session_expires_at_absolute_limit() {
         fixture();
         let token = session_for("t-abs");
-        run("UPDATE otp.session SET expires_at = clock_timestamp() - interval '1 second',
+        run(
+            "UPDATE otp.session SET expires_at = clock_timestamp() - interval '1 second',
                                     idle_expires_at = clock_timestamp() - interval '1 second'
-              WHERE conversation = 't-abs'");
+              WHERE conversation = 't-abs'",
+        );
         assert_eq!(touch_status(&token), "expired");
     }
 
@@ -433,9 +487,13 @@ mod tests {
     #[pg_test]
     fn unknown_token() {
         fixture();
-        assert_eq!(touch_status("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), "unknown");
+        assert_eq!(
+            touch_status("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            "unknown"
+        );
         assert_eq!(touch_status(""), "unknown");
-        let stored: Option<i64> = one("SELECT count(*) FROM otp.session WHERE octet_length(token_hash) <> 32");
+        let stored: Option<i64> =
+            one("SELECT count(*) FROM otp.session WHERE octet_length(token_hash) <> 32");
         assert_eq!(stored, Some(0));
     }
 
@@ -463,8 +521,15 @@ mod tests {
         fixture();
         issue("t-lease", "4721");
         let id = claim_id("t-lease").expect("claimed");
-        assert_eq!(message_field("t-lease", "state").as_deref(), Some("sending"));
-        assert_eq!(claim_id("t-lease"), None, "leased messages are not offered twice");
+        assert_eq!(
+            message_field("t-lease", "state").as_deref(),
+            Some("sending")
+        );
+        assert_eq!(
+            claim_id("t-lease"),
+            None,
+            "leased messages are not offered twice"
+        );
         run("UPDATE otp.outbox SET available_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-lease'");
         let attempt: Option<i32> = Spi::get_one_with_args(
             "SELECT max(attempt) FROM otp_outbox_claim() WHERE message_id = $1",
@@ -480,9 +545,37 @@ mod tests {
         issue("t-claim-exp", "4721");
         run("UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-claim-exp'");
         assert_eq!(claim_id("t-claim-exp"), None);
-        assert_eq!(message_field("t-claim-exp", "state").as_deref(), Some("expired"));
+        assert_eq!(
+            message_field("t-claim-exp", "state").as_deref(),
+            Some("expired")
+        );
         assert_eq!(message_field("t-claim-exp", "code_sealed"), None);
-        assert_eq!(challenge_field("t-claim-exp", "delivery").as_deref(), Some("expired"));
+        assert_eq!(
+            challenge_field("t-claim-exp", "delivery").as_deref(),
+            Some("expired")
+        );
+    }
+
+    #[pg_test]
+    fn a_message_that_cannot_be_unsealed_fails_alone() {
+        fixture();
+        issue("t-unseal-bad", "4721");
+        issue("t-unseal-good", "5000");
+        // as if sealed under a previous secret
+        run("UPDATE otp.outbox SET code_sealed = '\\x00'::bytea || code_sealed WHERE conversation = 't-unseal-bad'");
+        assert_eq!(claim_id("t-unseal-bad"), None);
+        assert_eq!(
+            message_field("t-unseal-bad", "state").as_deref(),
+            Some("failed")
+        );
+        assert_eq!(
+            challenge_field("t-unseal-bad", "delivery").as_deref(),
+            Some("failed")
+        );
+        assert_eq!(
+            message_field("t-unseal-good", "state").as_deref(),
+            Some("sending")
+        );
     }
 
     #[pg_test]
@@ -493,9 +586,15 @@ mod tests {
         Spi::run_with_args("SELECT otp_outbox_sent($1, 'wamid.1')", &[id.into()]).unwrap();
         Spi::run_with_args("SELECT otp_outbox_sent($1, 'wamid.1')", &[id.into()]).unwrap();
         assert_eq!(message_field("t-sent", "state").as_deref(), Some("sent"));
-        assert_eq!(message_field("t-sent", "provider_ref").as_deref(), Some("wamid.1"));
+        assert_eq!(
+            message_field("t-sent", "provider_ref").as_deref(),
+            Some("wamid.1")
+        );
         assert_eq!(message_field("t-sent", "code_sealed"), None);
-        assert_eq!(challenge_field("t-sent", "delivery").as_deref(), Some("sent"));
+        assert_eq!(
+            challenge_field("t-sent", "delivery").as_deref(),
+            Some("sent")
+        );
     }
 
     #[pg_test]
@@ -503,7 +602,11 @@ mod tests {
         fixture();
         issue("t-retry", "4721");
         let id = claim_id("t-retry").unwrap();
-        Spi::run_with_args("SELECT otp_outbox_failed($1, 'HTTP 503', true)", &[id.into()]).unwrap();
+        Spi::run_with_args(
+            "SELECT otp_outbox_failed($1, 'HTTP 503', true)",
+            &[id.into()],
+        )
+        .unwrap();
         let requeued: Option<String> = Spi::get_one_with_args(
             "SELECT state || ':' || (available_at > clock_timestamp()) || ':' || (available_at < expires_at)
                     || ':' || (code_sealed IS NOT NULL) || ':' || last_error
@@ -512,7 +615,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(requeued.as_deref(), Some("queued:true:true:true:HTTP 503"));
-        assert_eq!(challenge_field("t-retry", "delivery").as_deref(), Some("queued"));
+        assert_eq!(
+            challenge_field("t-retry", "delivery").as_deref(),
+            Some("queued")
+        );
     }
 
     #[pg_test]
@@ -520,10 +626,19 @@ mod tests {
         fixture();
         issue("t-retry-late", "4721");
         let id = claim_id("t-retry-late").unwrap();
-        run("UPDATE otp.outbox SET expires_at = clock_timestamp() + interval '100 milliseconds'
-              WHERE conversation = 't-retry-late'");
-        Spi::run_with_args("SELECT otp_outbox_failed($1, 'timeout', true)", &[id.into()]).unwrap();
-        assert_eq!(message_field("t-retry-late", "state").as_deref(), Some("expired"));
+        run(
+            "UPDATE otp.outbox SET expires_at = clock_timestamp() + interval '100 milliseconds'
+              WHERE conversation = 't-retry-late'",
+        );
+        Spi::run_with_args(
+            "SELECT otp_outbox_failed($1, 'timeout', true)",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            message_field("t-retry-late", "state").as_deref(),
+            Some("expired")
+        );
         assert_eq!(message_field("t-retry-late", "code_sealed"), None);
     }
 
@@ -536,17 +651,27 @@ mod tests {
                 .select("SELECT message_id, code FROM otp_outbox_claim(1000) WHERE conversation = 't-perm'", None, &[])
                 .unwrap()
                 .first();
-            (row.get::<i64>(1).unwrap().unwrap(), row.get::<String>(2).unwrap().unwrap())
+            (
+                row.get::<i64>(1).unwrap().unwrap(),
+                row.get::<String>(2).unwrap().unwrap(),
+            )
         });
         // a provider echoing the message back must not put the code in a table
         let error = format!("131026: recipient cannot receive message with code {code}");
-        Spi::run_with_args("SELECT otp_outbox_failed($1, $2, false)", &[id.into(), error.as_str().into()]).unwrap();
+        Spi::run_with_args(
+            "SELECT otp_outbox_failed($1, $2, false)",
+            &[id.into(), error.as_str().into()],
+        )
+        .unwrap();
         assert_eq!(message_field("t-perm", "state").as_deref(), Some("failed"));
         assert_eq!(message_field("t-perm", "code_sealed"), None);
         let stored_error = message_field("t-perm", "last_error").unwrap();
         assert!(!stored_error.contains(&code), "{stored_error}");
         assert!(stored_error.ends_with("with code [code]"), "{stored_error}");
-        assert_eq!(challenge_field("t-perm", "delivery").as_deref(), Some("failed"));
+        assert_eq!(
+            challenge_field("t-perm", "delivery").as_deref(),
+            Some("failed")
+        );
     }
 
     #[pg_test]
@@ -554,13 +679,22 @@ mod tests {
         fixture();
         issue("t-proto", "4721");
         let id: i64 = one("SELECT id FROM otp.outbox WHERE conversation = 't-proto'").unwrap();
-        assert_eq!(sqlstate(&format!("SELECT otp_outbox_sent({id}, 'x')")), "55000");
-        assert_eq!(sqlstate(&format!("SELECT otp_outbox_failed({id}, 'x', true)")), "55000");
+        assert_eq!(
+            sqlstate(&format!("SELECT otp_outbox_sent({id}, 'x')")),
+            "55000"
+        );
+        assert_eq!(
+            sqlstate(&format!("SELECT otp_outbox_failed({id}, 'x', true)")),
+            "55000"
+        );
         assert_eq!(sqlstate("SELECT otp_outbox_sent(-1, 'x')"), "P0002");
         assert_eq!(sqlstate("SELECT otp_outbox_sent(NULL, 'x')"), "22004");
         assert_eq!(sqlstate("SELECT otp_outbox_failed(1, 'x', NULL)"), "22004");
         assert_eq!(sqlstate("SELECT * FROM otp_outbox_claim(0)"), "22023");
-        assert_eq!(sqlstate("SELECT * FROM otp_outbox_claim(10, '0 seconds')"), "22023");
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_outbox_claim(10, '0 seconds')"),
+            "22023"
+        );
     }
 
     #[pg_test]
@@ -583,13 +717,37 @@ mod tests {
     #[pg_test]
     fn null_and_empty_arguments_are_errors_with_sqlstates() {
         fixture();
-        assert_eq!(sqlstate("SELECT * FROM otp_issue(NULL, 'c', '4721')"), "22004");
-        assert_eq!(sqlstate("SELECT * FROM otp_issue('payroll', NULL, '4721')"), "22004");
-        assert_eq!(sqlstate("SELECT * FROM otp_issue('payroll', 'c', NULL)"), "22004");
-        assert_eq!(sqlstate("SELECT * FROM otp_issue('', 'c', '4721')"), "22023");
-        assert_eq!(sqlstate("SELECT * FROM otp_issue('payroll', '', '4721')"), "22023");
-        assert_eq!(sqlstate(&format!("SELECT * FROM otp_issue('payroll', '{}', '4721')", "c".repeat(513))), "22023");
-        assert_eq!(sqlstate("SELECT * FROM otp_verify('payroll', 'c', NULL)"), "22004");
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue(NULL, 'c', '4721')"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue('payroll', NULL, '4721')"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue('payroll', 'c', NULL)"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue('', 'c', '4721')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue('payroll', '', '4721')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT * FROM otp_issue('payroll', '{}', '4721')",
+                "c".repeat(513)
+            )),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_verify('payroll', 'c', NULL)"),
+            "22004"
+        );
         assert_eq!(sqlstate("SELECT * FROM session_touch(NULL)"), "22004");
         assert_eq!(sqlstate("SELECT session_revoke(NULL)"), "22004");
     }
@@ -597,8 +755,14 @@ mod tests {
     #[pg_test]
     fn unknown_agent_is_an_error() {
         fixture();
-        assert_eq!(sqlstate("SELECT * FROM otp_issue('nobody', 'c', '4721')"), "42704");
-        assert_eq!(sqlstate("SELECT * FROM otp_verify('nobody', 'c', '123456')"), "42704");
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue('nobody', 'c', '4721')"),
+            "42704"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_verify('nobody', 'c', '123456')"),
+            "42704"
+        );
     }
 
     #[pg_test]
@@ -609,24 +773,73 @@ mod tests {
         assert_eq!(configure(", phone_column => 'whatsapp'"), "ok");
         assert_eq!(configure(""), "22023", "no channel column");
         assert_eq!(configure(", phone_column => 'nope'"), "42703");
-        assert_eq!(configure(", phone_column => 'WhatsApp'"), "42703", "names are case-sensitive");
-        assert_eq!(configure(", email_column => 'email', code_ttl => '-5 minutes'"), "22023");
-        assert_eq!(configure(", email_column => 'email', code_ttl => '0'"), "22023");
-        assert_eq!(configure(", email_column => 'email', idle_timeout => '0'"), "22023");
-        assert_eq!(configure(", email_column => 'email', absolute_timeout => '-1 hour'"), "22023");
-        assert_eq!(configure(", email_column => 'email', idle_timeout => '2 days'"), "22023");
-        assert_eq!(configure(", email_column => 'email', max_attempts => 0"), "22023");
-        assert_eq!(configure(", email_column => 'email', max_attempts => 11"), "22023");
-        assert_eq!(configure(", email_column => 'email', preferred_channel => 'sms'"), "22023");
-        assert_eq!(configure(", email_column => 'email', require_otp => NULL"), "22004");
-        assert_eq!(sqlstate("SELECT otp_configure('x', 'public.no_such_table', 'id', 'phone')"), "42P01");
-        assert_eq!(sqlstate("SELECT otp_configure('x', 'pg_catalog.pg_class_oid_index', 'oid', 'relname')"), "42809");
-        assert_eq!(sqlstate("SELECT otp_configure(NULL, 'public.employees', 'employee_no', 'whatsapp')"), "22004");
+        assert_eq!(
+            configure(", phone_column => 'WhatsApp'"),
+            "42703",
+            "names are case-sensitive"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', code_ttl => '-5 minutes'"),
+            "22023"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', code_ttl => '0'"),
+            "22023"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', idle_timeout => '0'"),
+            "22023"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', absolute_timeout => '-1 hour'"),
+            "22023"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', idle_timeout => '2 days'"),
+            "22023"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', max_attempts => 0"),
+            "22023"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', max_attempts => 11"),
+            "22023"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', preferred_channel => 'sms'"),
+            "22023"
+        );
+        assert_eq!(
+            configure(", email_column => 'email', require_otp => NULL"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT otp_configure('x', 'public.no_such_table', 'id', 'phone')"),
+            "42P01"
+        );
+        assert_eq!(
+            sqlstate(
+                "SELECT otp_configure('x', 'pg_catalog.pg_class_oid_index', 'oid', 'relname')"
+            ),
+            "42809"
+        );
+        assert_eq!(
+            sqlstate("SELECT otp_configure(NULL, 'public.employees', 'employee_no', 'whatsapp')"),
+            "22004"
+        );
         // hostile column names are identifiers, never SQL
-        run(r#"CREATE TABLE IF NOT EXISTS public."odd ""names""" ("id; DROP TABLE x" text, "e-mail" text)"#);
+        run(
+            r#"CREATE TABLE IF NOT EXISTS public."odd ""names""" ("id; DROP TABLE x" text, "e-mail" text)"#,
+        );
         run(r#"INSERT INTO public."odd ""names""" VALUES ('1', 'odd@example.com')"#);
-        run(r#"SELECT otp_configure('odd', 'public."odd ""names"""', 'id; DROP TABLE x', email_column => 'e-mail')"#);
-        assert_eq!(issue_for("odd", "t-odd", "1").hint.as_deref(), Some("o***@example.com"));
+        run(
+            r#"SELECT otp_configure('odd', 'public."odd ""names"""', 'id; DROP TABLE x', email_column => 'e-mail')"#,
+        );
+        assert_eq!(
+            issue_for("odd", "t-odd", "1").hint.as_deref(),
+            Some("o***@example.com")
+        );
     }
 
     #[pg_test]
@@ -649,9 +862,15 @@ mod tests {
         run("INSERT INTO public.shrinking VALUES ('1', '+1 555 0101', 'x@example.com')");
         run("SELECT otp_configure('shrink', 'public.shrinking', 'id', 'phone', 'email')");
         run("ALTER TABLE public.shrinking DROP COLUMN phone");
-        assert_eq!(sqlstate("SELECT * FROM otp_issue('shrink', 't-shrink', '1')"), "42703");
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue('shrink', 't-shrink', '1')"),
+            "42703"
+        );
         run("DROP TABLE public.shrinking");
-        assert_eq!(sqlstate("SELECT * FROM otp_issue('shrink', 't-shrink', '1')"), "42P01");
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue('shrink', 't-shrink', '1')"),
+            "42P01"
+        );
         let rows: Option<i64> = one("SELECT count(*) FROM otp.challenge WHERE agent = 'shrink'");
         assert_eq!(rows, Some(0));
     }
@@ -662,7 +881,10 @@ mod tests {
         run("CREATE TABLE public.dupes (id text, email text)");
         run("INSERT INTO public.dupes VALUES ('1', 'a@example.com'), ('1', 'b@example.com')");
         run("SELECT otp_configure('dupes', 'public.dupes', 'id', email_column => 'email')");
-        assert_eq!(sqlstate("SELECT * FROM otp_issue('dupes', 't-dupes', '1')"), "21000");
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_issue('dupes', 't-dupes', '1')"),
+            "21000"
+        );
     }
 
     #[pg_test]
@@ -681,13 +903,20 @@ mod tests {
         fixture_sqlstate_helper();
         run("GRANT EXECUTE ON FUNCTION pg_temp.sqlstate_of(text) TO otp_test_nobody");
         run("SET LOCAL ROLE otp_test_nobody");
-        let visible: Option<i64> = one("SELECT count(*) FROM pg_settings WHERE name = 'otp.secret_key'");
+        let visible: Option<i64> =
+            one("SELECT count(*) FROM pg_settings WHERE name = 'otp.secret_key'");
         assert_eq!(visible, Some(0));
         assert_eq!(sqlstate("SHOW otp.secret_key"), "42501");
-        assert_eq!(sqlstate("SELECT current_setting('otp.secret_key')"), "42501");
+        assert_eq!(
+            sqlstate("SELECT current_setting('otp.secret_key')"),
+            "42501"
+        );
         // a SIGHUP parameter: not settable in a session by anyone
         assert_eq!(sqlstate("SET otp.secret_key = 'x'"), "55P02");
-        assert_eq!(sqlstate("SELECT otp_configure('x', 'pg_class', 'oid', 'relname')"), "42501");
+        assert_eq!(
+            sqlstate("SELECT otp_configure('x', 'pg_class', 'oid', 'relname')"),
+            "42501"
+        );
         run("RESET ROLE");
     }
 }

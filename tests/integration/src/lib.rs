@@ -1,1 +1,174 @@
+//! Harness for the integration tests: connections to the throwaway cluster
+//! that `scripts/test.sh` starts, a fixture agent, and helpers to run many
+//! real connections at the same moment.
+//!
+//! The cluster is found through `PG_OTP_TEST_HOST` (its socket directory) and
+//! `PG_OTP_TEST_PORT`; tests that read the server log or WAL also need
+//! `PG_OTP_TEST_LOG` and `PG_OTP_TEST_PGDATA`. Without them the tests fail
+//! rather than pass vacuously.
 
+use std::sync::{Barrier, Once};
+use std::time::{Duration, Instant};
+
+pub use postgres::{Client, NoTls};
+
+pub const DATABASE: &str = "pg_otp_it";
+/// Role of the chat application: EXECUTE on the conversation functions only.
+pub const APP: &str = "it_app";
+/// Role of the delivery process: EXECUTE on the outbox protocol only.
+pub const SENDER: &str = "it_sender";
+/// The fixture agent: people(id, phone, email), 3 attempts.
+pub const AGENT: &str = "it";
+
+pub fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run these tests through scripts/test.sh"))
+}
+
+fn connect_to(user: &str, dbname: &str) -> Client {
+    let config = format!(
+        "host={} port={} user={user} dbname={dbname} application_name=pg_otp_it",
+        env("PG_OTP_TEST_HOST"),
+        env("PG_OTP_TEST_PORT")
+    );
+    Client::connect(&config, NoTls).unwrap_or_else(|err| panic!("connect as {user}: {err}"))
+}
+
+/// A new connection to the test database as `user`, after the fixture exists.
+pub fn connect(user: &str) -> Client {
+    fixture();
+    connect_to(user, DATABASE)
+}
+
+pub fn superuser() -> Client {
+    connect("postgres")
+}
+
+static FIXTURE: Once = Once::new();
+
+/// Creates the database, the extension, two roles and the agent, once per
+/// test binary (idempotent across binaries).
+fn fixture() {
+    FIXTURE.call_once(|| {
+        let mut admin = connect_to("postgres", "postgres");
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
+            .unwrap()
+            .is_some();
+        if !exists {
+            admin.batch_execute(&format!("CREATE DATABASE {DATABASE}")).unwrap();
+        }
+        let mut db = connect_to("postgres", DATABASE);
+        db.batch_execute(&format!(
+            r#"
+            CREATE EXTENSION IF NOT EXISTS pg_otp;
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP}') THEN CREATE ROLE {APP} LOGIN; END IF;
+                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SENDER}') THEN CREATE ROLE {SENDER} LOGIN; END IF;
+            END $$;
+            GRANT EXECUTE ON FUNCTION otp_issue(text, text, text), otp_verify(text, text, text),
+                                      session_touch(text), session_revoke(text) TO {APP};
+            GRANT EXECUTE ON FUNCTION otp_outbox_claim(integer, interval), otp_outbox_sent(bigint, text),
+                                      otp_outbox_failed(bigint, text, boolean) TO {SENDER};
+            CREATE TABLE IF NOT EXISTS people (id text PRIMARY KEY, phone text, email text);
+            -- no runs of six digits in the fixture: the plaintext scan looks for codes
+            INSERT INTO people VALUES ('p1', '+34 600 12 34 78', 'p.one@example.com'),
+                                      ('p2', NULL, 'p.two@example.com')
+                ON CONFLICT DO NOTHING;
+            SELECT otp_configure(agent => '{AGENT}', source => 'people', id_column => 'id',
+                                 phone_column => 'phone', email_column => 'email');
+            "#
+        ))
+        .unwrap();
+    });
+}
+
+/// A conversation id no other test uses.
+pub fn conversation(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{label}-{nanos}")
+}
+
+/// Issues a code for person `p1` in `conversation`, as the application.
+pub fn issue(app: &mut Client, conversation: &str) -> String {
+    let row = app
+        .query_one(
+            "SELECT status FROM otp_issue($1, $2, 'p1')",
+            &[&AGENT, &conversation],
+        )
+        .unwrap();
+    row.get(0)
+}
+
+/// Claims every due message as the dispatcher and returns the code queued
+/// for `conversation` (the others stay leased, as a real dispatcher's would).
+pub fn claim_code(sender: &mut Client, conversation: &str) -> String {
+    let rows = sender
+        .query(
+            "SELECT conversation, code FROM otp_outbox_claim(batch_size => 1000)",
+            &[],
+        )
+        .unwrap();
+    rows.iter()
+        .filter(|row| row.get::<_, &str>(0) == conversation)
+        .map(|row| row.get::<_, String>(1))
+        .last()
+        .unwrap_or_else(|| panic!("no message for {conversation}"))
+}
+
+/// A 6-digit code that is not `code`.
+pub fn other_code(code: &str, offset: u32) -> String {
+    let n: u32 = code.parse().unwrap();
+    format!("{:06}", (n + 1 + offset % 999_999) % 1_000_000)
+}
+
+/// Opens `n` connections as `user`, then runs `work` on all of them at the
+/// same moment (a barrier releases the threads together) and returns what
+/// each returned, in connection order.
+pub fn all_at_once<T: Send>(
+    n: usize,
+    user: &str,
+    work: impl Fn(&mut Client, usize) -> T + Sync,
+) -> Vec<T> {
+    let clients: Vec<Client> = (0..n).map(|_| connect(user)).collect();
+    let barrier = Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut client)| {
+                let barrier = &barrier;
+                let work = &work;
+                scope.spawn(move || {
+                    barrier.wait();
+                    work(&mut client, i)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread panicked"))
+            .collect()
+    })
+}
+
+/// How many of `statuses` equal `word`.
+pub fn count(statuses: &[String], word: &str) -> usize {
+    statuses.iter().filter(|s| s.as_str() == word).count()
+}
+
+/// Polls `condition` every 20 ms until it holds; fails after `limit`.
+/// For waiting on something asynchronous (a config reload), never for timing.
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < limit,
+            "gave up waiting for {what} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
