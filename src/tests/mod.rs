@@ -188,8 +188,7 @@ mod tests {
         );
         assert_eq!(issued.hint.as_deref(), Some("b***@example.com"));
 
-        run("SELECT otp_configure(agent => 'payroll-mail', source => 'public.employees', id_column => 'employee_no',
-                                  phone_column => 'whatsapp', email_column => 'email', preferred_channel => 'email')");
+        configure("payroll-mail", ", preferred_channel => 'email'");
         let issued = issue_for("payroll-mail", "t-issue-3", "4721");
         assert_eq!(
             (issued.channel.as_deref(), issued.hint.as_deref()),
@@ -240,8 +239,7 @@ mod tests {
     #[pg_test]
     fn issue_without_otp_authenticates_at_once() {
         fixture();
-        run("SELECT otp_configure(agent => 'faq', source => 'public.employees', id_column => 'employee_no',
-                                  email_column => 'email', require_otp => false)");
+        configure("faq", ", require_otp => false");
         let issued = issue_for("faq", "t-noauth", "4721");
         assert_eq!(issued.status, "authenticated");
         assert_eq!((issued.channel, issued.hint), (None, None));
@@ -403,6 +401,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(leaks, Some(0));
+    }
+
+    /// Configures `agent` over the fixture table with the given extra settings.
+    fn configure(agent: &str, extra: &str) {
+        run(&format!(
+            "SELECT otp_configure(agent => '{agent}', source => 'public.employees', id_column => 'employee_no',
+                                  phone_column => 'whatsapp', email_column => 'email'{extra})"
+        ));
+    }
+
+    #[pg_test]
+    fn short_code_ttl_expires_for_real() {
+        fixture();
+        configure("short-ttl", ", code_ttl => '200 milliseconds'");
+        issue_for("short-ttl", "t-real-ttl", "4721");
+        let code = delivered_code("t-real-ttl");
+        // Sleeping past a fixed deadline: the outcome does not depend on timing.
+        run("SELECT pg_sleep(0.3)");
+        let late = Spi::get_one_with_args::<String>(
+            "SELECT status FROM otp_verify('short-ttl', 't-real-ttl', $1)",
+            &[code.as_str().into()],
+        )
+        .unwrap();
+        assert_eq!(late.as_deref(), Some("expired"));
+    }
+
+    #[pg_test]
+    fn short_idle_and_absolute_timeouts_end_sessions_for_real() {
+        fixture();
+        configure(
+            "short-idle",
+            ", require_otp => false, idle_timeout => '200 milliseconds'",
+        );
+        configure("short-abs", ", require_otp => false, idle_timeout => '200 milliseconds', absolute_timeout => '200 milliseconds'");
+        let idle = issue_for("short-idle", "t-real-idle", "4721")
+            .token
+            .unwrap();
+        let absolute = issue_for("short-abs", "t-real-abs", "4721").token.unwrap();
+        run("SELECT pg_sleep(0.3)");
+        assert_eq!(touch_status(&idle), "idle_timeout");
+        assert_eq!(touch_status(&absolute), "expired");
     }
 
     // ---- sessions --------------------------------------------------------
@@ -769,49 +808,49 @@ mod tests {
     fn configure_validates_everything() {
         fixture();
         let base = "agent => 'cfg', source => 'public.employees', id_column => 'employee_no'";
-        let configure = |extra: &str| sqlstate(&format!("SELECT otp_configure({base}{extra})"));
-        assert_eq!(configure(", phone_column => 'whatsapp'"), "ok");
-        assert_eq!(configure(""), "22023", "no channel column");
-        assert_eq!(configure(", phone_column => 'nope'"), "42703");
+        let configured = |extra: &str| sqlstate(&format!("SELECT otp_configure({base}{extra})"));
+        assert_eq!(configured(", phone_column => 'whatsapp'"), "ok");
+        assert_eq!(configured(""), "22023", "no channel column");
+        assert_eq!(configured(", phone_column => 'nope'"), "42703");
         assert_eq!(
-            configure(", phone_column => 'WhatsApp'"),
+            configured(", phone_column => 'WhatsApp'"),
             "42703",
             "names are case-sensitive"
         );
         assert_eq!(
-            configure(", email_column => 'email', code_ttl => '-5 minutes'"),
+            configured(", email_column => 'email', code_ttl => '-5 minutes'"),
             "22023"
         );
         assert_eq!(
-            configure(", email_column => 'email', code_ttl => '0'"),
+            configured(", email_column => 'email', code_ttl => '0'"),
             "22023"
         );
         assert_eq!(
-            configure(", email_column => 'email', idle_timeout => '0'"),
+            configured(", email_column => 'email', idle_timeout => '0'"),
             "22023"
         );
         assert_eq!(
-            configure(", email_column => 'email', absolute_timeout => '-1 hour'"),
+            configured(", email_column => 'email', absolute_timeout => '-1 hour'"),
             "22023"
         );
         assert_eq!(
-            configure(", email_column => 'email', idle_timeout => '2 days'"),
+            configured(", email_column => 'email', idle_timeout => '2 days'"),
             "22023"
         );
         assert_eq!(
-            configure(", email_column => 'email', max_attempts => 0"),
+            configured(", email_column => 'email', max_attempts => 0"),
             "22023"
         );
         assert_eq!(
-            configure(", email_column => 'email', max_attempts => 11"),
+            configured(", email_column => 'email', max_attempts => 11"),
             "22023"
         );
         assert_eq!(
-            configure(", email_column => 'email', preferred_channel => 'sms'"),
+            configured(", email_column => 'email', preferred_channel => 'sms'"),
             "22023"
         );
         assert_eq!(
-            configure(", email_column => 'email', require_otp => NULL"),
+            configured(", email_column => 'email', require_otp => NULL"),
             "22004"
         );
         assert_eq!(

@@ -23,8 +23,19 @@ SELECT name, source, id_column, phone_column, email_column, require_otp, code_tt
        idle_timeout, absolute_timeout, preferred_channel
   FROM otp.agent;
 
+-- Roles belong to the whole cluster, so create them only once.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'chat_app') THEN
+        CREATE ROLE chat_app LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'otp_sender') THEN
+        CREATE ROLE otp_sender LOGIN;
+    END IF;
+END
+$$;
+
 -- The chat application may call the conversation functions, nothing else.
-CREATE ROLE chat_app LOGIN;
 GRANT EXECUTE ON FUNCTION otp_issue(text, text, text), otp_verify(text, text, text),
                           session_touch(text), session_revoke(text) TO chat_app;
 -- Its own data stays its own business: it reads pay stubs once a session says who is asking.
@@ -32,6 +43,5 @@ GRANT USAGE ON SCHEMA hr TO chat_app;
 GRANT SELECT ON hr.employees TO chat_app;
 
 -- The delivery process may only use the outbox protocol.
-CREATE ROLE otp_sender LOGIN;
 GRANT EXECUTE ON FUNCTION otp_outbox_claim(integer, interval), otp_outbox_sent(bigint, text),
                           otp_outbox_failed(bigint, text, boolean) TO otp_sender;
