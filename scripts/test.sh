@@ -17,6 +17,11 @@ PORT=54329
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Every runner's output also goes to this log, for the closing total.
+RESULTS=$(mktemp)
+trap 'rm -f "$RESULTS"' EXIT
+counted() { "$@" 2>&1 | tee -a "$RESULTS"; }
+
 bash scripts/setup.sh
 
 step "rustfmt and clippy"
@@ -25,17 +30,17 @@ cargo clippy --workspace --all-targets --features pg_test -- -D warnings
 
 step "pgrx tests (#[pg_test] and unit tests)"
 rm -rf "$PGRX_DATA"   # pgrx creates it as postgres, who cannot enter /root
-cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA/data"
+counted cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA/data"
 
 step "install pg_otp into PostgreSQL 15"
 cargo pgrx install --pg-config "$PG_CONFIG"
 
 step "throwaway cluster"
-trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"' EXIT
+trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"; rm -f "$RESULTS"' EXIT
 bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT"
 
 step "pg_regress"
-if ! "$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress" \
+if ! counted "$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress" \
         --bindir="$PG_BIN" --host="$CLUSTER" --port="$PORT" --user=postgres \
         --dbname=pg_otp_regress --inputdir=tests/pg_regress --outputdir=tests/pg_regress \
         setup conversation expiry privileges errors; then
@@ -46,4 +51,12 @@ fi
 step "integration tests (real parallel connections)"
 PG_OTP_TEST_HOST="$CLUSTER" PG_OTP_TEST_PORT="$PORT" PG_OTP_TEST_LOG="$CLUSTER/server.log" \
 PG_OTP_TEST_PGDATA="$CLUSTER/data" \
-    cargo test -p pg_otp_integration -- --test-threads=1
+    counted cargo test -p pg_otp_integration -- --test-threads=1
+
+# One closing line with the totals of every runner above.
+# cargo: "test result: ok. 51 passed; ..."   pg_regress: " All 5 tests passed. "
+passed=$(awk '/^test result: ok\./ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) total += $i }
+              /All [0-9]+ tests passed/ { total += $2 }
+              END { print total + 0 }' "$RESULTS")
+echo
+echo "pg_otp: $passed passed, 0 failed"

@@ -56,6 +56,8 @@ ALTER SEQUENCE otp.challenge_id_seq OWNED BY otp.challenge.id;
 -- At most one live code per conversation, whatever races happen above.
 CREATE UNIQUE INDEX challenge_one_pending ON otp.challenge (agent, conversation)
     WHERE state = 'pending';
+-- otp_status: the latest challenge of a conversation.
+CREATE INDEX challenge_by_conversation ON otp.challenge (agent, conversation, id);
 
 -- Messages for the delivery process. The code is kept only sealed (AEAD under a
 -- key derived from otp.secret_key) and only while the message is in flight.
@@ -66,6 +68,9 @@ CREATE TABLE otp.outbox (
     conversation text NOT NULL,
     channel      text NOT NULL CHECK (channel IN ('whatsapp', 'email')),
     destination  text NOT NULL,
+    -- the record's other channel: used when this one fails permanently
+    fallback_channel     text CHECK (fallback_channel IN ('whatsapp', 'email')),
+    fallback_destination text,
     code_nonce   bytea,
     code_sealed  bytea,
     state        text NOT NULL DEFAULT 'queued'
@@ -81,7 +86,9 @@ CREATE TABLE otp.outbox (
     finished_at  timestamptz,
     -- a message in a final state can never still hold its code
     CHECK ((state IN ('queued', 'sending')) = (code_sealed IS NOT NULL AND code_nonce IS NOT NULL)),
-    CHECK ((state IN ('queued', 'sending')) = (finished_at IS NULL))
+    CHECK ((state IN ('queued', 'sending')) = (finished_at IS NULL)),
+    CHECK ((fallback_channel IS NULL) = (fallback_destination IS NULL)),
+    CHECK (fallback_channel IS DISTINCT FROM channel)
 );
 CREATE INDEX outbox_due ON otp.outbox (available_at) WHERE state IN ('queued', 'sending');
 CREATE INDEX outbox_by_challenge ON otp.outbox (challenge_id);

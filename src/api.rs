@@ -111,6 +111,35 @@ fn otp_verify(
     ))
 }
 
+/// Where the conversation's latest code stands: its state, the channel it
+/// actually went to (after a fallback, the other one) and its delivery.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_status(
+    agent: Option<&str>,
+    conversation: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(channel, Option<String>),
+        name!(destination_hint, Option<String>),
+        name!(delivery, Option<String>),
+        name!(attempts_remaining, Option<i32>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let current = Spi::connect(|client| challenge::status(client, agent, conversation)).or_raise();
+    TableIterator::once((
+        current.status,
+        current.channel,
+        current.destination_hint,
+        current.delivery,
+        current.attempts_remaining,
+        current.expires_at,
+    ))
+}
+
 /// Keeps a session alive (call it on every turn of the conversation), or says
 /// why it is no longer active.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -189,6 +218,14 @@ fn otp_outbox_claim(
 #[search_path(pg_catalog, pg_temp)]
 fn otp_outbox_sent(message_id: Option<i64>, provider_ref: Option<&str>) {
     Spi::connect_mut(|client| outbox::sent(client, message_id, provider_ref)).or_raise()
+}
+
+/// Delivery protocol: the dispatcher did not send the message because its
+/// code expires too soon to be useful; it ends as `expired`.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_outbox_expired(message_id: Option<i64>) {
+    Spi::connect_mut(|client| outbox::expired(client, message_id)).or_raise()
 }
 
 /// Delivery protocol: the delivery failed; `retryable` asks for another try.

@@ -136,9 +136,10 @@ pub fn issue(
             ..Issued::bare(IssueStatus::Authenticated)
         });
     }
-    let Some(destination) = record::choose_destination(&person, agent.preferred_channel) else {
+    let Some(route) = record::route(&person, agent.preferred_channel) else {
         return Ok(Issued::bare(IssueStatus::NoChannel));
     };
+    let destination = route.primary;
 
     let row = client
         .select(
@@ -176,6 +177,7 @@ pub fn issue(
         agent: &agent.name,
         conversation,
         destination: &destination,
+        fallback: route.fallback.as_ref(),
         code: &code,
         created_at: now,
         expires_at,
@@ -188,6 +190,64 @@ pub fn issue(
         destination_hint: Some(destination.hint),
         expires_at: Some(expires_at),
         session_token: None,
+    })
+}
+
+/// What the conversation's latest challenge is doing, for an agent that
+/// wants to tell the user where the code went.
+pub struct ChallengeStatus {
+    pub status: String,
+    pub channel: Option<String>,
+    pub destination_hint: Option<String>,
+    pub delivery: Option<String>,
+    pub attempts_remaining: Option<i32>,
+    pub expires_at: Option<TimestampWithTimeZone>,
+}
+
+/// The latest challenge of a conversation: `pending` (with attempts left),
+/// `verified`, `locked`, `expired`, `superseded`, or `no_challenge`.
+/// `delivery` says what became of the message: `queued`, `sent`, `failed`,
+/// `expired` or `cancelled`; `channel` is the one actually in use.
+pub fn status(
+    client: &SpiClient<'_>,
+    agent: Option<&str>,
+    conversation: Option<&str>,
+) -> Result<ChallengeStatus> {
+    let agent_name = config::agent_name(agent)?;
+    let conversation = config::conversation_id(conversation)?;
+    let agent = config::load(client, agent_name)?;
+    let now = clock::now(client)?;
+    let row = client
+        .select(
+            "SELECT CASE WHEN state = 'pending' AND expires_at <= $3 THEN 'expired' ELSE state END,
+                    channel, destination_hint, delivery,
+                    CASE WHEN state = 'pending' AND expires_at > $3 THEN max_attempts - attempts_used END,
+                    expires_at
+               FROM otp.challenge
+              WHERE agent = $1 AND conversation = $2
+              ORDER BY id DESC
+              LIMIT 1",
+            Some(1),
+            &[agent.name.as_str().into(), conversation.into(), now.into()],
+        )?
+        .first();
+    if row.is_empty() {
+        return Ok(ChallengeStatus {
+            status: VerifyStatus::NoChallenge.as_str().to_owned(),
+            channel: None,
+            destination_hint: None,
+            delivery: None,
+            attempts_remaining: None,
+            expires_at: None,
+        });
+    }
+    Ok(ChallengeStatus {
+        status: row.get(1)?.unwrap_or_default(),
+        channel: row.get(2)?,
+        destination_hint: row.get(3)?,
+        delivery: row.get(4)?,
+        attempts_remaining: row.get(5)?,
+        expires_at: row.get(6)?,
     })
 }
 
@@ -339,8 +399,11 @@ fn end_challenge(
     state: &str,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
+    let verified = state == "verified";
     // An expired code's message is expired too; any other end cancels it.
-    let delivery_end = if state == "expired" {
+    // A verified code evidently arrived: a message already being sent is left
+    // for the dispatcher to report, and the delivery record stays as it is.
+    let message_end = if state == "expired" {
         "expired"
     } else {
         "cancelled"
@@ -348,18 +411,19 @@ fn end_challenge(
     let ended = client.update(
         "UPDATE otp.challenge
             SET state = $2, ended_at = $3,
-                delivery = CASE WHEN delivery = 'queued' THEN $4 ELSE delivery END
+                delivery = CASE WHEN delivery = 'queued' AND NOT $5 THEN $4 ELSE delivery END
           WHERE id = $1 AND state = 'pending'",
         None,
         &[
             challenge_id.into(),
             state.into(),
             now.into(),
-            delivery_end.into(),
+            message_end.into(),
+            verified.into(),
         ],
     )?;
     if !ended.is_empty() {
-        outbox::cancel_for_challenge(client, challenge_id, delivery_end, now)?;
+        outbox::cancel_for_challenge(client, challenge_id, message_end, !verified, now)?;
     }
     Ok(())
 }

@@ -16,9 +16,10 @@ use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 
 use crate::clock;
+use crate::config::Channel;
 use crate::crypto::{self, Code, Keys};
 use crate::errors::{OtpError, Result};
-use crate::record::Destination;
+use crate::record::{self, Destination};
 
 /// Channel a dispatcher listens on.
 pub const NOTIFY_CHANNEL: &str = "otp_outbox";
@@ -49,6 +50,7 @@ pub struct Outgoing<'a> {
     pub agent: &'a str,
     pub conversation: &'a str,
     pub destination: &'a Destination,
+    pub fallback: Option<&'a Destination>,
     pub code: &'a str,
     pub created_at: TimestampWithTimeZone,
     pub expires_at: TimestampWithTimeZone,
@@ -58,9 +60,10 @@ pub struct Outgoing<'a> {
 pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) -> Result<()> {
     let sealed = keys.seal_code(message.challenge_id, message.code)?;
     client.update(
-        "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
+        "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination,
+                                 fallback_channel, fallback_destination, code_nonce, code_sealed,
                                  available_at, expires_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10)",
         None,
         &[
             message.challenge_id.into(),
@@ -68,12 +71,18 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
             message.conversation.into(),
             message.destination.channel.as_str().into(),
             message.destination.address.as_str().into(),
+            message.fallback.map(|f| f.channel.as_str()).into(),
+            message.fallback.map(|f| f.address.as_str()).into(),
             sealed.nonce.into(),
             sealed.ciphertext.into(),
             message.created_at.into(),
             message.expires_at.into(),
         ],
     )?;
+    wake_dispatchers(client)
+}
+
+fn wake_dispatchers(client: &mut SpiClient<'_>) -> Result<()> {
     // A constant payload: PostgreSQL folds repeats within one transaction.
     client.update(
         "SELECT pg_catalog.pg_notify($1, '')",
@@ -83,25 +92,34 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
     Ok(())
 }
 
-/// Ends the in-flight message of a challenge whose code is no longer wanted,
-/// as `cancelled` or `expired`.
+/// Ends the messages of a challenge whose code is no longer wanted, as
+/// `cancelled` or `expired`: those still queued, and with `including_sending`
+/// also those a dispatcher is sending right now (its report is still accepted).
 pub fn cancel_for_challenge(
     client: &mut SpiClient<'_>,
     challenge_id: i64,
     state: &str,
+    including_sending: bool,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
     client.update(
         "UPDATE otp.outbox SET state = $2, code_nonce = NULL, code_sealed = NULL, finished_at = $3
-          WHERE challenge_id = $1 AND state IN ('queued', 'sending')",
+          WHERE challenge_id = $1 AND (state = 'queued' OR (state = 'sending' AND $4))",
         None,
-        &[challenge_id.into(), state.into(), now.into()],
+        &[
+            challenge_id.into(),
+            state.into(),
+            now.into(),
+            including_sending.into(),
+        ],
     )?;
     Ok(())
 }
 
 /// Claims up to `batch_size` due messages for `lease`. Messages whose code has
-/// expired are finished as `expired` instead and never returned.
+/// expired are finished as `expired` instead and never returned; messages
+/// whose challenge ended while they were leased (verified, say) are finished
+/// as `cancelled`.
 pub fn claim(
     client: &mut SpiClient<'_>,
     keys: &Keys,
@@ -127,16 +145,18 @@ pub fn claim(
     // SKIP LOCKED everywhere: dispatchers never wait on, or deadlock with, each other.
     client.update(
         "WITH gone AS (
-             SELECT id FROM otp.outbox
-              WHERE state IN ('queued', 'sending') AND available_at <= $1 AND expires_at <= $1
-                FOR UPDATE SKIP LOCKED),
+             SELECT o.id, CASE WHEN o.expires_at <= $1 THEN 'expired' ELSE 'cancelled' END AS final_state
+               FROM otp.outbox o JOIN otp.challenge c ON c.id = o.challenge_id
+              WHERE o.state IN ('queued', 'sending') AND o.available_at <= $1
+                AND (o.expires_at <= $1 OR c.state <> 'pending')
+                FOR UPDATE OF o SKIP LOCKED),
          ended AS (
              UPDATE otp.outbox o
-                SET state = 'expired', code_nonce = NULL, code_sealed = NULL, finished_at = $1
+                SET state = gone.final_state, code_nonce = NULL, code_sealed = NULL, finished_at = $1
                FROM gone WHERE o.id = gone.id
-          RETURNING o.challenge_id)
+          RETURNING o.challenge_id, o.state)
          UPDATE otp.challenge c SET delivery = 'expired'
-           FROM ended WHERE c.id = ended.challenge_id AND c.delivery = 'queued'",
+           FROM ended WHERE c.id = ended.challenge_id AND ended.state = 'expired' AND c.delivery = 'queued'",
         None,
         &[now.into()],
     )?;
@@ -200,6 +220,7 @@ struct Message {
     attempt: i32,
     nonce: Option<Vec<u8>>,
     sealed: Option<Vec<u8>>,
+    has_fallback: bool,
 }
 
 fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(i64, Message)> {
@@ -207,7 +228,8 @@ fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(
     // update(), not select(): a locking read needs a read-write SPI call.
     let row = client
         .update(
-            "SELECT challenge_id, state, attempt, code_nonce, code_sealed FROM otp.outbox WHERE id = $1 FOR UPDATE",
+            "SELECT challenge_id, state, attempt, code_nonce, code_sealed, fallback_channel IS NOT NULL
+               FROM otp.outbox WHERE id = $1 FOR UPDATE",
             Some(1),
             &[message_id.into()],
         )?
@@ -226,6 +248,7 @@ fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(
             attempt: row.get(3)?.unwrap_or_default(),
             nonce: row.get(4)?,
             sealed: row.get(5)?,
+            has_fallback: row.get(6)?.unwrap_or(false),
         },
     ))
 }
@@ -324,7 +347,25 @@ pub fn failed(
         other => return Err(not_claimed(message_id, other)),
     }
     if !retryable || message.attempt >= MAX_DELIVERY_ATTEMPTS {
-        return finish(client, message_id, message.challenge_id, "failed", now);
+        // Copy the sealed code before finish() erases it from this message.
+        let fallback = if message.has_fallback {
+            queue_fallback(client, message_id, now)?
+        } else {
+            None
+        };
+        finish(client, message_id, message.challenge_id, "failed", now)?;
+        if let Some((channel, destination)) = fallback {
+            let hint = Channel::parse(&channel)
+                .map(|c| record::mask(c, &destination))
+                .unwrap_or_default();
+            client.update(
+                "UPDATE otp.challenge SET channel = $2, destination_hint = $3, delivery = 'queued' WHERE id = $1",
+                None,
+                &[message.challenge_id.into(), channel.as_str().into(), hint.as_str().into()],
+            )?;
+            wake_dispatchers(client)?;
+        }
+        return Ok(());
     }
     let delay = backoff_seconds(message.attempt);
     let requeued = client.update(
@@ -338,6 +379,46 @@ pub fn failed(
         finish(client, message_id, message.challenge_id, "expired", now)?;
     }
     Ok(())
+}
+
+/// Queues the same sealed code on the record's other channel, while the
+/// challenge is still pending and its code still valid. Returns the channel
+/// and address it was queued for.
+fn queue_fallback(
+    client: &mut SpiClient<'_>,
+    message_id: i64,
+    now: TimestampWithTimeZone,
+) -> Result<Option<(String, String)>> {
+    let queued = client.update(
+        "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
+                                 available_at, expires_at, created_at)
+         SELECT o.challenge_id, o.agent, o.conversation, o.fallback_channel, o.fallback_destination,
+                o.code_nonce, o.code_sealed, $2, o.expires_at, $2
+           FROM otp.outbox o JOIN otp.challenge c ON c.id = o.challenge_id
+          WHERE o.id = $1 AND c.state = 'pending' AND o.expires_at > $2
+      RETURNING channel, destination",
+        None,
+        &[message_id.into(), now.into()],
+    )?;
+    match queued.into_iter().next() {
+        Some(row) => Ok(Some((
+            row.get(1)?.unwrap_or_default(),
+            row.get(2)?.unwrap_or_default(),
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Records that a dispatcher declined to send a claimed message because its
+/// code expires too soon to be useful: the message ends as `expired`.
+pub fn expired(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<()> {
+    let (message_id, message) = lock_message(client, message_id)?;
+    let now = clock::now(client)?;
+    match message.state.as_str() {
+        "sending" => finish(client, message_id, message.challenge_id, "expired", now),
+        "sent" | "failed" | "expired" | "cancelled" => Ok(()),
+        other => Err(not_claimed(message_id, other)),
+    }
 }
 
 /// Seconds to wait before retry number `attempt`: exponential, capped, with

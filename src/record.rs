@@ -64,8 +64,16 @@ pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<O
     }))
 }
 
-/// Picks the preferred channel when the record has it, else the other one.
-pub fn choose_destination(record: &Record, preferred: Channel) -> Option<Destination> {
+/// Where a code goes first, and where it goes if that channel fails for good.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route {
+    pub primary: Destination,
+    pub fallback: Option<Destination>,
+}
+
+/// The preferred channel when the record has it, else the other one; the
+/// channel not chosen, when the record has it too, is the fallback.
+pub fn route(record: &Record, preferred: Channel) -> Option<Route> {
     let usable = |value: &Option<String>| {
         value
             .as_deref()
@@ -73,17 +81,25 @@ pub fn choose_destination(record: &Record, preferred: Channel) -> Option<Destina
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
     };
-    let phone = usable(&record.phone).map(|address| (Channel::WhatsApp, address));
-    let email = usable(&record.email).map(|address| (Channel::Email, address));
+    let destination = |channel: Channel, address: String| Destination {
+        channel,
+        hint: mask(channel, &address),
+        address,
+    };
+    let phone = usable(&record.phone).map(|address| destination(Channel::WhatsApp, address));
+    let email = usable(&record.email).map(|address| destination(Channel::Email, address));
     let (first, second) = match preferred {
         Channel::WhatsApp => (phone, email),
         Channel::Email => (email, phone),
     };
-    first.or(second).map(|(channel, address)| Destination {
-        channel,
-        hint: mask(channel, &address),
-        address,
-    })
+    match (first, second) {
+        (Some(primary), fallback) => Some(Route { primary, fallback }),
+        (None, Some(primary)) => Some(Route {
+            primary,
+            fallback: None,
+        }),
+        (None, None) => None,
+    }
 }
 
 /// A hint that tells the user where the code went without disclosing the
@@ -133,25 +149,33 @@ mod tests {
     #[test]
     fn prefers_configured_channel_then_falls_back() {
         let both = record(Some("+34600123478"), Some("jane@example.com"));
+        let whatsapp_first = route(&both, Channel::WhatsApp).unwrap();
+        assert_eq!(whatsapp_first.primary.channel, Channel::WhatsApp);
+        let fallback = whatsapp_first.fallback.unwrap();
         assert_eq!(
-            choose_destination(&both, Channel::WhatsApp)
-                .unwrap()
-                .channel,
-            Channel::WhatsApp
+            (fallback.channel, fallback.hint.as_str()),
+            (Channel::Email, "j***@example.com")
         );
+        let email_first = route(&both, Channel::Email).unwrap();
+        assert_eq!(email_first.primary.channel, Channel::Email);
         assert_eq!(
-            choose_destination(&both, Channel::Email).unwrap().channel,
-            Channel::Email
+            email_first.fallback.map(|f| f.channel),
+            Some(Channel::WhatsApp)
         );
-        let email_only = record(Some("   "), Some(" jane@example.com "));
-        let chosen = choose_destination(&email_only, Channel::WhatsApp).unwrap();
+
+        let email_only = route(
+            &record(Some("   "), Some(" jane@example.com ")),
+            Channel::WhatsApp,
+        )
+        .unwrap();
         assert_eq!(
-            (chosen.channel, chosen.address.as_str()),
+            (
+                email_only.primary.channel,
+                email_only.primary.address.as_str()
+            ),
             (Channel::Email, "jane@example.com")
         );
-        assert_eq!(
-            choose_destination(&record(None, Some("")), Channel::Email),
-            None
-        );
+        assert_eq!(email_only.fallback, None);
+        assert_eq!(route(&record(None, Some("")), Channel::Email), None);
     }
 }

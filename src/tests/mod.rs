@@ -579,6 +579,29 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_verified_challenge_is_never_sent_again_after_a_lease_runs_out() {
+        fixture();
+        issue("t-lease-verified", "4721");
+        let code = delivered_code("t-lease-verified");
+        assert_eq!(verify("t-lease-verified", &code).status, "verified");
+        // the dispatcher died without reporting; its lease runs out
+        assert_eq!(
+            message_field("t-lease-verified", "state").as_deref(),
+            Some("sending")
+        );
+        run(
+            "UPDATE otp.outbox SET available_at = clock_timestamp() - interval '1 second'
+              WHERE conversation = 't-lease-verified'",
+        );
+        assert_eq!(claim_id("t-lease-verified"), None);
+        assert_eq!(
+            message_field("t-lease-verified", "state").as_deref(),
+            Some("cancelled")
+        );
+        assert_eq!(message_field("t-lease-verified", "code_sealed"), None);
+    }
+
+    #[pg_test]
     fn claim_never_returns_expired_codes_and_erases_them() {
         fixture();
         issue("t-claim-exp", "4721");
@@ -684,7 +707,10 @@ mod tests {
     #[pg_test]
     fn permanent_failure_is_final_and_visible_on_the_challenge() {
         fixture();
-        issue("t-perm", "4721");
+        // an agent without an email column: nothing to fall back to
+        run("SELECT otp_configure(agent => 'wa-only', source => 'public.employees', id_column => 'employee_no',
+                                  phone_column => 'whatsapp')");
+        issue_for("wa-only", "t-perm", "4721");
         let (id, code) = Spi::connect(|c| {
             let row = c
                 .select("SELECT message_id, code FROM otp_outbox_claim(1000) WHERE conversation = 't-perm'", None, &[])
@@ -710,6 +736,136 @@ mod tests {
         assert_eq!(
             challenge_field("t-perm", "delivery").as_deref(),
             Some("failed")
+        );
+    }
+
+    fn status_of(conversation: &str) -> String {
+        Spi::get_one_with_args::<String>(
+            "SELECT concat_ws('/', status, channel, destination_hint, delivery, attempts_remaining)
+               FROM otp_status('payroll', $1)",
+            &[conversation.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn permanent_whatsapp_failure_falls_back_to_email_with_the_same_code() {
+        fixture();
+        issue("t-fallback", "4721");
+        assert_eq!(status_of("t-fallback"), "pending/whatsapp/***78/queued/3");
+        let (id, code) = Spi::connect(|c| {
+            let row = c
+                .select("SELECT message_id, code FROM otp_outbox_claim(1000) WHERE conversation = 't-fallback'", None, &[])
+                .unwrap()
+                .first();
+            (
+                row.get::<i64>(1).unwrap().unwrap(),
+                row.get::<String>(2).unwrap().unwrap(),
+            )
+        });
+        Spi::run_with_args(
+            "SELECT otp_outbox_failed($1, '131026: not a WhatsApp user', false)",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            status_of("t-fallback"),
+            "pending/email/a***@example.com/queued/3"
+        );
+        let emailed: Option<String> = one(
+            "SELECT channel || ':' || destination || ':' || code FROM otp_outbox_claim(1000) WHERE conversation = 't-fallback'",
+        );
+        assert_eq!(emailed, Some(format!("email:ana@example.com:{code}")));
+        let email_id: i64 =
+            one("SELECT max(id) FROM otp.outbox WHERE conversation = 't-fallback'").unwrap();
+        Spi::run_with_args(
+            "SELECT otp_outbox_sent($1, 'smtp-queued')",
+            &[email_id.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            status_of("t-fallback"),
+            "pending/email/a***@example.com/sent/3"
+        );
+        let states: Option<String> =
+            one("SELECT string_agg(channel || '=' || state, ',' ORDER BY id) FROM otp.outbox WHERE conversation = 't-fallback'");
+        assert_eq!(states.as_deref(), Some("whatsapp=failed,email=sent"));
+        assert_eq!(verify("t-fallback", &code).status, "verified");
+    }
+
+    #[pg_test]
+    fn no_fallback_without_another_channel_or_after_expiry() {
+        fixture();
+        issue("t-nofallback", "5000"); // email only
+        let id = claim_id("t-nofallback").unwrap();
+        Spi::run_with_args(
+            "SELECT otp_outbox_failed($1, '550 no such user', false)",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            status_of("t-nofallback"),
+            "pending/email/b***@example.com/failed/3"
+        );
+
+        issue("t-late-fallback", "4721");
+        let id = claim_id("t-late-fallback").unwrap();
+        run("UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-late-fallback'");
+        Spi::run_with_args(
+            "SELECT otp_outbox_failed($1, 'rejected', false)",
+            &[id.into()],
+        )
+        .unwrap();
+        let messages: Option<i64> =
+            one("SELECT count(*) FROM otp.outbox WHERE conversation = 't-late-fallback'");
+        assert_eq!(messages, Some(1));
+    }
+
+    #[pg_test]
+    fn dispatcher_can_decline_a_code_that_expires_too_soon() {
+        fixture();
+        issue("t-decline", "4721");
+        let queued: i64 =
+            one("SELECT id FROM otp.outbox WHERE conversation = 't-decline'").unwrap();
+        assert_eq!(
+            sqlstate(&format!("SELECT otp_outbox_expired({queued})")),
+            "55000"
+        );
+        let id = claim_id("t-decline").unwrap();
+        Spi::run_with_args("SELECT otp_outbox_expired($1)", &[id.into()]).unwrap();
+        Spi::run_with_args("SELECT otp_outbox_expired($1)", &[id.into()]).unwrap();
+        assert_eq!(
+            message_field("t-decline", "state").as_deref(),
+            Some("expired")
+        );
+        assert_eq!(message_field("t-decline", "code_sealed"), None);
+        assert_eq!(
+            challenge_field("t-decline", "delivery").as_deref(),
+            Some("expired")
+        );
+    }
+
+    #[pg_test]
+    fn status_follows_the_latest_challenge() {
+        fixture();
+        assert_eq!(status_of("t-status"), "no_challenge");
+        issue("t-status", "4721");
+        let code = delivered_code("t-status");
+        verify("t-status", &wrong_code(&code));
+        assert_eq!(status_of("t-status"), "pending/whatsapp/***78/queued/2");
+        verify("t-status", &code);
+        assert_eq!(status_of("t-status"), "verified/whatsapp/***78/queued");
+        issue("t-status", "4721");
+        run(
+            "UPDATE otp.challenge SET expires_at = clock_timestamp() - interval '1 second'
+              WHERE conversation = 't-status' AND state = 'pending'",
+        );
+        assert_eq!(status_of("t-status"), "expired/whatsapp/***78/queued");
+        assert_eq!(sqlstate("SELECT * FROM otp_status('nobody', 'c')"), "42704");
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_status('payroll', NULL)"),
+            "22004"
         );
     }
 

@@ -67,9 +67,9 @@ fn fixture() {
                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SENDER}') THEN CREATE ROLE {SENDER} LOGIN; END IF;
             END $$;
             GRANT EXECUTE ON FUNCTION otp_issue(text, text, text), otp_verify(text, text, text),
-                                      session_touch(text), session_revoke(text) TO {APP};
+                                      otp_status(text, text), session_touch(text), session_revoke(text) TO {APP};
             GRANT EXECUTE ON FUNCTION otp_outbox_claim(integer, interval), otp_outbox_sent(bigint, text),
-                                      otp_outbox_failed(bigint, text, boolean) TO {SENDER};
+                                      otp_outbox_failed(bigint, text, boolean), otp_outbox_expired(bigint) TO {SENDER};
             CREATE TABLE IF NOT EXISTS people (id text PRIMARY KEY, phone text, email text);
             -- no runs of six digits in the fixture: the plaintext scan looks for codes
             INSERT INTO people VALUES ('p1', '+34 600 12 34 78', 'p.one@example.com'),

@@ -18,6 +18,11 @@ SELECT message_id, code AS delivered_code, destination, channel, attempt
 SELECT :'destination' AS destination, :'channel' AS channel, :attempt AS attempt;
 SELECT otp_outbox_sent(:message_id, 'wamid.HBgLMzQ2MDAxMjM0NzgVAgARGBI');
 
+-- The agent can check where the code stands ("did it arrive?").
+SET ROLE chat_app;
+SELECT status, channel, destination_hint, delivery, attempts_remaining
+  FROM otp_status(agent => 'payroll', conversation => 'wa:34600123478');
+
 -- User: "483921" (a typo)
 SET ROLE chat_app;
 SELECT CASE WHEN :'delivered_code' = '483921' THEN '483922' ELSE '483921' END AS typo \gset

@@ -36,7 +36,7 @@ END
 $$;
 
 -- The chat application may call the conversation functions, nothing else.
-GRANT EXECUTE ON FUNCTION otp_issue(text, text, text), otp_verify(text, text, text),
+GRANT EXECUTE ON FUNCTION otp_issue(text, text, text), otp_verify(text, text, text), otp_status(text, text),
                           session_touch(text), session_revoke(text) TO chat_app;
 -- Its own data stays its own business: it reads pay stubs once a session says who is asking.
 GRANT USAGE ON SCHEMA hr TO chat_app;
@@ -44,4 +44,4 @@ GRANT SELECT ON hr.employees TO chat_app;
 
 -- The delivery process may only use the outbox protocol.
 GRANT EXECUTE ON FUNCTION otp_outbox_claim(integer, interval), otp_outbox_sent(bigint, text),
-                          otp_outbox_failed(bigint, text, boolean) TO otp_sender;
+                          otp_outbox_failed(bigint, text, boolean), otp_outbox_expired(bigint) TO otp_sender;
