@@ -5,6 +5,8 @@
 #   2. #[pg_test] unit tests inside PostgreSQL (cargo pgrx test)
 #   3. pg_regress SQL tests against a throwaway cluster with pg_otp installed
 #   4. integration tests: many real connections against the same cluster
+#   5. otp-dispatcher tests: the binary against the same cluster, a fake
+#      WhatsApp Cloud API and a real SMTP server, all on loopback
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -48,10 +50,14 @@ if ! counted "$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress" \
     exit 1
 fi
 
+export PG_OTP_TEST_HOST="$CLUSTER" PG_OTP_TEST_PORT="$PORT" PG_OTP_TEST_LOG="$CLUSTER/server.log" \
+       PG_OTP_TEST_PGDATA="$CLUSTER/data"
+
 step "integration tests (real parallel connections)"
-PG_OTP_TEST_HOST="$CLUSTER" PG_OTP_TEST_PORT="$PORT" PG_OTP_TEST_LOG="$CLUSTER/server.log" \
-PG_OTP_TEST_PGDATA="$CLUSTER/data" \
-    counted cargo test -p pg_otp_integration -- --test-threads=1
+counted cargo test -p pg_otp_integration -- --test-threads=1
+
+step "otp-dispatcher tests (fake WhatsApp API, real SMTP server, database restart)"
+counted cargo test -p otp-dispatcher -- --test-threads=1
 
 # One closing line with the totals of every runner above.
 # cargo: "test result: ok. 51 passed; ..."   pg_regress: " All 5 tests passed. "

@@ -7,7 +7,8 @@
 //! `PG_OTP_TEST_LOG` and `PG_OTP_TEST_PGDATA`. Without them the tests fail
 //! rather than pass vacuously.
 
-use std::sync::{Barrier, Once};
+use std::collections::HashSet;
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 pub use postgres::{Client, NoTls};
@@ -36,29 +37,55 @@ fn connect_to(user: &str, dbname: &str) -> Client {
 
 /// A new connection to the test database as `user`, after the fixture exists.
 pub fn connect(user: &str) -> Client {
-    fixture();
-    connect_to(user, DATABASE)
+    connect_in(DATABASE, user)
 }
 
 pub fn superuser() -> Client {
     connect("postgres")
 }
 
-static FIXTURE: Once = Once::new();
+/// A new connection to `database` as `user`, after its fixture exists.
+pub fn connect_in(database: &str, user: &str) -> Client {
+    fixture(database);
+    connect_to(user, database)
+}
+
+/// The connection string of `database` for `user`, for other programs.
+pub fn connection_string(database: &str, user: &str) -> String {
+    fixture(database);
+    format!(
+        "host={} port={} user={user} dbname={database}",
+        env("PG_OTP_TEST_HOST"),
+        env("PG_OTP_TEST_PORT")
+    )
+}
+
+static PREPARED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
 /// Creates the database, the extension, two roles and the agent, once per
-/// test binary (idempotent across binaries).
-fn fixture() {
-    FIXTURE.call_once(|| {
+/// database and test binary (idempotent across binaries).
+fn fixture(database: &str) {
+    let mut prepared = PREPARED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !prepared
+        .get_or_insert_with(HashSet::new)
+        .insert(database.to_owned())
+    {
+        return;
+    }
+    {
         let mut admin = connect_to("postgres", "postgres");
         let exists = admin
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
             .unwrap()
             .is_some();
         if !exists {
-            admin.batch_execute(&format!("CREATE DATABASE {DATABASE}")).unwrap();
+            admin
+                .batch_execute(&format!("CREATE DATABASE {database}"))
+                .unwrap();
         }
-        let mut db = connect_to("postgres", DATABASE);
+        let mut db = connect_to("postgres", database);
         db.batch_execute(&format!(
             r#"
             CREATE EXTENSION IF NOT EXISTS pg_otp;
@@ -80,7 +107,7 @@ fn fixture() {
             "#
         ))
         .unwrap();
-    });
+    }
 }
 
 /// A conversation id no other test uses.

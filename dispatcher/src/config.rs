@@ -1,0 +1,302 @@
+//! Command-line flags (with environment fallbacks), parsed once into a typed,
+//! validated `Config`. Secrets are wrapped so that no `Debug` or log line can
+//! print them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+/// A value that must never be printed (tokens, passwords, URLs with them).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+/// otp-dispatcher: delivers pg_otp codes from the outbox.
+///
+/// It claims due messages with otp_outbox_claim, sends them by WhatsApp
+/// (Business Cloud API), email (SMTP) or to the console, and reports each
+/// result with otp_outbox_sent / otp_outbox_failed / otp_outbox_expired.
+#[derive(Parser, Debug)]
+#[command(name = "otp-dispatcher", version)]
+pub struct Args {
+    /// PostgreSQL connection string, e.g. "host=/var/run/postgresql dbname=app user=otp_sender".
+    #[arg(long, env = "OTP_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Schema the pg_otp functions were created in (CREATE EXTENSION pg_otp SCHEMA ...).
+    #[arg(long, env = "OTP_SCHEMA", default_value = "public")]
+    pub schema: String,
+
+    /// WhatsApp Business Cloud API base URL (with the Graph API version).
+    #[arg(
+        long,
+        env = "OTP_WHATSAPP_API_URL",
+        default_value = "https://graph.facebook.com/v21.0"
+    )]
+    pub whatsapp_api_url: String,
+
+    /// WhatsApp Business phone number id that sends the codes.
+    #[arg(long, env = "OTP_WHATSAPP_PHONE_NUMBER_ID")]
+    pub whatsapp_phone_number_id: Option<String>,
+
+    /// Bearer token of the WhatsApp Business app.
+    #[arg(long, env = "OTP_WHATSAPP_TOKEN", hide_env_values = true)]
+    pub whatsapp_token: Option<String>,
+
+    /// Name of the approved authentication template.
+    #[arg(long, env = "OTP_WHATSAPP_TEMPLATE", default_value = "otp_code")]
+    pub whatsapp_template: String,
+
+    /// Language code of the template.
+    #[arg(long, env = "OTP_WHATSAPP_LANGUAGE", default_value = "en_US")]
+    pub whatsapp_language: String,
+
+    /// SMTP server URL: smtps://user:pass@host (TLS, port 465), smtp://user:pass@host?tls=required
+    /// (STARTTLS, port 587), or smtp://host:port (unencrypted: only for a relay on the same host).
+    #[arg(long, env = "OTP_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Sender address of code emails, e.g. "Payroll assistant <no-reply@example.com>".
+    #[arg(long, env = "OTP_EMAIL_FROM")]
+    pub email_from: Option<String>,
+
+    /// Subject of code emails. It never contains the code unless --email-code-in-subject.
+    #[arg(
+        long,
+        env = "OTP_EMAIL_SUBJECT",
+        default_value = "Your verification code"
+    )]
+    pub email_subject: String,
+
+    /// Append the code to the email subject (shows in notifications and lock screens).
+    #[arg(long, env = "OTP_EMAIL_CODE_IN_SUBJECT")]
+    pub email_code_in_subject: bool,
+
+    /// Print deliveries, codes included, to standard output instead of sending them
+    /// (development and demos). Handles every channel that has no other transport.
+    #[arg(long, env = "OTP_CONSOLE")]
+    pub console: bool,
+
+    /// Messages claimed at once.
+    #[arg(long, env = "OTP_BATCH_SIZE", default_value_t = 64)]
+    pub batch_size: u16,
+
+    /// Sends in flight at once.
+    #[arg(long, env = "OTP_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: u16,
+
+    /// How long a claimed message stays reserved for this dispatcher, in seconds.
+    #[arg(long, env = "OTP_LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u32,
+
+    /// Poll the outbox at least this often, in milliseconds (notifications are
+    /// the fast path; polling is the safety net).
+    #[arg(long, env = "OTP_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+
+    /// Do not send a code that expires within this many seconds; end it as expired.
+    #[arg(long, env = "OTP_EXPIRY_MARGIN_SECONDS", default_value_t = 15)]
+    pub expiry_margin_seconds: u32,
+
+    /// Timeout of one provider request, in milliseconds.
+    #[arg(long, env = "OTP_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "OTP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, env = "OTP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct WhatsAppConfig {
+    pub api_url: String,
+    pub phone_number_id: String,
+    pub token: Secret,
+    pub template: String,
+    pub language: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub smtp_url: Secret,
+    pub from: String,
+    pub subject: String,
+    pub code_in_subject: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret,
+    /// The extension's schema, already quoted for SQL.
+    pub schema: String,
+    pub whatsapp: Option<WhatsAppConfig>,
+    pub email: Option<EmailConfig>,
+    pub console: bool,
+    pub batch_size: u16,
+    pub concurrency: u16,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub expiry_margin: Duration,
+    pub send_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    pub json_logs: bool,
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> Result<Self> {
+        let whatsapp = match (args.whatsapp_phone_number_id, args.whatsapp_token) {
+            (Some(phone_number_id), Some(token)) => Some(WhatsAppConfig {
+                api_url: args.whatsapp_api_url.trim_end_matches('/').to_owned(),
+                phone_number_id,
+                token: token.into(),
+                template: args.whatsapp_template,
+                language: args.whatsapp_language,
+            }),
+            (None, None) => None,
+            _ => bail!("WhatsApp needs both --whatsapp-phone-number-id and --whatsapp-token"),
+        };
+        let email = match (args.smtp_url, args.email_from) {
+            (Some(smtp_url), Some(from)) => {
+                from.parse::<lettre::message::Mailbox>()
+                    .with_context(|| format!("--email-from {from:?} is not an address"))?;
+                Some(EmailConfig {
+                    smtp_url: smtp_url.into(),
+                    from,
+                    subject: args.email_subject,
+                    code_in_subject: args.email_code_in_subject,
+                })
+            }
+            (None, None) => None,
+            _ => bail!("email needs both --smtp-url and --email-from"),
+        };
+        if whatsapp.is_none() && email.is_none() && !args.console {
+            bail!("no transport configured: give WhatsApp (--whatsapp-phone-number-id, --whatsapp-token), SMTP (--smtp-url, --email-from) or --console");
+        }
+        if args.batch_size == 0
+            || args.concurrency == 0
+            || args.lease_seconds == 0
+            || args.poll_interval_ms == 0
+        {
+            bail!("--batch-size, --concurrency, --lease-seconds and --poll-interval-ms must be positive");
+        }
+        let plain_identifier = |name: &str| {
+            name.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if !plain_identifier(&args.schema) {
+            bail!(
+                "--schema {:?} must be a plain lower-case identifier",
+                args.schema
+            );
+        }
+        Ok(Config {
+            database_url: args.database_url.into(),
+            schema: format!("\"{}\"", args.schema),
+            whatsapp,
+            email,
+            console: args.console,
+            batch_size: args.batch_size,
+            concurrency: args.concurrency,
+            lease: Duration::from_secs(args.lease_seconds.into()),
+            poll_interval: Duration::from_millis(args.poll_interval_ms),
+            expiry_margin: Duration::from_secs(args.expiry_margin_seconds.into()),
+            send_timeout: Duration::from_millis(args.send_timeout_ms),
+            metrics_listen: args.metrics_listen,
+            json_logs: args.log_format == "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config> {
+        let mut argv = vec!["otp-dispatcher", "--database-url", "host=/tmp user=u"];
+        argv.extend_from_slice(extra);
+        Config::from_args(Args::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_transport() {
+        let err = parse(&[]).unwrap_err().to_string();
+        assert!(err.starts_with("no transport configured"), "{err}");
+    }
+
+    #[test]
+    fn schema_must_be_a_plain_identifier() {
+        assert_eq!(parse(&["--console"]).unwrap().schema, "\"public\"");
+        assert_eq!(
+            parse(&["--console", "--schema", "auth"]).unwrap().schema,
+            "\"auth\""
+        );
+        assert!(parse(&["--console", "--schema", "x\"; DROP TABLE y; --"]).is_err());
+        assert!(parse(&["--console", "--schema", "Auth"]).is_err());
+    }
+
+    #[test]
+    fn half_configured_transports_are_errors() {
+        assert!(parse(&["--whatsapp-token", "t"]).is_err());
+        assert!(parse(&["--smtp-url", "smtp://127.0.0.1:25"]).is_err());
+        assert!(parse(&[
+            "--smtp-url",
+            "smtp://127.0.0.1:25",
+            "--email-from",
+            "not an address"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = parse(&[
+            "--whatsapp-phone-number-id",
+            "123",
+            "--whatsapp-token",
+            "EAAG-very-secret",
+            "--smtp-url",
+            "smtps://user:hunter2@mail.example.com",
+            "--email-from",
+            "no-reply@example.com",
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(
+            !printed.contains("very-secret")
+                && !printed.contains("hunter2")
+                && !printed.contains("user=u")
+        );
+        assert_eq!(
+            config.whatsapp.unwrap().api_url,
+            "https://graph.facebook.com/v21.0"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The claim loop.
+//!
+//! - Claims only as many messages as it can start sending at once (free
+//!   concurrency slots), so nothing it holds a lease on sits waiting: on
+//!   shutdown there are no unstarted claims to hand back.
+//! - Sends concurrently; never holds a database transaction across a send.
+//! - Reports results in batches; results that could not be reported (the
+//!   database went away) are kept and reported after reconnecting, before
+//!   anything new is claimed, so a restart neither loses nor repeats a send.
+//! - Wakes on NOTIFY otp_outbox, and polls as a safety net because
+//!   notifications sent while disconnected are lost.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use rand::Rng;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::message::{Message, Outcome};
+use crate::metrics;
+use crate::outbox::Outbox;
+use crate::transport::Transports;
+
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown` resolves, then finishes the sends in flight,
+/// reports them and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let transports = Arc::new(Transports::new(&config)?);
+    let concurrency = usize::from(config.concurrency);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let wake = Arc::new(Notify::new());
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
+    let mut unreported: Vec<Outcome> = Vec::new();
+    let mut outbox: Option<Outbox> = None;
+    let mut reconnect_delay = RECONNECT_FIRST;
+    let mut stopping = false;
+    tokio::pin!(shutdown);
+
+    loop {
+        while let Ok(outcome) = done_rx.try_recv() {
+            unreported.push(outcome);
+        }
+        let in_flight = concurrency - slots.available_permits();
+        if stopping && in_flight == 0 && unreported.is_empty() {
+            info!("all deliveries finished and reported; stopping");
+            return Ok(());
+        }
+
+        // (Re)connect, with backoff and jitter.
+        if outbox.as_ref().is_none_or(Outbox::is_closed) {
+            outbox = None;
+            match Outbox::connect(&config.database_url, &config.schema, wake.clone()).await {
+                Ok(connected) => {
+                    info!("connected to PostgreSQL and listening on otp_outbox");
+                    metrics::connected(true);
+                    outbox = Some(connected);
+                    reconnect_delay = RECONNECT_FIRST;
+                }
+                Err(err) => {
+                    metrics::connected(false);
+                    warn!(error = %format!("{err:#}"), retry_in_ms = reconnect_delay.as_millis() as u64, "cannot reach PostgreSQL");
+                    let pause = reconnect_delay.mul_f64(rand::rng().random_range(0.5..1.0));
+                    reconnect_delay = (reconnect_delay * 2).min(RECONNECT_MAX);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = &mut shutdown, if !stopping => stopping = true,
+                    }
+                    continue;
+                }
+            }
+        }
+        let db = outbox.as_mut().expect("connected above");
+
+        if !unreported.is_empty() {
+            match db.report(&unreported).await {
+                Ok(()) => unreported.clear(),
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), pending = unreported.len(), "could not report results; will retry");
+                    continue;
+                }
+            }
+        }
+
+        let room = slots
+            .available_permits()
+            .min(usize::from(config.batch_size));
+        let mut full_batch = false;
+        if !stopping && room > 0 {
+            match db.claim(room, config.lease).await {
+                Ok(messages) => {
+                    full_batch = messages.len() == room;
+                    for message in messages {
+                        let slot = slots
+                            .clone()
+                            .try_acquire_owned()
+                            .expect("claimed no more than the free slots");
+                        tokio::spawn(deliver(
+                            message,
+                            transports.clone(),
+                            config.expiry_margin,
+                            done_tx.clone(),
+                            slot,
+                        ));
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), "claiming failed");
+                    if !db.is_closed() {
+                        // Not a connection problem (e.g. a missing grant): do not spin.
+                        tokio::time::sleep(config.poll_interval).await;
+                    }
+                    continue;
+                }
+            }
+        }
+        if full_batch {
+            continue; // more may be waiting
+        }
+
+        tokio::select! {
+            () = wake.notified() => {}
+            Some(outcome) = done_rx.recv() => unreported.push(outcome),
+            () = tokio::time::sleep(config.poll_interval) => {}
+            () = &mut shutdown, if !stopping => {
+                info!(in_flight, "shutting down: finishing deliveries in flight");
+                stopping = true;
+            }
+        }
+    }
+}
+
+/// Sends one message and hands its outcome to the loop.
+async fn deliver(
+    message: Message,
+    transports: Arc<Transports>,
+    margin: Duration,
+    done: mpsc::UnboundedSender<Outcome>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let channel = message.channel.clone();
+    let outcome = if message.expires_at <= SystemTime::now() + margin {
+        metrics::expired_unsent(&channel);
+        info!(message_id = message.id, %channel, to = %message.masked_destination(), "code expires within the margin; not sent");
+        Outcome::Expired { id: message.id }
+    } else {
+        match transports.deliver(&message).await {
+            Ok(provider_ref) => {
+                metrics::sent(&channel, message.claimed_at.elapsed());
+                info!(message_id = message.id, %channel, to = %message.masked_destination(), attempt = message.attempt, "delivered");
+                Outcome::Sent {
+                    id: message.id,
+                    provider_ref,
+                }
+            }
+            Err(err) => {
+                let detail = message.scrub(&err.detail);
+                metrics::failed(&channel, &err.reason, err.retryable);
+                warn!(
+                    message_id = message.id,
+                    %channel,
+                    to = %message.masked_destination(),
+                    attempt = message.attempt,
+                    retryable = err.retryable,
+                    reason = %err.reason,
+                    error = %detail,
+                    "delivery failed"
+                );
+                Outcome::Failed {
+                    id: message.id,
+                    error: detail,
+                    retryable: err.retryable,
+                }
+            }
+        }
+    };
+    // The loop outlives every delivery task; a closed channel means it is gone.
+    let _ = done.send(outcome);
+}

@@ -1,0 +1,83 @@
+//! otp-dispatcher: delivers pg_otp codes from the outbox.
+
+mod config;
+mod dispatch;
+mod message;
+mod metrics;
+mod outbox;
+mod transport;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match config::Args::try_parse()
+        .map_err(|e| e.exit())
+        .and_then(config::Config::from_args)
+    {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("otp-dispatcher: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.json_logs);
+    // One TLS provider for reqwest and lettre: ring (no C toolchain needed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        if let Some(listen) = config.metrics_listen {
+            metrics::serve(listen)?;
+            info!(%listen, "serving Prometheus metrics");
+        }
+        if config.console {
+            warn!("console transport on: codes are printed to standard output (development only)");
+        }
+        dispatch::run(config, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(error = %format!("{err:#}"), "otp-dispatcher stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_env("OTP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}

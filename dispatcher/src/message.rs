@@ -1,0 +1,150 @@
+//! A claimed message and what became of it.
+
+use std::fmt;
+use std::time::{Instant, SystemTime};
+
+/// A message claimed from the outbox. `Debug` shows the id, channel and a
+/// masked destination only: the code and the full address never reach a log.
+pub struct Message {
+    pub id: i64,
+    pub channel: String,
+    pub destination: String,
+    pub code: String,
+    pub expires_at: SystemTime,
+    pub attempt: i32,
+    /// When this dispatcher claimed it, for the claim-to-send latency.
+    pub claimed_at: Instant,
+}
+
+impl Message {
+    /// `***78` for a phone number, `j***@example.com` for an email address.
+    pub fn masked_destination(&self) -> String {
+        match self.destination.rsplit_once('@') {
+            Some((local, domain)) if self.channel == "email" => {
+                format!(
+                    "{}***@{domain}",
+                    local.chars().next().map(String::from).unwrap_or_default()
+                )
+            }
+            _ => {
+                let digits: Vec<char> = self
+                    .destination
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect();
+                format!(
+                    "***{}",
+                    digits[digits.len().saturating_sub(2)..]
+                        .iter()
+                        .collect::<String>()
+                )
+            }
+        }
+    }
+
+    /// Removes the code from text that may echo it (provider error bodies).
+    pub fn scrub(&self, text: &str) -> String {
+        if self.code.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(&self.code, "[code]")
+        }
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("channel", &self.channel)
+            .field("to", &self.masked_destination())
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a delivery failed, and whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct DeliveryError {
+    pub retryable: bool,
+    /// A short, bounded label for metrics (e.g. `whatsapp_131026`, `http_503`, `timeout`).
+    pub reason: String,
+    pub detail: String,
+}
+
+impl DeliveryError {
+    pub fn retryable(reason: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            reason: reason.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn permanent(reason: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            reason: reason.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The result of handling one claimed message, to report to the database.
+#[derive(Debug)]
+pub enum Outcome {
+    Sent {
+        id: i64,
+        provider_ref: String,
+    },
+    Failed {
+        id: i64,
+        error: String,
+        retryable: bool,
+    },
+    /// Not sent: the code would expire within the safety margin.
+    Expired {
+        id: i64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(channel: &str, destination: &str) -> Message {
+        Message {
+            id: 7,
+            channel: channel.into(),
+            destination: destination.into(),
+            code: "042042".into(),
+            expires_at: SystemTime::now(),
+            attempt: 1,
+            claimed_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_code_and_address() {
+        let printed = format!("{:?}", message("whatsapp", "+34 600 123 478"));
+        assert!(
+            printed.contains("***78") && !printed.contains("042042") && !printed.contains("600"),
+            "{printed}"
+        );
+        let printed = format!("{:?}", message("email", "jane.doe@example.com"));
+        assert!(
+            printed.contains("j***@example.com") && !printed.contains("jane.doe"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn scrub_removes_echoed_codes() {
+        let m = message("whatsapp", "+1 555 0100");
+        assert_eq!(
+            m.scrub("bad param 042042 in body"),
+            "bad param [code] in body"
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! Prometheus metrics: what was sent, what failed and why, what was retried,
+//! what expired unsent, and how long a claimed message took to reach the
+//! provider.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+const LATENCY: &str = "otp_dispatcher_claim_to_send_seconds";
+
+/// Serves /metrics on `listen`. Must run inside the Tokio runtime.
+pub fn serve(listen: SocketAddr) -> Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            Matcher::Full(LATENCY.to_owned()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .context("configuring the metrics histogram")?
+        .install()
+        .with_context(|| format!("serving metrics on {listen}"))
+}
+
+pub fn sent(channel: &str, since_claim: Duration) {
+    counter!("otp_dispatcher_sent_total", "channel" => channel.to_owned()).increment(1);
+    histogram!(LATENCY, "channel" => channel.to_owned()).record(since_claim.as_secs_f64());
+}
+
+pub fn failed(channel: &str, reason: &str, retryable: bool) {
+    counter!("otp_dispatcher_failed_total", "channel" => channel.to_owned(), "reason" => reason.to_owned()).increment(1);
+    if retryable {
+        counter!("otp_dispatcher_retried_total", "channel" => channel.to_owned()).increment(1);
+    }
+}
+
+pub fn expired_unsent(channel: &str) {
+    counter!("otp_dispatcher_expired_unsent_total", "channel" => channel.to_owned()).increment(1);
+}
+
+pub fn connected(up: bool) {
+    gauge!("otp_dispatcher_database_connected").set(if up { 1.0 } else { 0.0 });
+}

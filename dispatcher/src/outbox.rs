@@ -1,0 +1,163 @@
+//! The dispatcher's side of the pg_otp outbox protocol, over one connection.
+//!
+//! The connection LISTENs on `otp_outbox`; a notification wakes the claim
+//! loop at once. Results are reported in one transaction per batch, so that
+//! a burst of deliveries costs one WAL flush rather than one per message.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use futures_util::future::try_join_all;
+use futures_util::{stream, StreamExt};
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tracing::{debug, warn};
+
+use crate::config::Secret;
+use crate::message::{Message, Outcome};
+
+pub const NOTIFY_CHANNEL: &str = "otp_outbox";
+
+pub struct Outbox {
+    client: Client,
+    /// Statements naming the extension's schema.
+    sql: Statements,
+}
+
+struct Statements {
+    claim: String,
+    sent: String,
+    failed: String,
+    expired: String,
+}
+
+impl Statements {
+    fn new(schema: &str) -> Self {
+        Self {
+            claim: format!(
+                "SELECT message_id, channel, destination, code, expires_at, attempt
+                   FROM {schema}.otp_outbox_claim($1, pg_catalog.make_interval(secs => $2))"
+            ),
+            sent: format!("SELECT {schema}.otp_outbox_sent($1, $2)"),
+            failed: format!("SELECT {schema}.otp_outbox_failed($1, $2, $3)"),
+            expired: format!("SELECT {schema}.otp_outbox_expired($1)"),
+        }
+    }
+}
+
+impl Outbox {
+    /// Connects, starts LISTENing, and signals `wake` on every notification.
+    pub async fn connect(url: &Secret, schema: &str, wake: Arc<Notify>) -> Result<Self> {
+        // The connection string may hold a password: never put it in an error.
+        let (client, mut connection) = tokio_postgres::connect(url.expose(), NoTls)
+            .await
+            .context("connecting to PostgreSQL")?;
+        tokio::spawn(async move {
+            let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        debug!(notice = %notice.message(), "server notice")
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        warn!(error = %err, "database connection lost");
+                        break;
+                    }
+                }
+            }
+            // Wake the loop so that it notices the closed connection now.
+            wake.notify_one();
+        });
+        client
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .await
+            .context("LISTEN otp_outbox")?;
+        Ok(Self {
+            client,
+            sql: Statements::new(schema),
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Claims up to `limit` due messages for `lease`.
+    pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Message>> {
+        let rows = self
+            .client
+            .query(&self.sql.claim, &[&(limit as i32), &lease.as_secs_f64()])
+            .await
+            .context("otp_outbox_claim")?;
+        let claimed_at = Instant::now();
+        Ok(rows
+            .iter()
+            .map(|row| Message {
+                id: row.get(0),
+                channel: row.get(1),
+                destination: row.get(2),
+                code: row.get(3),
+                expires_at: row.get::<_, SystemTime>(4),
+                attempt: row.get(5),
+                claimed_at,
+            })
+            .collect())
+    }
+
+    /// Reports outcomes. All in one transaction; if that fails for a reason
+    /// other than the connection, each is retried on its own so that one bad
+    /// report cannot hold back the others.
+    pub async fn report(&mut self, outcomes: &[Outcome]) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let batch = async {
+            let transaction = self.client.transaction().await?;
+            try_join_all(
+                outcomes
+                    .iter()
+                    .map(|outcome| report_one(&transaction, &self.sql, outcome)),
+            )
+            .await?;
+            transaction.commit().await
+        };
+        match batch.await {
+            Ok(()) => Ok(()),
+            Err(err) if self.client.is_closed() => Err(err).context("reporting delivery results"),
+            Err(err) => {
+                warn!(error = %err, "reporting a batch failed; reporting one by one");
+                for outcome in outcomes {
+                    if let Err(err) = report_one(&self.client, &self.sql, outcome).await {
+                        if self.client.is_closed() {
+                            return Err(err).context("reporting delivery results");
+                        }
+                        warn!(?outcome, error = %err, "the database refused a report");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn report_one<C: tokio_postgres::GenericClient>(
+    client: &C,
+    sql: &Statements,
+    outcome: &Outcome,
+) -> Result<(), tokio_postgres::Error> {
+    match outcome {
+        Outcome::Sent { id, provider_ref } => {
+            client.execute(&sql.sent, &[id, provider_ref]).await?
+        }
+        Outcome::Failed {
+            id,
+            error,
+            retryable,
+        } => client.execute(&sql.failed, &[id, error, retryable]).await?,
+        Outcome::Expired { id } => client.execute(&sql.expired, &[id]).await?,
+    };
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Transports, one per delivery channel, and the routing between them.
+
+mod console;
+mod email;
+mod whatsapp;
+
+use anyhow::Result;
+
+pub use email::Email;
+pub use whatsapp::WhatsApp;
+
+use crate::config::Config;
+use crate::message::{DeliveryError, Message};
+
+/// Every configured transport. A channel goes to its own transport; the
+/// console, when enabled, takes channels that have none.
+pub struct Transports {
+    whatsapp: Option<WhatsApp>,
+    email: Option<Email>,
+    console: Option<console::Console>,
+}
+
+impl Transports {
+    pub fn new(config: &Config) -> Result<Self> {
+        Ok(Self {
+            whatsapp: config
+                .whatsapp
+                .as_ref()
+                .map(|c| WhatsApp::new(c, config.send_timeout))
+                .transpose()?,
+            email: config
+                .email
+                .as_ref()
+                .map(|c| Email::new(c, config.send_timeout))
+                .transpose()?,
+            console: config.console.then_some(console::Console),
+        })
+    }
+
+    /// Delivers one message; the provider's reference on success.
+    pub async fn deliver(&self, message: &Message) -> Result<String, DeliveryError> {
+        match (
+            message.channel.as_str(),
+            &self.whatsapp,
+            &self.email,
+            &self.console,
+        ) {
+            ("whatsapp", Some(whatsapp), _, _) => whatsapp.send(message).await,
+            ("email", _, Some(email), _) => email.send(message).await,
+            (_, _, _, Some(console)) => console.send(message),
+            (channel, ..) => Err(DeliveryError::permanent(
+                "no_transport",
+                format!("no transport is configured for channel {channel}"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! WhatsApp Business Cloud API: an authentication template whose body
+//! parameter and copy-code button carry the code.
+//!
+//! `POST {api_url}/{phone_number_id}/messages` with a bearer token.
+//! `biz_opaque_callback_data` carries the outbox message id, so status
+//! webhooks can be matched to it.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::config::{Secret, WhatsAppConfig};
+use crate::message::{DeliveryError, Message};
+
+/// Graph API error codes worth another try: rate limits, throttling,
+/// temporary unavailability.
+const RETRYABLE_CODES: &[i64] = &[
+    1, 2, 4, 17, 341, 80007, 130429, 131000, 131016, 131056, 131057, 133004,
+];
+
+pub struct WhatsApp {
+    http: reqwest::Client,
+    messages_url: String,
+    token: Secret,
+    template: String,
+    language: String,
+}
+
+impl WhatsApp {
+    pub fn new(config: &WhatsAppConfig, timeout: Duration) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("otp-dispatcher/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            messages_url: format!("{}/{}/messages", config.api_url, config.phone_number_id),
+            token: config.token.clone(),
+            template: config.template.clone(),
+            language: config.language.clone(),
+        })
+    }
+
+    /// The request body for one message.
+    pub fn request_body(&self, message: &Message, to: &str) -> Value {
+        json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "template",
+            "biz_opaque_callback_data": message.id.to_string(),
+            "template": {
+                "name": self.template,
+                "language": { "code": self.language },
+                "components": [
+                    { "type": "body", "parameters": [ { "type": "text", "text": message.code } ] },
+                    {
+                        "type": "button",
+                        "sub_type": "url",
+                        "index": "0",
+                        "parameters": [ { "type": "text", "text": message.code } ]
+                    }
+                ]
+            }
+        })
+    }
+
+    /// Sends one message; the provider's message id on success.
+    pub async fn send(&self, message: &Message) -> Result<String, DeliveryError> {
+        let to = whatsapp_number(&message.destination).ok_or_else(|| {
+            DeliveryError::permanent(
+                "invalid_number",
+                "the destination is not a phone number with country code",
+            )
+        })?;
+        let response = self
+            .http
+            .post(&self.messages_url)
+            .bearer_auth(self.token.expose())
+            .json(&self.request_body(message, &to))
+            .send()
+            .await
+            .map_err(|err| {
+                let reason = if err.is_timeout() {
+                    "timeout"
+                } else {
+                    "connect"
+                };
+                DeliveryError::retryable(
+                    reason,
+                    format!("WhatsApp request failed: {}", without_url(&err)),
+                )
+            })?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            return parsed["messages"][0]["id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    DeliveryError::retryable(
+                        "bad_response",
+                        "WhatsApp accepted the request without a message id",
+                    )
+                });
+        }
+        Err(classify(status, &body))
+    }
+}
+
+/// Digits only, as the Cloud API wants them ("+34 600-123 478" → "34600123478").
+pub fn whatsapp_number(destination: &str) -> Option<String> {
+    let digits: String = destination.chars().filter(char::is_ascii_digit).collect();
+    (8..=15).contains(&digits.len()).then_some(digits)
+}
+
+/// Maps a Graph API error to retryable or permanent.
+pub fn classify(status: StatusCode, body: &str) -> DeliveryError {
+    let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let error = &parsed["error"];
+    let message = error["message"]
+        .as_str()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect::<String>();
+    match error["code"].as_i64() {
+        Some(code) => {
+            let detail = format!(
+                "WhatsApp error {code} (HTTP {}): {message}",
+                status.as_u16()
+            );
+            let reason = format!("whatsapp_{code}");
+            if RETRYABLE_CODES.contains(&code)
+                || (status.is_server_error() && !(132000..133000).contains(&code))
+            {
+                DeliveryError::retryable(reason, detail)
+            } else {
+                DeliveryError::permanent(reason, detail)
+            }
+        }
+        None => {
+            let detail = format!("WhatsApp answered HTTP {}", status.as_u16());
+            let reason = format!("http_{}", status.as_u16());
+            if status.is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT
+            {
+                DeliveryError::retryable(reason, detail)
+            } else {
+                DeliveryError::permanent(reason, detail)
+            }
+        }
+    }
+}
+
+/// reqwest errors print the URL; the URL is harmless but the error source may
+/// not be, so keep only the kind of failure.
+fn without_url(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    if let Some(url) = err.url() {
+        text = text.replace(url.as_str(), "<api>");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_body(code: i64) -> String {
+        json!({ "error": { "message": "x", "type": "OAuthException", "code": code, "fbtrace_id": "A" } }).to_string()
+    }
+
+    #[test]
+    fn numbers_are_digits_with_country_code() {
+        assert_eq!(
+            whatsapp_number("+34 600-123 478").as_deref(),
+            Some("34600123478")
+        );
+        assert_eq!(whatsapp_number("(555) 0100"), None);
+        assert_eq!(whatsapp_number("jane@example.com"), None);
+    }
+
+    #[test]
+    fn error_codes_map_to_retryable_or_permanent() {
+        for code in [130429, 131056, 131057, 131000, 80007] {
+            assert!(
+                classify(StatusCode::BAD_REQUEST, &error_body(code)).retryable,
+                "{code}"
+            );
+        }
+        for code in [131026, 131047, 131048, 132000, 132001, 132012, 190, 100] {
+            assert!(
+                !classify(StatusCode::BAD_REQUEST, &error_body(code)).retryable,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, &error_body(131026)).reason,
+            "whatsapp_131026"
+        );
+        assert!(classify(StatusCode::SERVICE_UNAVAILABLE, "").retryable);
+        assert!(classify(StatusCode::TOO_MANY_REQUESTS, "not json").retryable);
+        assert!(!classify(StatusCode::UNAUTHORIZED, "").retryable);
+        assert!(!classify(StatusCode::INTERNAL_SERVER_ERROR, &error_body(132001)).retryable);
+    }
+}

@@ -1,0 +1,586 @@
+//! otp-dispatcher end to end: a real PostgreSQL with pg_otp, the dispatcher
+//! binary, a fake WhatsApp Cloud API (wiremock) that checks the exact
+//! request, and a real SMTP server on loopback.
+//!
+//! Run through scripts/test.sh, one test at a time (they share the outbox).
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+use support::*;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+const PHONE_NUMBER_ID: &str = "104857600";
+const TOKEN: &str = "EAAGtest-token-never-logged";
+const MESSAGES_PATH: &str = "/v21.0/104857600/messages";
+
+fn accepted(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{ "input": "34600123478", "wa_id": "34600123478" }],
+        "messages": [{ "id": id }]
+    }))
+}
+
+fn graph_error(status: u16, code: i64) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "error": { "message": "test error", "type": "OAuthException", "code": code, "fbtrace_id": "AbC" }
+    }))
+}
+
+/// A fake Graph API that answers the first `times` requests with `first`,
+/// and every later one with `then`.
+async fn fake_whatsapp_answering(
+    first: ResponseTemplate,
+    times: u64,
+    then: ResponseTemplate,
+) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(first)
+        .up_to_n_times(times)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(then)
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
+fn whatsapp_args(server: &MockServer) -> Vec<String> {
+    vec![
+        "--whatsapp-api-url".into(),
+        format!("{}/v21.0", server.uri()),
+        "--whatsapp-phone-number-id".into(),
+        PHONE_NUMBER_ID.into(),
+        "--whatsapp-token".into(),
+        TOKEN.into(),
+        "--whatsapp-template".into(),
+        "payroll_code".into(),
+        "--whatsapp-language".into(),
+        "es".into(),
+    ]
+}
+
+async fn start(args: &[String]) -> Dispatcher {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Dispatcher::start(&args).await
+}
+
+/// The code carried by a WhatsApp request body.
+fn code_in(body: &Value) -> String {
+    body["template"]["components"][0]["parameters"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn whatsapp_requests(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+async fn setup() -> (tokio_postgres::Client, tokio_postgres::Client) {
+    let db = connect("postgres").await;
+    reset(&db).await;
+    let app = connect(pg_otp_integration::APP).await;
+    (db, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whatsapp_request_has_the_exact_shape_and_its_code_verifies() {
+    let (db, app) = setup().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .and(header("content-type", "application/json"))
+        .respond_with(accepted("wamid.HBgLMzQ2MDAxMjM0NzgVAgARGBI"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let dispatcher = start(&whatsapp_args(&server)).await;
+
+    assert_eq!(issue_for(&app, "it", "shape", "p1").await, "code_sent");
+    assert_eq!(wait_until_final(&db, "shape").await, ["sent"]);
+
+    let bodies = whatsapp_requests(&server).await;
+    assert_eq!(bodies.len(), 1);
+    let code = code_in(&bodies[0]);
+    assert!(
+        code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()),
+        "{code}"
+    );
+    let message_id: i64 = db
+        .query_one(
+            "SELECT id FROM otp.outbox WHERE conversation = 'shape'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        bodies[0],
+        json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": "34600123478",
+            "type": "template",
+            "biz_opaque_callback_data": message_id.to_string(),
+            "template": {
+                "name": "payroll_code",
+                "language": { "code": "es" },
+                "components": [
+                    { "type": "body", "parameters": [ { "type": "text", "text": code } ] },
+                    { "type": "button", "sub_type": "url", "index": "0",
+                      "parameters": [ { "type": "text", "text": code } ] }
+                ]
+            }
+        })
+    );
+    let provider_ref: String = db
+        .query_one(
+            "SELECT provider_ref FROM otp.outbox WHERE conversation = 'shape'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(provider_ref, "wamid.HBgLMzQ2MDAxMjM0NzgVAgARGBI");
+    // What the user received opens the session.
+    assert_eq!(verify(&app, "shape", &code).await, "verified");
+    // Neither the code nor the token ever reaches the logs.
+    let logs = dispatcher.logs();
+    assert!(
+        logs.contains("delivered") && logs.contains("***78"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(&code) && !logs.contains(TOKEN) && !logs.contains("600 12"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retryable_failure_is_retried_then_delivered() {
+    let (db, app) = setup().await;
+    let server =
+        fake_whatsapp_answering(graph_error(503, 131000), 1, accepted("wamid.retry")).await;
+    let dispatcher = start(&whatsapp_args(&server)).await;
+
+    issue_for(&app, "it", "retry", "p1").await;
+    assert_eq!(wait_until_final(&db, "retry").await, ["sent"]);
+    let row = db
+        .query_one(
+            "SELECT attempt, last_error FROM otp.outbox WHERE conversation = 'retry'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+    assert!(row.get::<_, String>(1).contains("131000"));
+    let bodies = whatsapp_requests(&server).await;
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(
+        code_in(&bodies[0]),
+        code_in(&bodies[1]),
+        "a retry carries the same code"
+    );
+    let logs = dispatcher.logs();
+    assert!(logs.contains("retryable=true"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permanent_whatsapp_failure_falls_back_to_email() {
+    let (db, app) = setup().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(graph_error(400, 131026))
+        .mount(&server)
+        .await;
+    let smtp = SmtpSink::start().await;
+    let mut args = whatsapp_args(&server);
+    args.extend([
+        "--smtp-url".into(),
+        smtp.url(),
+        "--email-from".into(),
+        "Payroll <no-reply@example.com>".into(),
+    ]);
+    let dispatcher = start(&args).await;
+
+    issue_for(&app, "it", "fallback", "p1").await;
+    assert_eq!(wait_until_final(&db, "fallback").await, ["failed", "sent"]);
+    let status = app
+        .query_one(
+            "SELECT status, channel, destination_hint, delivery FROM otp_status('it', 'fallback')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let status: (String, String, String, String) =
+        (status.get(0), status.get(1), status.get(2), status.get(3));
+    assert_eq!(
+        status,
+        (
+            "pending".into(),
+            "email".into(),
+            "p***@example.com".into(),
+            "sent".into()
+        )
+    );
+
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    let whatsapp_code = code_in(&whatsapp_requests(&server).await[0]);
+    assert!(mail.contains("To: p.one@example.com"), "{mail}");
+    assert!(
+        mail.contains("From: Payroll <no-reply@example.com>"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("Subject: Your verification code\r\n"),
+        "the subject must not hold the code: {mail}"
+    );
+    assert!(
+        mail.contains("multipart/alternative")
+            && mail.contains("text/plain")
+            && mail.contains("text/html")
+    );
+    assert!(
+        mail.contains(&format!("Your verification code is {whatsapp_code}.")),
+        "the same code: {mail}"
+    );
+    assert!(
+        mail.contains("It expires in 5 minutes") && mail.contains("If you did not ask for a code"),
+        "{mail}"
+    );
+    assert_eq!(verify(&app, "fallback", &whatsapp_code).await, "verified");
+    assert!(!dispatcher.logs().contains(&whatsapp_code));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smtp_replies_map_to_retry_or_permanent_failure() {
+    let (db, app) = setup().await;
+    let smtp = SmtpSink::start().await;
+    let args = [
+        "--smtp-url".to_owned(),
+        smtp.url(),
+        "--email-from".into(),
+        "no-reply@example.com".into(),
+    ];
+    let _dispatcher = start(&args).await;
+
+    issue_for(&app, "it", "smtp-451", "flaky").await;
+    issue_for(&app, "it", "smtp-550", "nobody").await;
+    assert_eq!(wait_until_final(&db, "smtp-451").await, ["sent"]);
+    assert_eq!(wait_until_final(&db, "smtp-550").await, ["failed"]);
+    let attempts: i32 = db
+        .query_one(
+            "SELECT attempt FROM otp.outbox WHERE conversation = 'smtp-451'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 2, "451 is retried");
+    let error: String = db
+        .query_one(
+            "SELECT last_error FROM otp.outbox WHERE conversation = 'smtp-550'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains("550"), "{error}");
+    assert_eq!(smtp.messages().len(), 1);
+}
+
+/// Records when each request arrived.
+#[derive(Clone, Default)]
+struct ArrivalLog(Arc<Mutex<Vec<SystemTime>>>);
+
+impl Respond for ArrivalLog {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.0.lock().unwrap().push(SystemTime::now());
+        graph_error(503, 131016)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_code_that_expires_while_retrying_is_never_sent_late() {
+    let (db, app) = setup().await;
+    db.batch_execute(
+        "SELECT otp_configure(agent => 'short', source => 'people', id_column => 'id',
+                              phone_column => 'phone', code_ttl => '4 seconds')",
+    )
+    .await
+    .unwrap();
+    let server = MockServer::start().await;
+    let arrivals = ArrivalLog::default();
+    Mock::given(method("POST"))
+        .respond_with(arrivals.clone())
+        .mount(&server)
+        .await;
+    let mut args = whatsapp_args(&server);
+    args.extend(["--expiry-margin-seconds".into(), "1".into()]);
+    let dispatcher = start(&args).await;
+
+    issue_for(&app, "short", "late", "p1").await;
+    assert_eq!(wait_until_final(&db, "late").await, ["expired"]);
+    let expires_at: SystemTime = db
+        .query_one(
+            "SELECT expires_at FROM otp.outbox WHERE conversation = 'late'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let arrivals = arrivals.0.lock().unwrap().clone();
+    assert!(!arrivals.is_empty(), "it was tried at least once");
+    for arrival in &arrivals {
+        assert!(
+            *arrival < expires_at - Duration::from_millis(500),
+            "a request arrived too close to expiry"
+        );
+    }
+    let delivery: String = db
+        .query_one(
+            "SELECT delivery FROM otp.challenge WHERE conversation = 'late'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(delivery, "expired");
+    drop(dispatcher);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dispatcher_survives_a_database_restart() {
+    let (db, app) = setup().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(accepted("wamid.restart"))
+        .mount(&server)
+        .await;
+    let dispatcher = start(&whatsapp_args(&server)).await;
+    issue_for(&app, "it", "before-restart", "p1").await;
+    assert_eq!(wait_until_final(&db, "before-restart").await, ["sent"]);
+    drop((db, app));
+
+    let pgdata = std::env::var("PG_OTP_TEST_PGDATA").expect("PG_OTP_TEST_PGDATA");
+    let log = std::env::var("PG_OTP_TEST_LOG").expect("PG_OTP_TEST_LOG");
+    let restarted = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/pg_ctl",
+            "-D",
+            &pgdata,
+            "-l",
+            &log,
+        ])
+        .args(["-m", "fast", "-w", "restart"])
+        .env_remove("RUST_BACKTRACE")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(restarted.success());
+
+    wait_for("the dispatcher to reconnect", WAIT, async || {
+        (dispatcher.logs().matches("listening on otp_outbox").count() >= 2).then_some(())
+    })
+    .await;
+    let db = connect("postgres").await;
+    let app = connect(pg_otp_integration::APP).await;
+    issue_for(&app, "it", "after-restart", "p1").await;
+    assert_eq!(wait_until_final(&db, "after-restart").await, ["sent"]);
+    assert_eq!(
+        whatsapp_requests(&server).await.len(),
+        2,
+        "one send each, none repeated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_dispatchers_deliver_every_message_exactly_once() {
+    const MESSAGES: usize = 200;
+    let (db, app) = setup().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(accepted("wamid.pair"))
+        .mount(&server)
+        .await;
+    let first = start(&whatsapp_args(&server)).await;
+    let second = start(&whatsapp_args(&server)).await;
+
+    for n in 0..MESSAGES {
+        issue_for(&app, "it", &format!("pair-{n}"), "p1").await;
+    }
+    wait_for("every message to be sent", WAIT, async || {
+        let sent: i64 = db
+            .query_one("SELECT count(*) FROM otp.outbox WHERE state = 'sent'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (sent as usize == MESSAGES).then_some(())
+    })
+    .await;
+    let bodies = whatsapp_requests(&server).await;
+    let ids: HashSet<&str> = bodies
+        .iter()
+        .map(|b| b["biz_opaque_callback_data"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies.len(), MESSAGES, "no message sent twice");
+    assert_eq!(ids.len(), MESSAGES);
+    let by_first = first.logs().matches("delivered").count();
+    let by_second = second.logs().matches("delivered").count();
+    assert_eq!(by_first + by_second, MESSAGES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_dispatchers_messages_are_delivered_by_another_after_the_lease() {
+    let (db, app) = setup().await;
+    // The first requests hang, as if the provider were slow when the process died.
+    let hanging = accepted("wamid.never").set_delay(Duration::from_secs(60));
+    let server = fake_whatsapp_answering(hanging, 3, accepted("wamid.rescued")).await;
+    let mut args = whatsapp_args(&server);
+    args.extend(["--lease-seconds".into(), "2".into()]);
+    let doomed = start(&args).await;
+    for n in 0..3 {
+        issue_for(&app, "it", &format!("killed-{n}"), "p1").await;
+    }
+    wait_for("the doomed dispatcher to be mid-send", WAIT, async || {
+        (whatsapp_requests(&server).await.len() == 3).then_some(())
+    })
+    .await;
+    doomed.kill_hard();
+
+    let _rescuer = start(&args).await;
+    for n in 0..3 {
+        assert_eq!(
+            wait_until_final(&db, &format!("killed-{n}")).await,
+            ["sent"]
+        );
+    }
+    let rows = db
+        .query("SELECT attempt, provider_ref, sent_at < expires_at FROM otp.outbox WHERE conversation LIKE 'killed-%'", &[])
+        .await
+        .unwrap();
+    for row in rows {
+        assert_eq!(row.get::<_, i32>(0), 2, "claimed again after the lease");
+        assert_eq!(row.get::<_, String>(1), "wamid.rescued");
+        assert!(row.get::<_, bool>(2), "delivered while the code was valid");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_sends_in_flight_before_exiting() {
+    let (db, app) = setup().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(accepted("wamid.graceful").set_delay(Duration::from_millis(1500)))
+        .mount(&server)
+        .await;
+    let dispatcher = start(&whatsapp_args(&server)).await;
+    issue_for(&app, "it", "graceful", "p1").await;
+    wait_for("the send to be in flight", WAIT, async || {
+        (whatsapp_requests(&server).await.len() == 1).then_some(())
+    })
+    .await;
+    let status = dispatcher.terminate().await;
+    assert!(status.success(), "{status:?}");
+    // It reported before exiting: nothing is left to a lease.
+    assert_eq!(message_states(&db, "graceful").await, ["sent"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_deliveries_and_failures() {
+    let (db, app) = setup().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(graph_error(400, 131026))
+        .mount(&server)
+        .await;
+    let port = free_port();
+    let mut args = whatsapp_args(&server);
+    args.extend([
+        "--console".into(),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{port}"),
+    ]);
+    let dispatcher = start(&args).await;
+
+    // WhatsApp fails for good; the fallback email has no SMTP, so the console takes it.
+    issue_for(&app, "it", "metrics", "p1").await;
+    assert_eq!(wait_until_final(&db, "metrics").await, ["failed", "sent"]);
+    let printed = dispatcher.output();
+    assert!(
+        printed.contains("\"channel\":\"email\"")
+            && printed.contains("\"to\":\"p.one@example.com\""),
+        "{printed}"
+    );
+
+    let body = reqwest_free_get(port, "/metrics").await;
+    assert!(
+        body.contains(r#"otp_dispatcher_sent_total{channel="email"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            r#"otp_dispatcher_failed_total{channel="whatsapp",reason="whatsapp_131026"} 1"#
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("otp_dispatcher_claim_to_send_seconds_bucket"),
+        "{body}"
+    );
+    assert!(
+        body.contains("otp_dispatcher_database_connected 1"),
+        "{body}"
+    );
+}
+
+/// A plain HTTP/1.0 GET on loopback.
+async fn reqwest_free_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refuses_to_start_without_a_transport() {
+    let output = Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"))
+        .args(["--database-url", "host=/nonexistent user=nobody"])
+        .env_remove("OTP_CONSOLE")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no transport configured"), "{stderr}");
+}
