@@ -20,7 +20,8 @@ for script in setup conversation; do
     echo
     echo "==> tests/pg_regress/sql/$script.sql"
     "$PG_BIN/psql" -h "$CLUSTER" -p "$PORT" -U postgres -d payroll_demo \
-        -X -q -v ON_ERROR_STOP=1 -e -P pager=off -f "tests/pg_regress/sql/$script.sql"
+        -X -q -v ON_ERROR_STOP=1 -a -P pager=off -f "tests/pg_regress/sql/$script.sql"
 done
 echo
-echo "The cluster is stopped on exit. Keep it running with: bash scripts/pg-cluster.sh start $CLUSTER $PORT"
+echo "Done; the throwaway cluster is stopped again. For a cluster of your own to explore:"
+echo "  bash scripts/pg-cluster.sh start /tmp/pg_otp-play 54340 && psql -h /tmp/pg_otp-play -p 54340 -U postgres"
