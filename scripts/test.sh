@@ -45,7 +45,7 @@ step "pg_regress"
 if ! counted "$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress" \
         --bindir="$PG_BIN" --host="$CLUSTER" --port="$PORT" --user=postgres \
         --dbname=pg_otp_regress --inputdir=tests/pg_regress --outputdir=tests/pg_regress \
-        setup conversation expiry privileges errors; then
+        setup conversation expiry limits privileges errors; then
     cat tests/pg_regress/regression.diffs >&2 || true
     exit 1
 fi

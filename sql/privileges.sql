@@ -20,3 +20,34 @@ BEGIN
     END LOOP;
 END
 $revoke$;
+
+-- Two group roles, created if missing (roles belong to the whole cluster and
+-- outlive DROP EXTENSION). Grant them to login roles:
+--   GRANT otp_app TO chat_app;  GRANT otp_dispatcher TO otp_sender;
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_app') THEN
+        CREATE ROLE otp_app NOLOGIN;
+        COMMENT ON ROLE otp_app IS 'pg_otp: may call otp_issue, otp_verify, otp_status, session_touch, session_revoke';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_dispatcher') THEN
+        CREATE ROLE otp_dispatcher NOLOGIN;
+        COMMENT ON ROLE otp_dispatcher IS 'pg_otp: may use the outbox protocol (otp_outbox_*) only';
+    END IF;
+END
+$roles$;
+
+GRANT USAGE ON SCHEMA @extschema@ TO otp_app, otp_dispatcher;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.otp_issue(text, text, text),
+    @extschema@.otp_verify(text, text, text),
+    @extschema@.otp_status(text, text),
+    @extschema@.session_touch(text),
+    @extschema@.session_revoke(text)
+TO otp_app;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.otp_outbox_claim(integer, interval),
+    @extschema@.otp_outbox_sent(bigint, text),
+    @extschema@.otp_outbox_failed(bigint, text, boolean),
+    @extschema@.otp_outbox_expired(bigint)
+TO otp_dispatcher;

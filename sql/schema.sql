@@ -21,6 +21,12 @@ CREATE TABLE otp.agent (
     idle_timeout      interval NOT NULL CHECK (idle_timeout > interval '0'),
     absolute_timeout  interval NOT NULL CHECK (absolute_timeout > interval '0'),
     preferred_channel text NOT NULL CHECK (preferred_channel IN ('whatsapp', 'email')),
+    -- abuse resistance (see src/limits.rs)
+    max_codes         integer NOT NULL CHECK (max_codes BETWEEN 1 AND 1000000),
+    code_window       interval NOT NULL CHECK (code_window > interval '0'),
+    resend_cooldown   interval NOT NULL CHECK (resend_cooldown >= interval '0'),
+    lockout_threshold integer NOT NULL CHECK (lockout_threshold BETWEEN 1 AND 100),
+    lockout_duration  interval NOT NULL CHECK (lockout_duration > interval '0'),
     created_at        timestamptz NOT NULL,
     updated_at        timestamptz NOT NULL,
     CHECK (phone_column IS NOT NULL OR email_column IS NOT NULL),
@@ -39,6 +45,9 @@ CREATE TABLE otp.challenge (
     subject          text NOT NULL,
     channel          text NOT NULL CHECK (channel IN ('whatsapp', 'email')),
     destination_hint text NOT NULL,
+    -- keyed hash of channel and address: per-destination send limits
+    -- without a second copy of the address
+    destination_key  bytea NOT NULL CHECK (length(destination_key) = 32),
     code_hash        bytea NOT NULL CHECK (length(code_hash) = 32),
     state            text NOT NULL DEFAULT 'pending'
                      CHECK (state IN ('pending', 'verified', 'locked', 'superseded', 'expired')),
@@ -58,6 +67,19 @@ CREATE UNIQUE INDEX challenge_one_pending ON otp.challenge (agent, conversation)
     WHERE state = 'pending';
 -- otp_status: the latest challenge of a conversation.
 CREATE INDEX challenge_by_conversation ON otp.challenge (agent, conversation, id);
+-- send limits: recent codes per person and per destination
+CREATE INDEX challenge_by_subject ON otp.challenge (agent, subject, created_at);
+CREATE INDEX challenge_by_destination ON otp.challenge (destination_key, created_at);
+
+-- Failed verifications in a row per person, across challenges, and the
+-- lockout they lead to. Restarting the flow does not reset it; a success does.
+CREATE TABLE otp.subject_guard (
+    agent                text NOT NULL,
+    subject              text NOT NULL,
+    consecutive_failures integer NOT NULL DEFAULT 0 CHECK (consecutive_failures >= 0),
+    locked_until         timestamptz,
+    PRIMARY KEY (agent, subject)
+);
 
 -- Messages for the delivery process. The code is kept only sealed (AEAD under a
 -- key derived from otp.secret_key) and only while the message is in flight.

@@ -38,6 +38,11 @@ fn otp_configure(
     idle_timeout: default!(Option<Interval>, "'30 minutes'"),
     absolute_timeout: default!(Option<Interval>, "'24 hours'"),
     preferred_channel: default!(Option<&str>, "'whatsapp'"),
+    max_codes: default!(Option<i32>, 5),
+    code_window: default!(Option<Interval>, "'15 minutes'"),
+    resend_cooldown: default!(Option<Interval>, "'30 seconds'"),
+    lockout_threshold: default!(Option<i32>, 20),
+    lockout_duration: default!(Option<Interval>, "'1 hour'"),
 ) {
     let settings = AgentSettings {
         agent,
@@ -51,6 +56,11 @@ fn otp_configure(
         idle_timeout,
         absolute_timeout,
         preferred_channel,
+        max_codes,
+        code_window,
+        resend_cooldown,
+        lockout_threshold,
+        lockout_duration,
     };
     Spi::connect_mut(|client| config::configure(client, settings)).or_raise()
 }

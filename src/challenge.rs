@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::config;
 use crate::crypto::{self, Code, CODE_DIGITS};
 use crate::errors::{OtpError, Result};
-use crate::{clock, gucs, outbox, record, session};
+use crate::{clock, gucs, limits, outbox, record, session};
 
 /// Result words of otp_issue. The spelling is the SQL contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,7 @@ pub enum IssueStatus {
     Authenticated,
     NotFound,
     NoChannel,
+    RateLimited,
 }
 
 impl IssueStatus {
@@ -34,6 +35,7 @@ impl IssueStatus {
             IssueStatus::Authenticated => "authenticated",
             IssueStatus::NotFound => "not_found",
             IssueStatus::NoChannel => "no_channel",
+            IssueStatus::RateLimited => "rate_limited",
         }
     }
 }
@@ -117,19 +119,19 @@ pub fn issue(
 
     lock_conversation(client, &agent.name, conversation)?;
     let now = clock::now(client)?;
-    // Whatever this call finds, the user has started over: an older code must
-    // no longer work.
-    supersede_pending(client, &agent.name, conversation, now)?;
-
+    // Unless refused for a limit, the user has started over: whatever this
+    // call finds, an older code of the conversation must no longer work.
     let found = if identifier.is_empty() {
         None
     } else {
         record::find(client, &agent, identifier)?
     };
     let Some(person) = found else {
+        supersede_pending(client, &agent.name, conversation, now)?;
         return Ok(Issued::bare(IssueStatus::NotFound));
     };
     if !agent.require_otp {
+        supersede_pending(client, &agent.name, conversation, now)?;
         let token = session::start(client, &agent, conversation, &person.subject, None, now)?;
         return Ok(Issued {
             session_token: Some(token),
@@ -137,9 +139,24 @@ pub fn issue(
         });
     }
     let Some(route) = record::route(&person, agent.preferred_channel) else {
+        supersede_pending(client, &agent.name, conversation, now)?;
         return Ok(Issued::bare(IssueStatus::NoChannel));
     };
     let destination = route.primary;
+    let destination_key = keys.destination_key(destination.channel.as_str(), &destination.address);
+
+    limits::lock_sender(client, &agent.name, &person.subject, &destination_key)?;
+    let now = clock::now(client)?; // after waiting for the locks
+    if let Some(next) =
+        limits::next_allowed(client, &agent, &person.subject, &destination_key, now)?
+    {
+        // Refused: nothing is written, and an earlier code stays valid.
+        return Ok(Issued {
+            expires_at: Some(next),
+            ..Issued::bare(IssueStatus::RateLimited)
+        });
+    }
+    supersede_pending(client, &agent.name, conversation, now)?;
 
     let row = client
         .select(
@@ -155,9 +172,9 @@ pub fn issue(
     let code = crypto::generate_code();
     let code_hash = keys.code_hash(challenge_id, &agent.name, conversation, &code);
     client.update(
-        "INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, code_hash,
-                                    max_attempts, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
+                                    code_hash, max_attempts, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         None,
         &[
             challenge_id.into(),
@@ -166,6 +183,7 @@ pub fn issue(
             person.subject.as_str().into(),
             destination.channel.as_str().into(),
             destination.hint.as_str().into(),
+            destination_key.to_vec().into(),
             code_hash.to_vec().into(),
             agent.max_attempts.into(),
             now.into(),
@@ -287,11 +305,22 @@ pub fn verify(
     let subject: String = row.get(2)?.unwrap_or_default();
     let stored_hash: Vec<u8> = row.get(3)?.unwrap_or_default();
     let expires_at: TimestampWithTimeZone = row.get(6)?.expect("NOT NULL column");
-    let now = clock::now(client)?;
+    // One guess at a time per person, across all their conversations.
+    let locked_until = limits::lock_guard(client, &agent, &subject)?;
+    let now = clock::now(client)?; // after waiting for the locks
 
     if now >= expires_at {
         end_challenge(client, challenge_id, "expired", now)?;
         return Ok(Verified::bare(VerifyStatus::Expired));
+    }
+    let locked = || Verified {
+        attempts_remaining: Some(0),
+        ..Verified::bare(VerifyStatus::Locked)
+    };
+    if locked_until.is_some_and(|until| until > now) {
+        // Locked out by failures in other conversations: no code works now.
+        end_challenge(client, challenge_id, "locked", now)?;
+        return Ok(locked());
     }
 
     if keys.code_matches(
@@ -302,6 +331,7 @@ pub fn verify(
         &submitted,
     ) {
         end_challenge(client, challenge_id, "verified", now)?;
+        limits::record_success(client, &agent, &subject)?;
         let token = session::start(
             client,
             &agent,
@@ -328,17 +358,15 @@ pub fn verify(
         .first()
         .get_one::<i32>()?
         .unwrap_or(0);
-    if counted > 0 {
+    let locked_out = limits::record_failure(client, &agent, &subject, now)?;
+    if counted > 0 && !locked_out {
         return Ok(Verified {
             attempts_remaining: Some(counted),
             ..Verified::bare(VerifyStatus::Incorrect)
         });
     }
     end_challenge(client, challenge_id, "locked", now)?;
-    Ok(Verified {
-        attempts_remaining: Some(0),
-        ..Verified::bare(VerifyStatus::Locked)
-    })
+    Ok(locked())
 }
 
 /// The code as digits, or None when the input is not a 6-digit code.

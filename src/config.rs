@@ -55,6 +55,22 @@ pub struct Agent {
     pub idle_timeout: Interval,
     pub absolute_timeout: Interval,
     pub preferred_channel: Channel,
+    pub limits: Limits,
+}
+
+/// Abuse resistance settings of an agent (see `limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// At most this many codes per person, and per destination, ...
+    pub max_codes: i32,
+    /// ... within this window,
+    pub code_window: Interval,
+    /// and at least this long between two codes.
+    pub resend_cooldown: Interval,
+    /// Failed verifications in a row (across codes) that lock the person out ...
+    pub lockout_threshold: i32,
+    /// ... for this long.
+    pub lockout_duration: Interval,
 }
 
 /// Everything otp_configure was given, before validation.
@@ -71,6 +87,11 @@ pub struct AgentSettings<'a> {
     pub idle_timeout: Option<Interval>,
     pub absolute_timeout: Option<Interval>,
     pub preferred_channel: Option<&'a str>,
+    pub max_codes: Option<i32>,
+    pub code_window: Option<Interval>,
+    pub resend_cooldown: Option<Interval>,
+    pub lockout_threshold: Option<i32>,
+    pub lockout_duration: Option<Interval>,
 }
 
 /// Checks an agent name argument: present, non-empty, bounded.
@@ -95,6 +116,25 @@ pub fn conversation_id(conversation: Option<&str>) -> Result<&str> {
         ));
     }
     Ok(conversation)
+}
+
+fn not_negative(name: &str, value: Option<Interval>) -> Result<Interval> {
+    let value = value.ok_or_else(|| OtpError::null_argument(name))?;
+    if value.as_micros() < 0 {
+        return Err(OtpError::invalid_argument(name, "must not be negative"));
+    }
+    Ok(value)
+}
+
+fn within(name: &str, value: Option<i32>, range: std::ops::RangeInclusive<i32>) -> Result<i32> {
+    let value = value.ok_or_else(|| OtpError::null_argument(name))?;
+    if !range.contains(&value) {
+        return Err(OtpError::invalid_argument(
+            name,
+            format!("must be between {} and {}", range.start(), range.end()),
+        ));
+    }
+    Ok(value)
 }
 
 fn positive(name: &str, value: Option<Interval>) -> Result<Interval> {
@@ -144,15 +184,15 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
             "must not be longer than absolute_timeout",
         ));
     }
-    let max_attempts = settings
-        .max_attempts
-        .ok_or_else(|| OtpError::null_argument("max_attempts"))?;
-    if !(1..=10).contains(&max_attempts) {
-        return Err(OtpError::invalid_argument(
-            "max_attempts",
-            "must be between 1 and 10",
-        ));
-    }
+    let max_attempts = within("max_attempts", settings.max_attempts, 1..=10)?;
+    let limits = Limits {
+        max_codes: within("max_codes", settings.max_codes, 1..=1_000_000)?,
+        code_window: positive("code_window", settings.code_window)?,
+        resend_cooldown: not_negative("resend_cooldown", settings.resend_cooldown)?,
+        // NIST SP 800-63B 5.2.2: no more than 100 consecutive failed attempts.
+        lockout_threshold: within("lockout_threshold", settings.lockout_threshold, 1..=100)?,
+        lockout_duration: positive("lockout_duration", settings.lockout_duration)?,
+    };
     let preferred = settings
         .preferred_channel
         .ok_or_else(|| OtpError::null_argument("preferred_channel"))?;
@@ -184,14 +224,18 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     client.update(
         "INSERT INTO otp.agent AS a (name, source, id_column, phone_column, email_column, require_otp, code_ttl,
                                      max_attempts, idle_timeout, absolute_timeout, preferred_channel,
-                                     created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp())
+                                     max_codes, code_window, resend_cooldown, lockout_threshold,
+                                     lockout_duration, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                 pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp())
          ON CONFLICT (name) DO UPDATE SET
              source = EXCLUDED.source, id_column = EXCLUDED.id_column, phone_column = EXCLUDED.phone_column,
              email_column = EXCLUDED.email_column, require_otp = EXCLUDED.require_otp, code_ttl = EXCLUDED.code_ttl,
              max_attempts = EXCLUDED.max_attempts, idle_timeout = EXCLUDED.idle_timeout,
              absolute_timeout = EXCLUDED.absolute_timeout, preferred_channel = EXCLUDED.preferred_channel,
-             updated_at = EXCLUDED.updated_at",
+             max_codes = EXCLUDED.max_codes, code_window = EXCLUDED.code_window,
+             resend_cooldown = EXCLUDED.resend_cooldown, lockout_threshold = EXCLUDED.lockout_threshold,
+             lockout_duration = EXCLUDED.lockout_duration, updated_at = EXCLUDED.updated_at",
         None,
         &[
             name.into(),
@@ -205,6 +249,11 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
             idle_timeout.into(),
             absolute_timeout.into(),
             preferred.as_str().into(),
+            limits.max_codes.into(),
+            limits.code_window.into(),
+            limits.resend_cooldown.into(),
+            limits.lockout_threshold.into(),
+            limits.lockout_duration.into(),
         ],
     )?;
     Ok(())
@@ -215,7 +264,8 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
     let row = client
         .select(
             "SELECT source::oid, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
-                    idle_timeout, absolute_timeout, preferred_channel
+                    idle_timeout, absolute_timeout, preferred_channel,
+                    max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration
                FROM otp.agent WHERE name = $1",
             Some(1),
             &[name.into()],
@@ -237,6 +287,13 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
         idle_timeout: row.get(8)?.expect("NOT NULL column"),
         absolute_timeout: row.get(9)?.expect("NOT NULL column"),
         preferred_channel: Channel::parse(&preferred).unwrap_or(Channel::WhatsApp),
+        limits: Limits {
+            max_codes: row.get(11)?.unwrap_or(5),
+            code_window: row.get(12)?.expect("NOT NULL column"),
+            resend_cooldown: row.get(13)?.expect("NOT NULL column"),
+            lockout_threshold: row.get(14)?.unwrap_or(20),
+            lockout_duration: row.get(15)?.expect("NOT NULL column"),
+        },
     })
 }
 

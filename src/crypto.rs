@@ -32,6 +32,7 @@ const CODE_SPACE: u32 = 1_000_000;
 const HKDF_SALT: &[u8] = b"pg_otp key derivation v1";
 const CODE_HASH_INFO: &[u8] = b"pg_otp code hash v1";
 const OUTBOX_SEAL_INFO: &[u8] = b"pg_otp outbox seal v1";
+const DESTINATION_KEY_INFO: &[u8] = b"pg_otp destination key v1";
 const OUTBOX_AAD_PREFIX: &[u8] = b"pg_otp outbox v1";
 
 /// A plaintext code; wiped from memory when dropped.
@@ -41,6 +42,7 @@ pub type Code = Zeroizing<String>;
 pub struct Keys {
     code_hash: Zeroizing<[u8; 32]>,
     outbox_seal: Zeroizing<[u8; 32]>,
+    destination: Zeroizing<[u8; 32]>,
 }
 
 /// A sealed code as stored in otp.outbox.
@@ -54,14 +56,18 @@ impl Keys {
         let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), secret);
         let mut code_hash = Zeroizing::new([0u8; 32]);
         let mut outbox_seal = Zeroizing::new([0u8; 32]);
+        let mut destination = Zeroizing::new([0u8; 32]);
         // 32 bytes is far below HKDF-SHA256's limit of 8160: expand cannot fail.
         hkdf.expand(CODE_HASH_INFO, code_hash.as_mut())
             .expect("32-byte HKDF output");
         hkdf.expand(OUTBOX_SEAL_INFO, outbox_seal.as_mut())
             .expect("32-byte HKDF output");
+        hkdf.expand(DESTINATION_KEY_INFO, destination.as_mut())
+            .expect("32-byte HKDF output");
         Self {
             code_hash,
             outbox_seal,
+            destination,
         }
     }
 
@@ -81,6 +87,22 @@ impl Keys {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field);
         }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// A keyed hash that identifies a destination (channel and address) for
+    /// per-destination send limits, without keeping the address twice.
+    pub fn destination_key(&self, channel: &str, address: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.destination.as_ref())
+            .expect("HMAC takes any key length");
+        let canonical: String = match channel {
+            // "+34 600-123 478" and "34600123478" are the same phone
+            "whatsapp" => address.chars().filter(char::is_ascii_digit).collect(),
+            _ => address.trim().to_lowercase(),
+        };
+        mac.update(channel.as_bytes());
+        mac.update(b":");
+        mac.update(canonical.as_bytes());
         mac.finalize().into_bytes().into()
     }
 

@@ -6,6 +6,7 @@
 //! - `config`    — agent settings ("Authenticate conversation") and their validation
 //! - `record`    — finding the person behind an identifier; channel choice and masking
 //! - `challenge` — issuing and verifying codes
+//! - `limits`    — send limits and lockout (abuse resistance)
 //! - `session`   — authenticated conversation sessions
 //! - `outbox`    — messages for the delivery process and its claim/report protocol
 //! - `crypto`    — code generation, keyed hashes, sealing, tokens
@@ -24,6 +25,7 @@ mod config;
 mod crypto;
 mod errors;
 mod gucs;
+mod limits;
 mod outbox;
 mod record;
 mod session;

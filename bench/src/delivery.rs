@@ -48,11 +48,15 @@ impl Respond for Arrivals {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let now = Instant::now();
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
-        if let Some(id) = body["biz_opaque_callback_data"].as_str().and_then(|s| s.parse().ok()) {
+        if let Some(id) = body["biz_opaque_callback_data"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+        {
             self.seen.lock().unwrap().entry(id).or_insert(now);
             self.changed.notify_waiters();
         }
-        ResponseTemplate::new(200).set_body_json(serde_json::json!({ "messages": [{ "id": "wamid.bench" }] }))
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({ "messages": [{ "id": "wamid.bench" }] }))
     }
 }
 
@@ -68,8 +72,14 @@ impl Arrivals {
             if self.count() >= n {
                 break;
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
-                bail!("only {} of {n} messages arrived within {limit:?}", self.count());
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                bail!(
+                    "only {} of {n} messages arrived within {limit:?}",
+                    self.count()
+                );
             }
         }
         Ok(())
@@ -80,7 +90,10 @@ struct Dispatcher(Child);
 
 impl Drop for Dispatcher {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -88,7 +101,12 @@ impl Drop for Dispatcher {
 fn start_dispatcher(binary: &str, url: &str, api: &str) -> Result<Dispatcher> {
     let child = Command::new(binary)
         .args(["--database-url", url, "--whatsapp-api-url", api])
-        .args(["--whatsapp-phone-number-id", "1", "--whatsapp-token", "bench"])
+        .args([
+            "--whatsapp-phone-number-id",
+            "1",
+            "--whatsapp-token",
+            "bench",
+        ])
         .args(["--batch-size", "256", "--concurrency", "256"])
         .env("OTP_LOG", "warn")
         .stdout(Stdio::null())
@@ -99,7 +117,9 @@ fn start_dispatcher(binary: &str, url: &str, api: &str) -> Result<Dispatcher> {
 
 async fn connect(user: &str) -> Result<Client> {
     let user = user.to_owned();
-    let config = tokio::task::spawn_blocking(move || pg_otp_integration::connection_string(DB, &user)).await?;
+    let config =
+        tokio::task::spawn_blocking(move || pg_otp_integration::connection_string(DB, &user))
+            .await?;
     let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
@@ -114,15 +134,23 @@ fn ms(d: Duration) -> String {
 }
 
 async fn latency(args: &Args, url: &str, db: &Client, app: &Client) -> Result<()> {
-    db.batch_execute("TRUNCATE otp.outbox, otp.challenge, otp.session").await?;
+    db.batch_execute("TRUNCATE otp.outbox, otp.challenge, otp.session")
+        .await?;
     let server = MockServer::start().await;
     let arrivals = Arrivals::default();
-    Mock::given(method("POST")).respond_with(arrivals.clone()).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(arrivals.clone())
+        .mount(&server)
+        .await;
     let _dispatcher = start_dispatcher(&args.dispatcher, url, &server.uri())?;
     tokio::time::sleep(Duration::from_millis(500)).await; // let it connect and LISTEN
 
-    let issue = app.prepare("SELECT status FROM otp_issue('it', $1, 'p1')").await?;
-    let message_of = db.prepare("SELECT id FROM otp.outbox WHERE conversation = $1").await?;
+    let issue = app
+        .prepare("SELECT status FROM otp_issue('it', $1, 'p1')")
+        .await?;
+    let message_of = db
+        .prepare("SELECT id FROM otp.outbox WHERE conversation = $1")
+        .await?;
     let mut latencies = Vec::with_capacity(args.codes);
     for n in 0..(args.codes + 50) {
         let conversation = format!("latency-{n}");
@@ -135,7 +163,10 @@ async fn latency(args: &Args, url: &str, db: &Client, app: &Client) -> Result<()
             if let Some(at) = arrivals.seen.lock().unwrap().get(&id).copied() {
                 break at;
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
                 bail!("message {id} never arrived");
             }
         };
@@ -156,16 +187,20 @@ async fn latency(args: &Args, url: &str, db: &Client, app: &Client) -> Result<()
 }
 
 async fn throughput(args: &Args, url: &str, db: &Client, dispatchers: usize) -> Result<()> {
-    db.batch_execute("TRUNCATE otp.outbox, otp.challenge, otp.session").await?;
+    db.batch_execute("TRUNCATE otp.outbox, otp.challenge, otp.session")
+        .await?;
     // Fill the outbox from 4 connections while no dispatcher runs.
     let per_connection = args.messages / 4;
     let mut fills = Vec::new();
     for c in 0..4 {
         fills.push(tokio::spawn(async move {
             let app = connect(pg_otp_integration::APP).await?;
-            let issue = app.prepare("SELECT status FROM otp_issue('it', $1, 'p1')").await?;
+            let issue = app
+                .prepare("SELECT status FROM otp_issue('it', $1, 'p1')")
+                .await?;
             for n in 0..per_connection {
-                app.query_one(&issue, &[&format!("burst-{dispatchers}-{c}-{n}")]).await?;
+                app.query_one(&issue, &[&format!("burst-{dispatchers}-{c}-{n}")])
+                    .await?;
             }
             anyhow::Ok(())
         }));
@@ -177,13 +212,20 @@ async fn throughput(args: &Args, url: &str, db: &Client, dispatchers: usize) -> 
 
     let server = MockServer::start().await;
     let arrivals = Arrivals::default();
-    Mock::given(method("POST")).respond_with(arrivals.clone()).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(arrivals.clone())
+        .mount(&server)
+        .await;
     let started = Instant::now();
-    let running: Vec<Dispatcher> =
-        (0..dispatchers).map(|_| start_dispatcher(&args.dispatcher, url, &server.uri())).collect::<Result<_>>()?;
+    let running: Vec<Dispatcher> = (0..dispatchers)
+        .map(|_| start_dispatcher(&args.dispatcher, url, &server.uri()))
+        .collect::<Result<_>>()?;
     arrivals.wait_for(total, Duration::from_secs(300)).await?;
     let sent_all = loop {
-        let sent: i64 = db.query_one("SELECT count(*) FROM otp.outbox WHERE state = 'sent'", &[]).await?.get(0);
+        let sent: i64 = db
+            .query_one("SELECT count(*) FROM otp.outbox WHERE state = 'sent'", &[])
+            .await?
+            .get(0);
         if sent as usize == total {
             break started.elapsed();
         }
@@ -205,7 +247,10 @@ async fn throughput(args: &Args, url: &str, db: &Client, dispatchers: usize) -> 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let url = tokio::task::spawn_blocking(|| pg_otp_integration::connection_string(DB, pg_otp_integration::SENDER)).await?;
+    let url = tokio::task::spawn_blocking(|| {
+        pg_otp_integration::connection_string(DB, pg_otp_integration::SENDER)
+    })
+    .await?;
     let db = connect("postgres").await?;
     let app = connect(pg_otp_integration::APP).await?;
     println!("| measurement | result | | |");

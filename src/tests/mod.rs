@@ -22,10 +22,13 @@ mod tests {
         INSERT INTO public.employees VALUES
             ('4721', 'Ana Ruiz',   '+34 600 123 478', 'ana@example.com', 2150.00),
             ('5000', 'Bo Lind',    NULL,              'bo@example.com',  1900.00),
-            ('6000', 'Cy Okafor',  '',                NULL,              1800.00)
+            ('6000', 'Cy Okafor',  '',                NULL,              1800.00),
+            ('7000', 'Di Ruiz',    '+34600123478',    NULL,              1700.00) -- Ana's phone
         ON CONFLICT DO NOTHING;
+        -- Limits out of the way: these tests issue many codes for one person.
         SELECT otp_configure(agent => 'payroll', source => 'public.employees', id_column => 'employee_no',
-                             phone_column => 'whatsapp', email_column => 'email');
+                             phone_column => 'whatsapp', email_column => 'email',
+                             max_codes => 1000000, resend_cooldown => '0');
         CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(query text) RETURNS text LANGUAGE plpgsql AS $f$
         BEGIN
             EXECUTE query;
@@ -403,11 +406,17 @@ mod tests {
         assert_eq!(leaks, Some(0));
     }
 
-    /// Configures `agent` over the fixture table with the given extra settings.
+    /// Configures `agent` over the fixture table with the given extra settings
+    /// (send limits out of the way unless `extra` sets them).
     fn configure(agent: &str, extra: &str) {
+        let limits = if extra.contains("max_codes") || extra.contains("resend_cooldown") {
+            ""
+        } else {
+            ", max_codes => 1000000, resend_cooldown => '0'"
+        };
         run(&format!(
             "SELECT otp_configure(agent => '{agent}', source => 'public.employees', id_column => 'employee_no',
-                                  phone_column => 'whatsapp', email_column => 'email'{extra})"
+                                  phone_column => 'whatsapp', email_column => 'email'{limits}{extra})"
         ));
     }
 
@@ -442,6 +451,244 @@ mod tests {
         run("SELECT pg_sleep(0.3)");
         assert_eq!(touch_status(&idle), "idle_timeout");
         assert_eq!(touch_status(&absolute), "expired");
+    }
+
+    // ---- abuse resistance: send limits and lockout ------------------------
+
+    /// Status of an issue, and how many whole seconds until its expires_at.
+    fn issue_with_wait(agent: &str, conversation: &str, identifier: &str) -> (String, Option<i64>) {
+        Spi::connect(|c| {
+            let row = c
+                .select(
+                    "SELECT status, round(extract(epoch FROM expires_at - clock_timestamp()))::bigint
+                       FROM otp_issue($1, $2, $3)",
+                    None,
+                    &[agent.into(), conversation.into(), identifier.into()],
+                )
+                .unwrap()
+                .first();
+            (row.get(1).unwrap().unwrap(), row.get(2).unwrap())
+        })
+    }
+
+    fn count(sql: &str) -> i64 {
+        one::<i64>(sql).unwrap()
+    }
+
+    #[pg_test]
+    fn at_most_max_codes_per_person_per_window() {
+        fixture();
+        configure(
+            "two-codes",
+            ", max_codes => 2, resend_cooldown => '0', code_window => '15 minutes'",
+        );
+        assert_eq!(
+            issue_with_wait("two-codes", "t-win-a", "4721").0,
+            "code_sent"
+        );
+        assert_eq!(
+            issue_with_wait("two-codes", "t-win-b", "4721").0,
+            "code_sent"
+        );
+        let (status, wait) = issue_with_wait("two-codes", "t-win-c", "4721");
+        assert_eq!(status, "rate_limited");
+        let wait = wait.expect("rate_limited says when the next code is allowed");
+        assert!(
+            (890..=900).contains(&wait),
+            "next code in {wait} s, expected about 15 minutes"
+        );
+        // refused: nothing written, nothing sent
+        assert_eq!(
+            count("SELECT count(*) FROM otp.challenge WHERE conversation = 't-win-c'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation = 't-win-c'"),
+            0
+        );
+        // once the oldest code leaves the window, there is room again
+        run("UPDATE otp.challenge SET created_at = created_at - interval '16 minutes' WHERE conversation = 't-win-a'");
+        assert_eq!(
+            issue_with_wait("two-codes", "t-win-c", "4721").0,
+            "code_sent"
+        );
+    }
+
+    #[pg_test]
+    fn resend_cooldown_refuses_without_cancelling_the_earlier_code() {
+        fixture();
+        configure("cooldown", ", resend_cooldown => '30 seconds'");
+        assert_eq!(issue_with_wait("cooldown", "t-cool", "4721").0, "code_sent");
+        let code = delivered_code("t-cool");
+        let (status, wait) = issue_with_wait("cooldown", "t-cool", "4721");
+        assert_eq!(status, "rate_limited");
+        assert!((29..=30).contains(&wait.unwrap()), "{wait:?}");
+        // the user can still use the code they have
+        let verified = Spi::get_one_with_args::<String>(
+            "SELECT status FROM otp_verify('cooldown', 't-cool', $1)",
+            &[code.as_str().into()],
+        )
+        .unwrap();
+        assert_eq!(verified.as_deref(), Some("verified"));
+    }
+
+    #[pg_test]
+    fn limits_also_count_per_destination_across_people() {
+        fixture();
+        configure("per-phone", ", max_codes => 2, resend_cooldown => '0'");
+        assert_eq!(
+            issue_with_wait("per-phone", "t-dest-1", "4721").0,
+            "code_sent"
+        );
+        assert_eq!(
+            issue_with_wait("per-phone", "t-dest-2", "4721").0,
+            "code_sent"
+        );
+        // 7000 is someone else with the same phone, written differently
+        assert_eq!(
+            issue_with_wait("per-phone", "t-dest-3", "7000").0,
+            "rate_limited"
+        );
+        // a different destination is not affected
+        assert_eq!(
+            issue_with_wait("per-phone", "t-dest-4", "5000").0,
+            "code_sent"
+        );
+    }
+
+    fn verify_as(agent: &str, conversation: &str, code: &str) -> (String, Option<i32>) {
+        Spi::connect(|c| {
+            let row = c
+                .select(
+                    "SELECT status, attempts_remaining FROM otp_verify($1, $2, $3)",
+                    None,
+                    &[agent.into(), conversation.into(), code.into()],
+                )
+                .unwrap()
+                .first();
+            (row.get(1).unwrap().unwrap(), row.get(2).unwrap())
+        })
+    }
+
+    #[pg_test]
+    fn consecutive_failures_across_codes_lock_the_person_out() {
+        fixture();
+        configure(
+            "lockout",
+            ", lockout_threshold => 4, lockout_duration => '1 hour'",
+        );
+        // first code: three wrong guesses use it up (3 failures in a row)
+        issue_for("lockout", "t-lock-1", "4721");
+        let code = delivered_code("t-lock-1");
+        let wrong = wrong_code(&code);
+        assert_eq!(verify_as("lockout", "t-lock-1", &wrong).0, "incorrect");
+        assert_eq!(verify_as("lockout", "t-lock-1", &wrong).0, "incorrect");
+        assert_eq!(
+            verify_as("lockout", "t-lock-1", &wrong),
+            ("locked".into(), Some(0))
+        );
+        // restarting the flow does not refill the budget: the 4th failure locks the person
+        issue_for("lockout", "t-lock-2", "4721");
+        let code = delivered_code("t-lock-2");
+        assert_eq!(
+            verify_as("lockout", "t-lock-2", &wrong_code(&code)),
+            ("locked".into(), Some(0))
+        );
+        let (status, wait) = issue_with_wait("lockout", "t-lock-3", "4721");
+        assert_eq!(status, "rate_limited");
+        assert!((3590..=3600).contains(&wait.unwrap()), "{wait:?}");
+        // others are not affected
+        assert_eq!(
+            issue_with_wait("lockout", "t-lock-4", "5000").0,
+            "code_sent"
+        );
+        // when the lockout is over, codes are sent again and the count started over
+        run(
+            "UPDATE otp.subject_guard SET locked_until = clock_timestamp() - interval '1 second'
+              WHERE agent = 'lockout' AND subject = '4721'",
+        );
+        assert_eq!(
+            issue_with_wait("lockout", "t-lock-5", "4721").0,
+            "code_sent"
+        );
+        assert_eq!(count("SELECT consecutive_failures::bigint FROM otp.subject_guard WHERE agent = 'lockout' AND subject = '4721'"), 0);
+    }
+
+    #[pg_test]
+    fn a_locked_out_person_cannot_verify_a_code_issued_before() {
+        fixture();
+        configure("lockout-pending", ", lockout_threshold => 2");
+        issue_for("lockout-pending", "t-lp-early", "4721"); // pending in another conversation
+        issue_for("lockout-pending", "t-lp-attack", "4721");
+        let early = delivered_code("t-lp-early");
+        let attacked = delivered_code("t-lp-attack");
+        assert_eq!(
+            verify_as("lockout-pending", "t-lp-attack", &wrong_code(&attacked)).0,
+            "incorrect"
+        );
+        assert_eq!(
+            verify_as("lockout-pending", "t-lp-attack", &wrong_code(&attacked)).0,
+            "locked"
+        );
+        // even the right code of the other conversation is refused now
+        assert_eq!(
+            verify_as("lockout-pending", "t-lp-early", &early),
+            ("locked".into(), Some(0))
+        );
+        assert_eq!(
+            challenge_field("t-lp-early", "state").as_deref(),
+            Some("locked")
+        );
+    }
+
+    #[pg_test]
+    fn a_success_resets_the_failure_count() {
+        fixture();
+        configure("reset", ", lockout_threshold => 3");
+        issue_for("reset", "t-reset", "4721");
+        let code = delivered_code("t-reset");
+        assert_eq!(
+            verify_as("reset", "t-reset", &wrong_code(&code)).0,
+            "incorrect"
+        );
+        assert_eq!(
+            verify_as("reset", "t-reset", &wrong_code(&code)).0,
+            "incorrect"
+        );
+        assert_eq!(verify_as("reset", "t-reset", &code).0, "verified");
+        assert_eq!(
+            count(
+                "SELECT consecutive_failures::bigint FROM otp.subject_guard WHERE agent = 'reset'"
+            ),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn limit_settings_are_validated() {
+        fixture();
+        let attempt = |extra: &str| {
+            sqlstate(&format!(
+                "SELECT otp_configure('lim', 'public.employees', 'employee_no', 'whatsapp'{extra})"
+            ))
+        };
+        assert_eq!(attempt(", max_codes => 0"), "22023");
+        assert_eq!(attempt(", code_window => '0'"), "22023");
+        assert_eq!(attempt(", resend_cooldown => '-1 second'"), "22023");
+        assert_eq!(attempt(", resend_cooldown => '0'"), "ok");
+        assert_eq!(
+            attempt(", lockout_threshold => 101"),
+            "22023",
+            "NIST caps it at 100"
+        );
+        assert_eq!(attempt(", lockout_threshold => 0"), "22023");
+        assert_eq!(attempt(", lockout_duration => '0'"), "22023");
+        assert_eq!(attempt(", max_codes => NULL"), "22004");
+        let stored: Option<String> = one(
+            "SELECT concat_ws('/', max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration)
+               FROM otp.agent WHERE name = 'lim'",
+        );
+        assert_eq!(stored.as_deref(), Some("5/00:15:00/00:00:00/20/01:00:00"));
     }
 
     // ---- sessions --------------------------------------------------------

@@ -93,21 +93,32 @@ fn fixture(database: &str) {
                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP}') THEN CREATE ROLE {APP} LOGIN; END IF;
                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SENDER}') THEN CREATE ROLE {SENDER} LOGIN; END IF;
             END $$;
-            GRANT EXECUTE ON FUNCTION otp_issue(text, text, text), otp_verify(text, text, text),
-                                      otp_status(text, text), session_touch(text), session_revoke(text) TO {APP};
-            GRANT EXECUTE ON FUNCTION otp_outbox_claim(integer, interval), otp_outbox_sent(bigint, text),
-                                      otp_outbox_failed(bigint, text, boolean), otp_outbox_expired(bigint) TO {SENDER};
+            GRANT otp_app TO {APP};
+            GRANT otp_dispatcher TO {SENDER};
             CREATE TABLE IF NOT EXISTS people (id text PRIMARY KEY, phone text, email text);
             -- no runs of six digits in the fixture: the plaintext scan looks for codes
             INSERT INTO people VALUES ('p1', '+34 600 12 34 78', 'p.one@example.com'),
                                       ('p2', NULL, 'p.two@example.com')
                 ON CONFLICT DO NOTHING;
+            -- limits out of the way: these tests issue many codes for one person
             SELECT otp_configure(agent => '{AGENT}', source => 'people', id_column => 'id',
-                                 phone_column => 'phone', email_column => 'email');
+                                 phone_column => 'phone', email_column => 'email',
+                                 max_codes => 1000000, resend_cooldown => '0', lockout_threshold => 100);
             "#
         ))
         .unwrap();
     }
+}
+
+/// A new person, reachable by email only, that no other test knows.
+pub fn new_person(db: &mut Client, label: &str) -> String {
+    let id = conversation(label);
+    db.execute(
+        "INSERT INTO people VALUES ($1, NULL, $1 || '@example.com')",
+        &[&id],
+    )
+    .unwrap();
+    id
 }
 
 /// A conversation id no other test uses.

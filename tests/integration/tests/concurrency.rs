@@ -157,3 +157,150 @@ fn issue_wakes_a_listening_dispatcher() {
         "the payload must not carry anything about the code"
     );
 }
+
+/// Configures an agent over the fixture's people with the given limits.
+fn limited_agent(db: &mut Client, name: &str, limits: &str) {
+    db.batch_execute(&format!(
+        "SELECT otp_configure(agent => '{name}', source => 'people', id_column => 'id',
+                              phone_column => 'phone', email_column => 'email', {limits})"
+    ))
+    .unwrap();
+}
+
+fn issue_all_at_once(agent: &str, person: &str, label: &str) -> Vec<String> {
+    all_at_once(CONNECTIONS, APP, |app, i| {
+        let conversation = format!("{label}-{i}");
+        app.query_one(
+            "SELECT status FROM otp_issue($1, $2, $3)",
+            &[&agent, &conversation, &person],
+        )
+        .unwrap()
+        .get(0)
+    })
+}
+
+#[test]
+fn parallel_issues_never_exceed_max_codes() {
+    let mut db = superuser();
+    limited_agent(&mut db, "it-five", "max_codes => 5, resend_cooldown => '0'");
+    let person = new_person(&mut db, "five");
+    let statuses = issue_all_at_once("it-five", &person, &conversation("five"));
+    assert_eq!(count(&statuses, "code_sent"), 5, "{statuses:?}");
+    assert_eq!(
+        count(&statuses, "rate_limited"),
+        CONNECTIONS - 5,
+        "{statuses:?}"
+    );
+    let codes: i64 = db
+        .query_one(
+            "SELECT count(*) FROM otp.challenge WHERE agent = 'it-five' AND subject = $1",
+            &[&person],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(codes, 5);
+}
+
+#[test]
+fn parallel_issues_respect_the_resend_cooldown() {
+    let mut db = superuser();
+    limited_agent(
+        &mut db,
+        "it-cooldown",
+        "max_codes => 100, resend_cooldown => '30 seconds'",
+    );
+    let person = new_person(&mut db, "cooldown");
+    let statuses = issue_all_at_once("it-cooldown", &person, &conversation("cooldown"));
+    assert_eq!(count(&statuses, "code_sent"), 1, "{statuses:?}");
+    assert_eq!(
+        count(&statuses, "rate_limited"),
+        CONNECTIONS - 1,
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn parallel_guesses_across_conversations_stop_at_the_lockout_threshold() {
+    const THRESHOLD: i64 = 10;
+    const CONVERSATIONS: usize = 8;
+    let mut db = superuser();
+    limited_agent(
+        &mut db,
+        "it-lockout",
+        "max_codes => 100, resend_cooldown => '0', lockout_threshold => 10",
+    );
+    let person = new_person(&mut db, "lockout");
+    let label = conversation("lockout");
+    let mut app = connect(APP);
+    let mut sender = connect(SENDER);
+    let mut codes = Vec::new();
+    for n in 0..CONVERSATIONS {
+        let conversation = format!("{label}-{n}");
+        let status: String = app
+            .query_one(
+                "SELECT status FROM otp_issue('it-lockout', $1, $2)",
+                &[&conversation, &person],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(status, "code_sent");
+        codes.push((conversation.clone(), claim_code(&mut sender, &conversation)));
+    }
+    // 3 wrong guesses for each of the 8 codes, all at once: 24 > 10
+    let statuses = all_at_once(CONVERSATIONS * 3, APP, |app, i| {
+        let (conversation, code) = &codes[i % CONVERSATIONS];
+        app.query_one(
+            "SELECT status FROM otp_verify('it-lockout', $1, $2)",
+            &[conversation, &other_code(code, i as u32)],
+        )
+        .unwrap()
+        .get::<_, String>(0)
+    });
+    let used: i64 = db
+        .query_one(
+            "SELECT sum(attempts_used)::bigint FROM otp.challenge WHERE agent = 'it-lockout' AND subject = $1",
+            &[&person],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        used, THRESHOLD,
+        "exactly the threshold of failures was counted: {statuses:?}"
+    );
+    let pending: i64 = db
+        .query_one(
+            "SELECT count(*) FROM otp.challenge WHERE agent = 'it-lockout' AND subject = $1 AND state = 'pending'",
+            &[&person],
+        )
+        .unwrap()
+        .get(0);
+    let refused: String = app
+        .query_one(
+            "SELECT status FROM otp_issue('it-lockout', $1, $2)",
+            &[&format!("{label}-after"), &person],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(refused, "rate_limited", "locked out");
+    // codes nobody guessed at last stay pending, but cannot be verified while locked
+    if pending > 0 {
+        let untouched = codes.iter().find(|(c, _)| {
+            db.query_one(
+                "SELECT state = 'pending' FROM otp.challenge WHERE conversation = $1",
+                &[c],
+            )
+            .unwrap()
+            .get(0)
+        });
+        if let Some((conversation, code)) = untouched {
+            let status: String = app
+                .query_one(
+                    "SELECT status FROM otp_verify('it-lockout', $1, $2)",
+                    &[conversation, code],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(status, "locked");
+        }
+    }
+}

@@ -1,7 +1,7 @@
 -- Real expiry with a short code_ttl. The waits go past a fixed deadline, so
 -- the outcome does not depend on timing.
 SELECT otp_configure(agent => 'quick', source => 'hr.employees', id_column => 'employee_no',
-                     phone_column => 'whatsapp', code_ttl => '1 second');
+                     phone_column => 'whatsapp', code_ttl => '1 second', resend_cooldown => '0');
 
 -- A code typed after its TTL is expired, costs no attempt, and is gone.
 SELECT status FROM otp_issue('quick', 'conv-late', '4721');

@@ -20,6 +20,15 @@ RESET ROLE;
 SET otp.secret_key = '00';
 SET otp.anything_else = 'x';
 
+-- The group roles CREATE EXTENSION made, and what each may call.
+SELECT r.rolname AS role, p.proname AS may_execute
+  FROM pg_roles r
+  JOIN pg_proc p ON has_function_privilege(r.oid, p.oid, 'EXECUTE')
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_otp'
+ WHERE r.rolname IN ('otp_app', 'otp_dispatcher')
+ ORDER BY 1, 2;
+
 -- Every function: who runs it, with which search_path, and PUBLIC may call none.
 SELECT p.oid::regprocedure AS function,
        p.prosecdef AS security_definer,

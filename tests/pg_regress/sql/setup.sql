@@ -23,7 +23,9 @@ SELECT name, source, id_column, phone_column, email_column, require_otp, code_tt
        idle_timeout, absolute_timeout, preferred_channel
   FROM otp.agent;
 
--- Roles belong to the whole cluster, so create them only once.
+-- CREATE EXTENSION made two group roles: otp_app may call the conversation
+-- functions, otp_dispatcher the outbox protocol. Login roles join them.
+-- (Roles belong to the whole cluster, so create them only once.)
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'chat_app') THEN
@@ -34,14 +36,10 @@ BEGIN
     END IF;
 END
 $$;
+GRANT otp_app TO chat_app;
+GRANT otp_dispatcher TO otp_sender;
 
--- The chat application may call the conversation functions, nothing else.
-GRANT EXECUTE ON FUNCTION otp_issue(text, text, text), otp_verify(text, text, text), otp_status(text, text),
-                          session_touch(text), session_revoke(text) TO chat_app;
--- Its own data stays its own business: it reads pay stubs once a session says who is asking.
+-- The application's own data stays its own business: it reads pay stubs once
+-- a session says who is asking.
 GRANT USAGE ON SCHEMA hr TO chat_app;
 GRANT SELECT ON hr.employees TO chat_app;
-
--- The delivery process may only use the outbox protocol.
-GRANT EXECUTE ON FUNCTION otp_outbox_claim(integer, interval), otp_outbox_sent(bigint, text),
-                          otp_outbox_failed(bigint, text, boolean), otp_outbox_expired(bigint) TO otp_sender;
