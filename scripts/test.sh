@@ -42,10 +42,7 @@ trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"; rm -f "$RESULTS"' EXIT
 bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT"
 
 step "pg_regress"
-if ! counted "$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress" \
-        --bindir="$PG_BIN" --host="$CLUSTER" --port="$PORT" --user=postgres \
-        --dbname=pg_otp_regress --inputdir=tests/pg_regress --outputdir=tests/pg_regress \
-        setup conversation expiry limits privileges errors; then
+if ! counted bash scripts/regress.sh "$CLUSTER" "$PORT"; then
     cat tests/pg_regress/regression.diffs >&2 || true
     exit 1
 fi

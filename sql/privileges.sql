@@ -28,7 +28,7 @@ DO $roles$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_app') THEN
         CREATE ROLE otp_app NOLOGIN;
-        COMMENT ON ROLE otp_app IS 'pg_otp: may call otp_issue, otp_verify, otp_status, session_touch, session_revoke';
+        COMMENT ON ROLE otp_app IS 'pg_otp: may call otp_issue, otp_verify, otp_status, otp_events, session_touch, session_revoke';
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_dispatcher') THEN
         CREATE ROLE otp_dispatcher NOLOGIN;
@@ -42,6 +42,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.otp_issue(text, text, text),
     @extschema@.otp_verify(text, text, text),
     @extschema@.otp_status(text, text),
+    @extschema@.otp_events(text, text, interval, integer),
     @extschema@.session_touch(text),
     @extschema@.session_revoke(text)
 TO otp_app;

@@ -130,5 +130,34 @@ CREATE TABLE otp.session (
     idle_expires_at timestamptz NOT NULL,
     expires_at      timestamptz NOT NULL,
     revoked_at      timestamptz,
+    -- when a touch first found the session timed out (for the audit trail)
+    ended_at        timestamptz,
     CHECK (idle_expires_at <= expires_at)
 );
+
+-- Audit trail: what happened, to whom, when, through which channel. Never a
+-- code. Append-only: rows are never updated, only purged when old.
+CREATE TABLE otp.event (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at               timestamptz NOT NULL,
+    agent            text NOT NULL,
+    conversation     text,
+    subject          text,
+    event            text NOT NULL CHECK (event IN (
+                         'issued', 'delivered', 'delivery_failed', 'verified', 'incorrect', 'locked',
+                         'expired', 'superseded', 'rate_limited', 'session_started', 'session_expired',
+                         'session_revoked')),
+    channel          text,
+    destination_hint text
+);
+CREATE INDEX event_by_subject ON otp.event (agent, subject, at);
+CREATE INDEX event_by_time ON otp.event (at);
+
+CREATE FUNCTION otp.refuse_event_update() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'otp.event is append-only' USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER event_append_only BEFORE UPDATE ON otp.event
+    FOR EACH ROW EXECUTE FUNCTION otp.refuse_event_update();

@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 
 use crate::config::AgentSettings;
 use crate::errors::OrRaise;
-use crate::{challenge, config, gucs, outbox, session};
+use crate::{audit, challenge, config, gucs, outbox, session};
 
 /// Creates or replaces an agent's "Authenticate conversation" settings.
 /// Runs with the caller's rights: only the extension owner or a superuser
@@ -148,6 +148,37 @@ fn otp_status(
         current.attempts_remaining,
         current.expires_at,
     ))
+}
+
+/// A person's recent events, newest first: codes requested, delivered,
+/// verified, guessed wrong, refused, sessions started and ended. Never a code.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_events(
+    agent: Option<&str>,
+    subject: Option<&str>,
+    since: default!(Option<Interval>, "'30 days'"),
+    max_rows: default!(Option<i32>, 50),
+) -> TableIterator<
+    'static,
+    (
+        name!(at, TimestampWithTimeZone),
+        name!(event, String),
+        name!(conversation, Option<String>),
+        name!(channel, Option<String>),
+        name!(destination_hint, Option<String>),
+    ),
+> {
+    let events = Spi::connect(|client| {
+        let agent = config::load(client, config::agent_name(agent)?)?;
+        audit::recent(client, &agent.name, subject, since, max_rows)
+    })
+    .or_raise();
+    TableIterator::new(
+        events
+            .into_iter()
+            .map(|e| (e.at, e.event, e.conversation, e.channel, e.destination_hint)),
+    )
 }
 
 /// Keeps a session alive (call it on every turn of the conversation), or says

@@ -13,6 +13,7 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
 use zeroize::Zeroizing;
 
+use crate::audit::{self, Event};
 use crate::config;
 use crate::crypto::{self, Code, CODE_DIGITS};
 use crate::errors::{OtpError, Result};
@@ -150,7 +151,8 @@ pub fn issue(
     if let Some(next) =
         limits::next_allowed(client, &agent, &person.subject, &destination_key, now)?
     {
-        // Refused: nothing is written, and an earlier code stays valid.
+        // Refused: no code is written, and an earlier code stays valid.
+        audit::rate_limited(client, &agent.name, conversation, &person.subject, now)?;
         return Ok(Issued {
             expires_at: Some(next),
             ..Issued::bare(IssueStatus::RateLimited)
@@ -201,6 +203,7 @@ pub fn issue(
         expires_at,
     };
     outbox::enqueue(client, &keys, &message)?;
+    audit::challenge_event(client, challenge_id, Event::Issued, now)?;
 
     Ok(Issued {
         status: IssueStatus::CodeSent,
@@ -310,7 +313,7 @@ pub fn verify(
     let now = clock::now(client)?; // after waiting for the locks
 
     if now >= expires_at {
-        end_challenge(client, challenge_id, "expired", now)?;
+        end_challenge(client, challenge_id, Ending::Expired, now)?;
         return Ok(Verified::bare(VerifyStatus::Expired));
     }
     let locked = || Verified {
@@ -319,7 +322,7 @@ pub fn verify(
     };
     if locked_until.is_some_and(|until| until > now) {
         // Locked out by failures in other conversations: no code works now.
-        end_challenge(client, challenge_id, "locked", now)?;
+        end_challenge(client, challenge_id, Ending::Locked, now)?;
         return Ok(locked());
     }
 
@@ -330,7 +333,7 @@ pub fn verify(
         conversation,
         &submitted,
     ) {
-        end_challenge(client, challenge_id, "verified", now)?;
+        end_challenge(client, challenge_id, Ending::Verified, now)?;
         limits::record_success(client, &agent, &subject)?;
         let token = session::start(
             client,
@@ -358,6 +361,7 @@ pub fn verify(
         .first()
         .get_one::<i32>()?
         .unwrap_or(0);
+    audit::challenge_event(client, challenge_id, Event::Incorrect, now)?;
     let locked_out = limits::record_failure(client, &agent, &subject, now)?;
     if counted > 0 && !locked_out {
         return Ok(Verified {
@@ -365,7 +369,7 @@ pub fn verify(
             ..Verified::bare(VerifyStatus::Incorrect)
         });
     }
-    end_challenge(client, challenge_id, "locked", now)?;
+    end_challenge(client, challenge_id, Ending::Locked, now)?;
     Ok(locked())
 }
 
@@ -415,23 +419,53 @@ fn supersede_pending(
         .map(|row| row.get::<i64>(1))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     for challenge_id in pending.into_iter().flatten() {
-        end_challenge(client, challenge_id, "superseded", now)?;
+        end_challenge(client, challenge_id, Ending::Superseded, now)?;
     }
     Ok(())
 }
 
-/// Moves a pending challenge to a final state and stops delivery of its code.
+/// How a pending challenge ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    Verified,
+    Locked,
+    Expired,
+    Superseded,
+}
+
+impl Ending {
+    fn state(self) -> &'static str {
+        match self {
+            Ending::Verified => "verified",
+            Ending::Locked => "locked",
+            Ending::Expired => "expired",
+            Ending::Superseded => "superseded",
+        }
+    }
+
+    fn event(self) -> Event {
+        match self {
+            Ending::Verified => Event::Verified,
+            Ending::Locked => Event::Locked,
+            Ending::Expired => Event::Expired,
+            Ending::Superseded => Event::Superseded,
+        }
+    }
+}
+
+/// Moves a pending challenge to a final state, stops delivery of its code
+/// and records the event.
 fn end_challenge(
     client: &mut SpiClient<'_>,
     challenge_id: i64,
-    state: &str,
+    ending: Ending,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
-    let verified = state == "verified";
+    let verified = ending == Ending::Verified;
     // An expired code's message is expired too; any other end cancels it.
     // A verified code evidently arrived: a message already being sent is left
     // for the dispatcher to report, and the delivery record stays as it is.
-    let message_end = if state == "expired" {
+    let message_end = if ending == Ending::Expired {
         "expired"
     } else {
         "cancelled"
@@ -444,7 +478,7 @@ fn end_challenge(
         None,
         &[
             challenge_id.into(),
-            state.into(),
+            ending.state().into(),
             now.into(),
             message_end.into(),
             verified.into(),
@@ -452,6 +486,7 @@ fn end_challenge(
     )?;
     if !ended.is_empty() {
         outbox::cancel_for_challenge(client, challenge_id, message_end, !verified, now)?;
+        audit::challenge_event(client, challenge_id, ending.event(), now)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //!
 //! Layout, one module per concept:
 //! - `api`       — the SQL functions applications and dispatchers call
+//! - `audit`     — the append-only event trail
 //! - `config`    — agent settings ("Authenticate conversation") and their validation
 //! - `record`    — finding the person behind an identifier; channel choice and masking
 //! - `challenge` — issuing and verifying codes
@@ -19,6 +20,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod audit;
 mod challenge;
 mod clock;
 mod config;

@@ -15,6 +15,7 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 
+use crate::audit::{self, Event};
 use crate::clock;
 use crate::config::Channel;
 use crate::crypto::{self, Code, Keys};
@@ -295,7 +296,10 @@ pub fn sent(
     let now = clock::now(client)?;
     let provider_ref = provider_ref.map(|r| truncate(r, MAX_ERROR_LEN));
     match message.state.as_str() {
-        "sending" => finish(client, message_id, message.challenge_id, "sent", now)?,
+        "sending" => {
+            finish(client, message_id, message.challenge_id, "sent", now)?;
+            audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
+        }
         // Repeating a report (say, after a lost commit acknowledgement) is harmless.
         "sent" => return Ok(()),
         // The challenge ended while the message was on its way; it still arrived.
@@ -310,6 +314,7 @@ pub fn sent(
                 None,
                 &[message.challenge_id.into()],
             )?;
+            audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
         }
         other => return Err(not_claimed(message_id, other)),
     }
@@ -347,6 +352,7 @@ pub fn failed(
         other => return Err(not_claimed(message_id, other)),
     }
     if !retryable || message.attempt >= MAX_DELIVERY_ATTEMPTS {
+        audit::challenge_event(client, message.challenge_id, Event::DeliveryFailed, now)?;
         // Copy the sealed code before finish() erases it from this message.
         let fallback = if message.has_fallback {
             queue_fallback(client, message_id, now)?

@@ -9,6 +9,7 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
 use zeroize::Zeroizing;
 
+use crate::audit::{self, Event};
 use crate::clock;
 use crate::config::Agent;
 use crate::crypto;
@@ -69,10 +70,11 @@ pub fn start(
     now: TimestampWithTimeZone,
 ) -> Result<Zeroizing<String>> {
     let (token, token_hash) = crypto::new_session_token()?;
-    client.update(
+    let session_id = client.update(
         "INSERT INTO otp.session (token_hash, agent, conversation, subject, challenge_id, idle_timeout,
                                   created_at, last_seen_at, idle_expires_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, LEAST($7 + $6, $7 + $8), $7 + $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, LEAST($7 + $6, $7 + $8), $7 + $8)
+      RETURNING id",
         None,
         &[
             token_hash.to_vec().into(),
@@ -84,7 +86,11 @@ pub fn start(
             now.into(),
             agent.absolute_timeout.into(),
         ],
-    )?;
+    )?
+    .first()
+    .get_one::<i64>()?
+    .expect("RETURNING id");
+    audit::session_event(client, session_id, Event::SessionStarted, now)?;
     Ok(token)
 }
 
@@ -120,7 +126,8 @@ pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<Touch> {
             "SELECT agent, conversation, subject, idle_expires_at, expires_at,
                     CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
                          WHEN $2 >= expires_at THEN 'expired'
-                         ELSE 'idle_timeout' END
+                         ELSE 'idle_timeout' END,
+                    id, revoked_at IS NULL AND ended_at IS NULL
                FROM otp.session WHERE token_hash = $1",
             Some(1),
             &[token_hash.into(), now.into()],
@@ -128,6 +135,16 @@ pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<Touch> {
         .first();
     if ended.is_empty() {
         return Ok(Touch::unknown());
+    }
+    if ended.get::<bool>(8)?.unwrap_or(false) {
+        // The first touch after a timeout records it, once.
+        let session_id: i64 = ended.get(7)?.expect("NOT NULL column");
+        client.update(
+            "UPDATE otp.session SET ended_at = $2 WHERE id = $1",
+            None,
+            &[session_id.into(), now.into()],
+        )?;
+        audit::session_event(client, session_id, Event::SessionExpired, now)?;
     }
     let status = match ended.get::<String>(6)?.as_deref() {
         Some("revoked") => TouchStatus::Revoked,
@@ -150,12 +167,14 @@ pub fn revoke(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<bool> {
     let token = token.ok_or_else(|| OtpError::null_argument("session_token"))?;
     let now = clock::now(client)?;
     let revoked = client.update(
-        "UPDATE otp.session SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
+        "UPDATE otp.session SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
         None,
-        &[
-            crypto::session_token_hash(token).to_vec().into(),
-            now.into(),
-        ],
+        &[crypto::session_token_hash(token).to_vec().into(), now.into()],
     )?;
-    Ok(revoked.len() == 1)
+    let Some(row) = revoked.into_iter().next() else {
+        return Ok(false);
+    };
+    let session_id: i64 = row.get(1)?.expect("RETURNING id");
+    audit::session_event(client, session_id, Event::SessionRevoked, now)?;
+    Ok(true)
 }

@@ -691,6 +691,127 @@ mod tests {
         assert_eq!(stored.as_deref(), Some("5/00:15:00/00:00:00/20/01:00:00"));
     }
 
+    // ---- audit trail -----------------------------------------------------
+
+    /// The person's events for an agent, oldest first, as "event@conversation".
+    fn events(agent: &str, subject: &str) -> Vec<String> {
+        let listed: Option<String> = Spi::get_one_with_args(
+            "SELECT string_agg(event || '@' || coalesce(conversation, ''), ',' ORDER BY n DESC)
+               FROM otp_events($1, $2) WITH ORDINALITY AS e(at, event, conversation, channel, destination_hint, n)",
+            &[agent.into(), subject.into()],
+        )
+        .unwrap();
+        listed
+            .map(|l| l.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    #[pg_test]
+    fn a_full_flow_leaves_an_audit_trail_without_codes() {
+        fixture();
+        configure("audited", ", resend_cooldown => '30 seconds'");
+        issue_for("audited", "t-audit", "4721");
+        let code = delivered_code("t-audit");
+        assert_eq!(
+            issue_with_wait("audited", "t-audit-2", "4721").0,
+            "rate_limited"
+        );
+        assert_eq!(
+            verify_as("audited", "t-audit", &wrong_code(&code)).0,
+            "incorrect"
+        );
+        let token: String = Spi::get_one_with_args(
+            "SELECT session_token FROM otp_verify('audited', 't-audit', $1)",
+            &[code.as_str().into()],
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run_with_args("SELECT session_revoke($1)", &[token.as_str().into()]).unwrap();
+        assert_eq!(
+            events("audited", "4721"),
+            [
+                "issued@t-audit",
+                "rate_limited@t-audit-2",
+                "incorrect@t-audit",
+                "verified@t-audit",
+                "session_started@t-audit",
+                "session_revoked@t-audit"
+            ]
+        );
+        let row: Option<String> = one(
+            "SELECT channel || ' ' || destination_hint FROM otp.event WHERE agent = 'audited' AND event = 'issued'",
+        );
+        assert_eq!(row.as_deref(), Some("whatsapp ***78"));
+        let leaks: Option<i64> = Spi::get_one_with_args(
+            "SELECT count(*) FROM otp.event e WHERE e::text LIKE '%' || $1 || '%' OR e::text LIKE '%' || $2 || '%'",
+            &[code.as_str().into(), token.as_str().into()],
+        )
+        .unwrap();
+        assert_eq!(leaks, Some(0));
+    }
+
+    #[pg_test]
+    fn delivery_supersession_and_timeouts_are_recorded_once() {
+        fixture();
+        configure("audited-2", "");
+        issue_for("audited-2", "t-audit-d", "4721");
+        let id = claim_id("t-audit-d").unwrap();
+        Spi::run_with_args(
+            "SELECT otp_outbox_failed($1, '131026', false)",
+            &[id.into()],
+        )
+        .unwrap();
+        let email = claim_id("t-audit-d").unwrap();
+        Spi::run_with_args("SELECT otp_outbox_sent($1, 'smtp:250')", &[email.into()]).unwrap();
+        issue_for("audited-2", "t-audit-d", "4721"); // supersedes
+        assert_eq!(
+            events("audited-2", "4721"),
+            [
+                "issued@t-audit-d",
+                "delivery_failed@t-audit-d",
+                "delivered@t-audit-d",
+                "superseded@t-audit-d",
+                "issued@t-audit-d"
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn a_timed_out_session_is_recorded_once() {
+        fixture();
+        configure("audited-3", ", require_otp => false");
+        let token = issue_for("audited-3", "t-audit-s", "4721").token.unwrap();
+        run("UPDATE otp.session SET idle_expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-audit-s'");
+        assert_eq!(touch_status(&token), "idle_timeout");
+        assert_eq!(touch_status(&token), "idle_timeout");
+        assert_eq!(
+            events("audited-3", "4721"),
+            ["session_started@t-audit-s", "session_expired@t-audit-s"]
+        );
+    }
+
+    #[pg_test]
+    fn the_audit_trail_is_append_only_and_its_reader_validates() {
+        fixture();
+        issue("t-audit-ro", "4721");
+        assert_eq!(
+            sqlstate("UPDATE otp.event SET event = 'verified' WHERE conversation = 't-audit-ro'"),
+            "42501"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_events('payroll', '4721', max_rows => 0)"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_events('payroll', NULL)"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_events('nobody', '4721')"),
+            "42704"
+        );
+    }
+
     // ---- sessions --------------------------------------------------------
 
     fn session_for(conversation: &str) -> String {

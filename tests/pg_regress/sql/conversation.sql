@@ -82,3 +82,11 @@ SELECT conversation, subject, channel, destination_hint, state, attempts_used, d
   FROM otp.challenge ORDER BY id;
 SELECT conversation, channel, state, attempt, provider_ref, code_sealed IS NULL AS code_erased
   FROM otp.outbox ORDER BY id;
+
+-- The audit trail the agent can read: "someone asked for a code for your
+-- account at 10:42". Events and channels, never a code (times vary, so they
+-- are not shown here).
+SET ROLE chat_app;
+SELECT event, conversation, channel, destination_hint FROM otp_events('payroll', '4721');
+SELECT event, conversation, channel, destination_hint FROM otp_events('payroll', '5108');
+RESET ROLE;

@@ -36,8 +36,10 @@ BEGIN
     END IF;
 END
 $$;
+SET client_min_messages = warning; -- quiet "already a member" on a reused cluster
 GRANT otp_app TO chat_app;
 GRANT otp_dispatcher TO otp_sender;
+RESET client_min_messages;
 
 -- The application's own data stays its own business: it reads pay stubs once
 -- a session says who is asking.
