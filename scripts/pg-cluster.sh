@@ -33,6 +33,9 @@ unix_socket_directories = '$dir'
 shared_preload_libraries = 'pg_otp'
 otp.secret_key = '$secret'
 max_connections = 200
+# the purge worker: in database postgres (if pg_otp is installed there), every second
+otp.purge_database = 'postgres'
+otp.purge_interval = 1
 log_line_prefix = '%m [%p] %q%u@%d '
 CONF
     # RUST_BACKTRACE would make pgrx attach backtraces to the DETAIL of ERRORs.

@@ -27,6 +27,8 @@ CREATE TABLE otp.agent (
     resend_cooldown   interval NOT NULL CHECK (resend_cooldown >= interval '0'),
     lockout_threshold integer NOT NULL CHECK (lockout_threshold BETWEEN 1 AND 100),
     lockout_duration  interval NOT NULL CHECK (lockout_duration > interval '0'),
+    -- false: unknown identifiers get a decoy challenge instead of not_found
+    reveal_unknown    boolean NOT NULL,
     created_at        timestamptz NOT NULL,
     updated_at        timestamptz NOT NULL,
     CHECK (phone_column IS NOT NULL OR email_column IS NOT NULL),
@@ -59,6 +61,9 @@ CREATE TABLE otp.challenge (
     created_at       timestamptz NOT NULL,
     expires_at       timestamptz NOT NULL,
     ended_at         timestamptz,
+    -- stands in for an unknown identifier (reveal_unknown = false): its code
+    -- was never sent to anyone, so it can never verify
+    decoy            boolean NOT NULL DEFAULT false,
     CHECK ((state = 'pending') = (ended_at IS NULL))
 );
 ALTER SEQUENCE otp.challenge_id_seq OWNED BY otp.challenge.id;

@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 
 use crate::config::AgentSettings;
 use crate::errors::OrRaise;
-use crate::{audit, challenge, config, gucs, outbox, session};
+use crate::{audit, challenge, config, gucs, outbox, purge, session};
 
 /// Creates or replaces an agent's "Authenticate conversation" settings.
 /// Runs with the caller's rights: only the extension owner or a superuser
@@ -43,6 +43,7 @@ fn otp_configure(
     resend_cooldown: default!(Option<Interval>, "'30 seconds'"),
     lockout_threshold: default!(Option<i32>, 20),
     lockout_duration: default!(Option<Interval>, "'1 hour'"),
+    reveal_unknown: default!(Option<bool>, true),
 ) {
     let settings = AgentSettings {
         agent,
@@ -61,6 +62,7 @@ fn otp_configure(
         resend_cooldown,
         lockout_threshold,
         lockout_duration,
+        reveal_unknown,
     };
     Spi::connect_mut(|client| config::configure(client, settings)).or_raise()
 }
@@ -214,6 +216,36 @@ fn session_touch(
 #[search_path(pg_catalog, pg_temp)]
 fn session_revoke(session_token: Option<&str>) -> bool {
     Spi::connect_mut(|client| session::revoke(client, session_token)).or_raise()
+}
+
+/// Deletes what ended more than `retention` ago, and audit events older
+/// than `event_retention`. The background worker calls it when
+/// otp.purge_database is set; otherwise schedule it with pg_cron. Runs with
+/// the caller's rights: call it as the extension owner.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_purge(
+    retention: default!(Option<Interval>, "'7 days'"),
+    event_retention: default!(Option<Interval>, "'90 days'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(challenges, i64),
+        name!(messages, i64),
+        name!(sessions, i64),
+        name!(guards, i64),
+        name!(events, i64),
+    ),
+> {
+    let done =
+        Spi::connect_mut(|client| purge::purge(client, retention, event_retention)).or_raise();
+    TableIterator::once((
+        done.challenges,
+        done.messages,
+        done.sessions,
+        done.guards,
+        done.events,
+    ))
 }
 
 /// Delivery protocol: claims due messages, with their codes, for `lease`.

@@ -127,32 +127,54 @@ pub fn issue(
     } else {
         record::find(client, &agent, identifier)?
     };
-    let Some(person) = found else {
-        supersede_pending(client, &agent.name, conversation, now)?;
-        return Ok(Issued::bare(IssueStatus::NotFound));
-    };
     if !agent.require_otp {
+        // "Require OTP" off: a session at once, or not_found. (Hiding unknown
+        // identifiers is impossible here: the session itself would tell.)
         supersede_pending(client, &agent.name, conversation, now)?;
+        let Some(person) = found else {
+            return Ok(Issued::bare(IssueStatus::NotFound));
+        };
         let token = session::start(client, &agent, conversation, &person.subject, None, now)?;
         return Ok(Issued {
             session_token: Some(token),
             ..Issued::bare(IssueStatus::Authenticated)
         });
     }
-    let Some(route) = record::route(&person, agent.preferred_channel) else {
+    let route = found
+        .as_ref()
+        .and_then(|person| record::route(person, agent.preferred_channel));
+    if route.is_none() && agent.reveal_unknown {
         supersede_pending(client, &agent.name, conversation, now)?;
-        return Ok(Issued::bare(IssueStatus::NoChannel));
+        let status = if found.is_some() {
+            IssueStatus::NoChannel
+        } else {
+            IssueStatus::NotFound
+        };
+        return Ok(Issued::bare(status));
+    }
+    // Without a route (and reveal_unknown off) this is a decoy: it answers
+    // exactly like a real code, limits included, but nothing is ever sent.
+    let subject = match &found {
+        Some(person) => person.subject.clone(),
+        None => identifier.chars().take(256).collect(),
     };
-    let destination = route.primary;
-    let destination_key = keys.destination_key(destination.channel.as_str(), &destination.address);
+    let (destination, fallback, destination_key) = match route {
+        Some(route) => {
+            let key = keys.destination_key(route.primary.channel.as_str(), &route.primary.address);
+            (route.primary, route.fallback, key)
+        }
+        None => {
+            let seed = keys.destination_key("decoy", &subject);
+            (record::decoy(client, &agent, &seed)?, None, seed)
+        }
+    };
+    let decoy = destination.address.is_empty();
 
-    limits::lock_sender(client, &agent.name, &person.subject, &destination_key)?;
+    limits::lock_sender(client, &agent.name, &subject, &destination_key)?;
     let now = clock::now(client)?; // after waiting for the locks
-    if let Some(next) =
-        limits::next_allowed(client, &agent, &person.subject, &destination_key, now)?
-    {
+    if let Some(next) = limits::next_allowed(client, &agent, &subject, &destination_key, now)? {
         // Refused: no code is written, and an earlier code stays valid.
-        audit::rate_limited(client, &agent.name, conversation, &person.subject, now)?;
+        audit::rate_limited(client, &agent.name, conversation, &subject, now)?;
         return Ok(Issued {
             expires_at: Some(next),
             ..Issued::bare(IssueStatus::RateLimited)
@@ -175,14 +197,15 @@ pub fn issue(
     let code_hash = keys.code_hash(challenge_id, &agent.name, conversation, &code);
     client.update(
         "INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
-                                    code_hash, max_attempts, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                    code_hash, max_attempts, created_at, expires_at, decoy, delivery)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                 CASE WHEN $12 THEN 'sent' ELSE 'queued' END)",
         None,
         &[
             challenge_id.into(),
             agent.name.as_str().into(),
             conversation.into(),
-            person.subject.as_str().into(),
+            subject.as_str().into(),
             destination.channel.as_str().into(),
             destination.hint.as_str().into(),
             destination_key.to_vec().into(),
@@ -190,19 +213,26 @@ pub fn issue(
             agent.max_attempts.into(),
             now.into(),
             expires_at.into(),
+            decoy.into(),
         ],
     )?;
-    let message = outbox::Outgoing {
-        challenge_id,
-        agent: &agent.name,
-        conversation,
-        destination: &destination,
-        fallback: route.fallback.as_ref(),
-        code: &code,
-        created_at: now,
-        expires_at,
-    };
-    outbox::enqueue(client, &keys, &message)?;
+    if decoy {
+        // The same sealing work a real code costs, so that timing tells
+        // little; but there is no one to send it to.
+        keys.seal_code(challenge_id, &code)?;
+    } else {
+        let message = outbox::Outgoing {
+            challenge_id,
+            agent: &agent.name,
+            conversation,
+            destination: &destination,
+            fallback: fallback.as_ref(),
+            code: &code,
+            created_at: now,
+            expires_at,
+        };
+        outbox::enqueue(client, &keys, &message)?;
+    }
     audit::challenge_event(client, challenge_id, Event::Issued, now)?;
 
     Ok(Issued {

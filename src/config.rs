@@ -56,6 +56,9 @@ pub struct Agent {
     pub absolute_timeout: Interval,
     pub preferred_channel: Channel,
     pub limits: Limits,
+    /// Whether otp_issue may say `not_found` / `no_channel`; when false, a
+    /// decoy challenge answers as if a code had been sent.
+    pub reveal_unknown: bool,
 }
 
 /// Abuse resistance settings of an agent (see `limits`).
@@ -92,6 +95,7 @@ pub struct AgentSettings<'a> {
     pub resend_cooldown: Option<Interval>,
     pub lockout_threshold: Option<i32>,
     pub lockout_duration: Option<Interval>,
+    pub reveal_unknown: Option<bool>,
 }
 
 /// Checks an agent name argument: present, non-empty, bounded.
@@ -193,6 +197,9 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         lockout_threshold: within("lockout_threshold", settings.lockout_threshold, 1..=100)?,
         lockout_duration: positive("lockout_duration", settings.lockout_duration)?,
     };
+    let reveal_unknown = settings
+        .reveal_unknown
+        .ok_or_else(|| OtpError::null_argument("reveal_unknown"))?;
     let preferred = settings
         .preferred_channel
         .ok_or_else(|| OtpError::null_argument("preferred_channel"))?;
@@ -225,8 +232,8 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         "INSERT INTO otp.agent AS a (name, source, id_column, phone_column, email_column, require_otp, code_ttl,
                                      max_attempts, idle_timeout, absolute_timeout, preferred_channel,
                                      max_codes, code_window, resend_cooldown, lockout_threshold,
-                                     lockout_duration, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                                     lockout_duration, reveal_unknown, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
                  pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp())
          ON CONFLICT (name) DO UPDATE SET
              source = EXCLUDED.source, id_column = EXCLUDED.id_column, phone_column = EXCLUDED.phone_column,
@@ -235,7 +242,8 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
              absolute_timeout = EXCLUDED.absolute_timeout, preferred_channel = EXCLUDED.preferred_channel,
              max_codes = EXCLUDED.max_codes, code_window = EXCLUDED.code_window,
              resend_cooldown = EXCLUDED.resend_cooldown, lockout_threshold = EXCLUDED.lockout_threshold,
-             lockout_duration = EXCLUDED.lockout_duration, updated_at = EXCLUDED.updated_at",
+             lockout_duration = EXCLUDED.lockout_duration, reveal_unknown = EXCLUDED.reveal_unknown,
+             updated_at = EXCLUDED.updated_at",
         None,
         &[
             name.into(),
@@ -254,6 +262,7 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
             limits.resend_cooldown.into(),
             limits.lockout_threshold.into(),
             limits.lockout_duration.into(),
+            reveal_unknown.into(),
         ],
     )?;
     Ok(())
@@ -265,7 +274,8 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
         .select(
             "SELECT source::oid, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
                     idle_timeout, absolute_timeout, preferred_channel,
-                    max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration
+                    max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration,
+                    reveal_unknown
                FROM otp.agent WHERE name = $1",
             Some(1),
             &[name.into()],
@@ -294,6 +304,7 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
             lockout_threshold: row.get(14)?.unwrap_or(20),
             lockout_duration: row.get(15)?.expect("NOT NULL column"),
         },
+        reveal_unknown: row.get(16)?.unwrap_or(true),
     })
 }
 

@@ -24,6 +24,13 @@ use crate::errors::{OtpError, Result};
 pub static SECRET_KEY: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
+/// Database the purge worker works in; unset: no worker (use pg_cron).
+pub static PURGE_DATABASE: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
+/// Seconds between two purge passes of the worker.
+pub static PURGE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(600);
+
 /// Smallest secret accepted, in bytes (256 bits).
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -43,6 +50,27 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_string_guc(
+        c"otp.purge_database",
+        c"Database in which the pg_otp background worker purges old rows.",
+        c"Unset: no worker runs; schedule SELECT otp_purge() with pg_cron instead. Needs a restart.",
+        &PURGE_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"otp.purge_interval",
+        c"Seconds between two purge passes of the pg_otp background worker.",
+        c"",
+        &PURGE_INTERVAL,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    if preloading {
+        crate::purge::register_worker();
+    }
     // Refuse SET otp.typo = ... and drop placeholders for names we do not define.
     // SAFETY: a plain C call with a static NUL-terminated string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"otp".as_ptr()) };
@@ -63,6 +91,17 @@ pub fn keys() -> Result<Keys> {
             )
     })?;
     Ok(Keys::derive(&secret))
+}
+
+pub fn purge_database() -> Option<String> {
+    PURGE_DATABASE
+        .get()
+        .and_then(|db| db.into_string().ok())
+        .filter(|db| !db.is_empty())
+}
+
+pub fn purge_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(PURGE_INTERVAL.get().max(1) as u64)
 }
 
 fn require_preloaded() -> Result<()> {

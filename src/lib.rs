@@ -10,6 +10,7 @@
 //! - `limits`    — send limits and lockout (abuse resistance)
 //! - `session`   — authenticated conversation sessions
 //! - `outbox`    — messages for the delivery process and its claim/report protocol
+//! - `purge`     — deleting old rows (function and background worker)
 //! - `crypto`    — code generation, keyed hashes, sealing, tokens
 //! - `gucs`      — configuration parameters (the server secret)
 //! - `clock`     — how deadlines are judged
@@ -29,6 +30,7 @@ mod errors;
 mod gucs;
 mod limits;
 mod outbox;
+mod purge;
 mod record;
 mod session;
 

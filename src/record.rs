@@ -102,6 +102,43 @@ pub fn route(record: &Record, preferred: Channel) -> Option<Route> {
     }
 }
 
+/// A plausible destination for someone the agent must not reveal as unknown
+/// (reveal_unknown = false): the channel a real person would most likely
+/// get, and a hint derived from `seed` (a keyed hash of the identifier), so
+/// the same identifier always shows the same hint. Email hints use a domain
+/// the source really holds. Nothing is ever sent to it.
+pub fn decoy(client: &SpiClient<'_>, agent: &Agent, seed: &[u8; 32]) -> Result<Destination> {
+    let whatsapp = agent.phone_column.is_some()
+        && (agent.preferred_channel == Channel::WhatsApp || agent.email_column.is_none());
+    if whatsapp {
+        let digits = u16::from_be_bytes([seed[0], seed[1]]) % 100;
+        return Ok(Destination {
+            channel: Channel::WhatsApp,
+            address: String::new(),
+            hint: format!("***{digits:02}"),
+        });
+    }
+    let email_column = agent.email_column.as_deref().unwrap_or_default();
+    let relation = check_source(client, agent.source, &[("email_column", email_column)])?;
+    let column = pgrx::spi::quote_identifier(email_column);
+    let domain: Option<String> = client
+        .select(
+            format!("SELECT split_part({column}::text, '@', 2) FROM {relation} WHERE {column}::text LIKE '_%@_%' LIMIT 1")
+                .as_str(),
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one()?;
+    let letter = char::from(b'a' + seed[2] % 26);
+    let domain = domain.unwrap_or_else(|| "example.com".to_owned());
+    Ok(Destination {
+        channel: Channel::Email,
+        address: String::new(),
+        hint: format!("{letter}***@{domain}"),
+    })
+}
+
 /// A hint that tells the user where the code went without disclosing the
 /// address: `***78` for a phone, `j***@example.com` for an email.
 pub fn mask(channel: Channel, address: &str) -> String {

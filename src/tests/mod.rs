@@ -691,6 +691,187 @@ mod tests {
         assert_eq!(stored.as_deref(), Some("5/00:15:00/00:00:00/20/01:00:00"));
     }
 
+    // ---- anti-enumeration --------------------------------------------------
+
+    /// Everything an outsider sees of an otp_issue answer, expiry rounded.
+    fn answer(agent: &str, conversation: &str, identifier: &str) -> String {
+        Spi::get_one_with_args::<String>(
+            "SELECT concat_ws('/', status, channel, destination_hint,
+                              round(extract(epoch FROM expires_at - clock_timestamp()) / 60), session_token)
+               FROM otp_issue($1, $2, $3)",
+            &[agent.into(), conversation.into(), identifier.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn hidden_unknown_identifiers_look_like_a_code_sent_and_nothing_is_sent() {
+        fixture();
+        configure(
+            "hidden",
+            ", reveal_unknown => false, resend_cooldown => '0'",
+        );
+        let known = answer("hidden", "t-hide-known", "4721");
+        let unknown = answer("hidden", "t-hide-unknown", "9999");
+        assert!(known.starts_with("code_sent/whatsapp/***78/5"), "{known}");
+        assert!(unknown.starts_with("code_sent/whatsapp/***"), "{unknown}");
+        assert_eq!(
+            unknown.len(),
+            known.len(),
+            "same shape: {unknown} vs {known}"
+        );
+        // the same identifier always gets the same hint
+        assert_eq!(answer("hidden", "t-hide-again", "9999"), unknown);
+        // nothing is queued for it, and its status looks delivered
+        assert_eq!(count("SELECT count(*) FROM otp.outbox WHERE conversation IN ('t-hide-unknown', 't-hide-again')"), 0);
+        let status: Option<String> = one(
+            "SELECT concat_ws('/', status, delivery, attempts_remaining) FROM otp_status('hidden', 't-hide-unknown')",
+        );
+        assert_eq!(status.as_deref(), Some("pending/sent/3"));
+        // no code verifies; guesses count down and lock as usual
+        assert_eq!(
+            verify_as("hidden", "t-hide-unknown", "000000"),
+            ("incorrect".into(), Some(2))
+        );
+        assert_eq!(
+            verify_as("hidden", "t-hide-unknown", "111111"),
+            ("incorrect".into(), Some(1))
+        );
+        assert_eq!(
+            verify_as("hidden", "t-hide-unknown", "222222"),
+            ("locked".into(), Some(0))
+        );
+        // someone without a destination is hidden the same way
+        assert!(answer("hidden", "t-hide-nochannel", "6000").starts_with("code_sent/whatsapp/***"));
+    }
+
+    #[pg_test]
+    fn hidden_unknown_identifiers_are_rate_limited_like_real_ones() {
+        fixture();
+        configure(
+            "hidden-limited",
+            ", reveal_unknown => false, max_codes => 2, resend_cooldown => '0'",
+        );
+        for agent_answer in [
+            answer("hidden-limited", "t-hl-1", "9999"),
+            answer("hidden-limited", "t-hl-2", "9999"),
+        ] {
+            assert!(agent_answer.starts_with("code_sent/"), "{agent_answer}");
+        }
+        assert!(answer("hidden-limited", "t-hl-3", "9999").starts_with("rate_limited"));
+    }
+
+    #[pg_test]
+    fn hidden_email_hints_use_a_domain_of_the_source() {
+        fixture();
+        run("SELECT otp_configure(agent => 'hidden-mail', source => 'public.employees', id_column => 'employee_no',
+                                  email_column => 'email', reveal_unknown => false)");
+        let unknown = answer("hidden-mail", "t-hm", "no-such-person");
+        let (status_channel, hint) = unknown.split_at(unknown.find("/email/").unwrap() + 7);
+        assert_eq!(status_channel, "code_sent/email/");
+        assert!(
+            hint.starts_with(|c: char| c.is_ascii_lowercase())
+                && hint[1..].starts_with("***@example.com/5"),
+            "{hint}"
+        );
+    }
+
+    #[pg_test]
+    fn revealing_agents_still_say_not_found() {
+        fixture();
+        assert_eq!(answer("payroll", "t-reveal", "9999"), "not_found");
+        assert_eq!(answer("payroll", "t-reveal", "6000"), "no_channel");
+    }
+
+    // ---- purge -------------------------------------------------------------
+
+    #[pg_test]
+    fn purge_deletes_what_ended_long_ago_and_keeps_the_rest() {
+        fixture();
+        // an old, finished flow: code, message, session, events
+        issue("t-old", "4721");
+        let code = delivered_code("t-old");
+        verify("t-old", &code);
+        run("UPDATE otp.challenge SET created_at = created_at - interval '8 days', ended_at = ended_at - interval '8 days',
+                                      expires_at = expires_at - interval '8 days' WHERE conversation = 't-old';
+             UPDATE otp.outbox SET state = 'sent', code_nonce = NULL, code_sealed = NULL,
+                                   finished_at = clock_timestamp() - interval '8 days' WHERE conversation = 't-old';
+             UPDATE otp.session SET expires_at = clock_timestamp() - interval '8 days',
+                                    idle_expires_at = clock_timestamp() - interval '8 days' WHERE conversation = 't-old';
+             ALTER TABLE otp.event DISABLE TRIGGER event_append_only;
+             UPDATE otp.event SET at = at - interval '91 days' WHERE conversation = 't-old';
+             ALTER TABLE otp.event ENABLE TRIGGER event_append_only;");
+        // a current flow
+        issue("t-new", "4721");
+        let purged: Option<String> =
+            one("SELECT concat_ws('/', challenges, messages, sessions, events) FROM otp_purge()");
+        let counts: Vec<i64> = purged
+            .unwrap()
+            .split('/')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(counts.iter().all(|&n| n >= 1), "{counts:?}");
+        assert_eq!(
+            count("SELECT count(*) FROM otp.challenge WHERE conversation = 't-old'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation = 't-old'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.session WHERE conversation = 't-old'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.event WHERE conversation = 't-old'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.challenge WHERE conversation = 't-new'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation = 't-new'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.event WHERE conversation = 't-new'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn purge_keeps_codes_inside_a_send_window_and_live_lockouts() {
+        fixture();
+        configure("long-window", ", max_codes => 3, code_window => '30 days'");
+        issue_for("long-window", "t-window", "4721");
+        run("UPDATE otp.challenge SET state = 'expired', created_at = created_at - interval '8 days',
+                                      ended_at = clock_timestamp() - interval '8 days'
+              WHERE conversation = 't-window'");
+        run("INSERT INTO otp.subject_guard VALUES ('long-window', 'locked', 0, clock_timestamp() + interval '1 hour'),
+                                                  ('long-window', 'counting', 2, NULL),
+                                                  ('long-window', 'idle', 0, NULL)");
+        run("SELECT * FROM otp_purge()");
+        // still counted by the 30-day send window
+        assert_eq!(
+            count("SELECT count(*) FROM otp.challenge WHERE conversation = 't-window'"),
+            1
+        );
+        let guards: Option<String> =
+            one("SELECT string_agg(subject, ',' ORDER BY subject) FROM otp.subject_guard WHERE agent = 'long-window'");
+        assert_eq!(guards.as_deref(), Some("counting,locked"));
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_purge(retention => NULL)"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM otp_purge(retention => '-1 day')"),
+            "22023"
+        );
+    }
+
     // ---- audit trail -----------------------------------------------------
 
     /// The person's events for an agent, oldest first, as "event@conversation".

@@ -1,0 +1,131 @@
+//! Purge: old rows are deleted so that the hot tables stay small and
+//! otp_issue / otp_verify cost the same after a million codes as after ten.
+//!
+//! `otp_purge()` does one pass; the background worker calls it every
+//! `otp.purge_interval` seconds in `otp.purge_database` when pg_otp is in
+//! shared_preload_libraries. Without the worker, schedule `otp_purge()`
+//! with pg_cron.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use crate::errors::{OtpError, Result};
+use crate::{clock, gucs};
+
+/// How many rows one pass deleted.
+pub struct Purged {
+    pub challenges: i64,
+    pub messages: i64,
+    pub sessions: i64,
+    pub guards: i64,
+    pub events: i64,
+}
+
+/// Deletes what ended more than `retention` ago (and audit events older than
+/// `event_retention`). Challenges inside any agent's send window are kept,
+/// since the send limits count them.
+pub fn purge(
+    client: &mut SpiClient<'_>,
+    retention: Option<Interval>,
+    event_retention: Option<Interval>,
+) -> Result<Purged> {
+    let retention = retention.ok_or_else(|| OtpError::null_argument("retention"))?;
+    let event_retention =
+        event_retention.ok_or_else(|| OtpError::null_argument("event_retention"))?;
+    if retention.as_micros() < 0 || event_retention.as_micros() < 0 {
+        return Err(OtpError::invalid_argument(
+            "retention",
+            "must not be negative",
+        ));
+    }
+    let now = clock::now(client)?;
+    let mut deleted = |sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]| -> Result<i64> {
+        Ok(client.update(sql, None, args)?.len() as i64)
+    };
+    let challenges = deleted(
+        "DELETE FROM otp.challenge
+          WHERE COALESCE(ended_at, expires_at) < $1 - $2
+            AND created_at < $1 - (SELECT COALESCE(max(code_window), interval '0') FROM otp.agent)",
+        &[now.into(), retention.into()],
+    )?;
+    let messages = deleted(
+        "DELETE FROM otp.outbox WHERE state NOT IN ('queued', 'sending') AND finished_at < $1 - $2",
+        &[now.into(), retention.into()],
+    )?;
+    let sessions = deleted(
+        "DELETE FROM otp.session WHERE LEAST(expires_at, idle_expires_at, COALESCE(revoked_at, 'infinity')) < $1 - $2",
+        &[now.into(), retention.into()],
+    )?;
+    let guards = deleted(
+        "DELETE FROM otp.subject_guard WHERE consecutive_failures = 0 AND (locked_until IS NULL OR locked_until < $1)",
+        &[now.into()],
+    )?;
+    let events = deleted(
+        "DELETE FROM otp.event WHERE at < $1 - $2",
+        &[now.into(), event_retention.into()],
+    )?;
+    Ok(Purged {
+        challenges,
+        messages,
+        sessions,
+        guards,
+        events,
+    })
+}
+
+/// Registers the purge worker (only while PostgreSQL preloads the library).
+pub fn register_worker() {
+    BackgroundWorkerBuilder::new("pg_otp purge")
+        .set_type("pg_otp purge")
+        .set_function("pg_otp_purge_worker_main")
+        .set_library("pg_otp")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(60)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_otp_purge_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let Some(database) = gucs::purge_database() else {
+        // Nothing to do; exiting with 0 means it is not restarted.
+        log!("pg_otp purge worker: otp.purge_database is not set; use otp_purge() from pg_cron instead");
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!(
+        "pg_otp purge worker: purging database \"{database}\" every {} s",
+        gucs::purge_interval().as_secs()
+    );
+    while BackgroundWorker::wait_latch(Some(gucs::purge_interval())) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the documented way for a background worker to reload postgresql.conf.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        BackgroundWorker::transaction(|| {
+            Spi::connect_mut(|client| {
+                let schema: Option<String> = client
+                    .select(
+                        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+                           JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_otp'",
+                        Some(1),
+                        &[],
+                    )
+                    .ok()
+                    .and_then(|rows| rows.first().get_one().ok().flatten());
+                // Not installed in this database (yet): nothing to purge.
+                if let Some(schema) = schema {
+                    let sql = format!("SELECT * FROM {schema}.otp_purge()");
+                    if let Err(err) = client.update(sql.as_str(), None, &[]) {
+                        warning!("pg_otp purge worker: {err}");
+                    }
+                }
+            })
+        });
+    }
+}

@@ -1,0 +1,151 @@
+//! As history grows, the cost of a flow stays flat, and old rows go away.
+
+use std::time::Duration;
+
+use pg_otp_integration::*;
+
+const HISTORY_DB: &str = "pg_otp_history";
+const ROWS: i64 = 1_000_000;
+
+/// With a million historical rows in each table that grows with use, a full
+/// flow reads them only through indexes. Checked without timing: PostgreSQL
+/// counts the sequential scans of the flow's own transaction.
+#[test]
+fn a_flow_never_scans_history_tables_after_a_million_codes() {
+    let mut loader = connect_in(HISTORY_DB, "postgres");
+    let loaded: bool = loader
+        .query_one(
+            "SELECT EXISTS (SELECT FROM otp.challenge WHERE agent = 'it' AND conversation = 'old-' || $1)",
+            &[&ROWS.to_string()],
+        )
+        .unwrap()
+        .get(0);
+    if !loaded {
+        loader.batch_execute(&format!(
+            "INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
+                                        code_hash, state, max_attempts, created_at, expires_at, ended_at)
+             SELECT nextval('otp.challenge_id_seq'), 'it', 'old-' || n, 'old-' || (n % 50000), 'email', 'o***@example.com',
+                    sha256(n::text::bytea), sha256(('c' || n)::bytea), 'verified', 3,
+                    now() - interval '2 days', now() - interval '2 days', now() - interval '2 days'
+               FROM generate_series(1, {ROWS}) n;
+             INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, state, available_at,
+                                     expires_at, created_at, finished_at)
+             SELECT n, 'it', 'old-' || n, 'email', 'old@example.com', 'sent', now() - interval '2 days',
+                    now() - interval '2 days', now() - interval '2 days', now() - interval '2 days'
+               FROM generate_series(1, {ROWS}) n;
+             INSERT INTO otp.session (token_hash, agent, conversation, subject, idle_timeout, created_at, last_seen_at,
+                                      idle_expires_at, expires_at)
+             SELECT sha256(('s' || n)::bytea), 'it', 'old-' || n, 'old-' || (n % 50000), '30 minutes',
+                    now() - interval '2 days', now() - interval '2 days', now() - interval '2 days', now() - interval '1 day'
+               FROM generate_series(1, {ROWS}) n;
+             INSERT INTO otp.event (at, agent, conversation, subject, event)
+             SELECT now() - interval '2 days', 'it', 'old-' || n, 'old-' || (n % 50000), 'issued'
+               FROM generate_series(1, {ROWS}) n;
+             ANALYZE otp.challenge, otp.outbox, otp.session, otp.event;"
+        ))
+        .unwrap();
+    }
+    drop(loader);
+
+    // A fresh backend: PostgreSQL 15 shows a backend's not yet flushed
+    // counters as "this transaction's", so the loader's scans must not leak in.
+    let mut db = connect_in(HISTORY_DB, "postgres");
+
+    // One transaction: issue, claim, report, a wrong and a right code, a touch, status, events.
+    let mut tx = db.transaction().unwrap();
+    let conversation = conversation("history");
+    let status: String = tx
+        .query_one(
+            "SELECT status FROM otp_issue('it', $1, 'p1')",
+            &[&conversation],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "code_sent");
+    let row = tx
+        .query_one(
+            "SELECT message_id, code FROM otp_outbox_claim(16) WHERE conversation = $1",
+            &[&conversation],
+        )
+        .unwrap();
+    let (message_id, code): (i64, String) = (row.get(0), row.get(1));
+    tx.execute("SELECT otp_outbox_sent($1, 'ref')", &[&message_id])
+        .unwrap();
+    let wrong = other_code(&code, 0);
+    tx.query_one(
+        "SELECT status FROM otp_verify('it', $1, $2)",
+        &[&conversation, &wrong],
+    )
+    .unwrap();
+    let token: String = tx
+        .query_one(
+            "SELECT session_token FROM otp_verify('it', $1, $2)",
+            &[&conversation, &code],
+        )
+        .unwrap()
+        .get(0);
+    tx.query_one("SELECT status FROM session_touch($1)", &[&token])
+        .unwrap();
+    tx.query_one("SELECT status FROM otp_status('it', $1)", &[&conversation])
+        .unwrap();
+    tx.query("SELECT * FROM otp_events('it', 'p1')", &[])
+        .unwrap();
+    let scans = tx
+        .query(
+            "SELECT relname, seq_scan, idx_scan FROM pg_stat_xact_user_tables
+              WHERE schemaname = 'otp' AND relname IN ('challenge', 'outbox', 'session', 'event')
+              ORDER BY relname",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(scans.len(), 4, "all four history tables were used");
+    for row in &scans {
+        let (table, seq, idx): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            seq, 0,
+            "otp.{table} was scanned sequentially ({idx} index scans)"
+        );
+        assert!(
+            idx > 0 || table == "event",
+            "otp.{table} was read through an index"
+        );
+    }
+    tx.rollback().unwrap();
+}
+
+/// The background worker (otp.purge_database = 'postgres' in the test
+/// cluster, every second) deletes old rows on its own.
+#[test]
+fn the_background_worker_purges_old_rows() {
+    let mut db = connect_to_postgres_database();
+    db.batch_execute(
+        "CREATE EXTENSION IF NOT EXISTS pg_otp;
+         INSERT INTO otp.event (at, agent, subject, event) VALUES (now() - interval '100 days', 'gone', 'x', 'issued');
+         INSERT INTO otp.subject_guard VALUES ('gone', 'x', 0, NULL);",
+    )
+    .unwrap();
+    wait_until(
+        "the purge worker to delete old rows",
+        Duration::from_secs(60),
+        || {
+            let left: i64 = db
+                .query_one(
+                    "SELECT (SELECT count(*) FROM otp.event WHERE agent = 'gone')
+                      + (SELECT count(*) FROM otp.subject_guard WHERE agent = 'gone')",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            left == 0
+        },
+    );
+}
+
+fn connect_to_postgres_database() -> Client {
+    let config = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        env("PG_OTP_TEST_HOST"),
+        env("PG_OTP_TEST_PORT")
+    );
+    Client::connect(&config, NoTls).unwrap()
+}
