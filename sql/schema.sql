@@ -51,6 +51,8 @@ CREATE TABLE otp.challenge (
     -- without a second copy of the address
     destination_key  bytea NOT NULL CHECK (length(destination_key) = 32),
     code_hash        bytea NOT NULL CHECK (length(code_hash) = 32),
+    -- which otp.secret_key the hash was made with (see crypto::Keys::id)
+    key_id           bytea NOT NULL CHECK (length(key_id) = 8),
     state            text NOT NULL DEFAULT 'pending'
                      CHECK (state IN ('pending', 'verified', 'locked', 'superseded', 'expired')),
     attempts_used    integer NOT NULL DEFAULT 0 CHECK (attempts_used BETWEEN 0 AND max_attempts),
@@ -100,6 +102,8 @@ CREATE TABLE otp.outbox (
     fallback_destination text,
     code_nonce   bytea,
     code_sealed  bytea,
+    -- which otp.secret_key sealed the code
+    key_id       bytea NOT NULL CHECK (length(key_id) = 8),
     state        text NOT NULL DEFAULT 'queued'
                  CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'expired', 'cancelled')),
     attempt      integer NOT NULL DEFAULT 0,

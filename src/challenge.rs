@@ -115,7 +115,8 @@ pub fn issue(
     let identifier = identifier
         .ok_or_else(|| OtpError::null_argument("identifier"))?
         .trim();
-    let keys = gucs::keys()?;
+    let ring = gucs::keys()?;
+    let keys = &ring.current;
     let agent = config::load(client, agent_name)?;
 
     lock_conversation(client, &agent.name, conversation)?;
@@ -158,21 +159,29 @@ pub fn issue(
         Some(person) => person.subject.clone(),
         None => identifier.chars().take(256).collect(),
     };
-    let (destination, fallback, destination_key) = match route {
+    // A destination's key under the current secret, and under the previous
+    // one during a rotation, so that limits keep counting across it.
+    let (destination, fallback, destination_keys) = match route {
         Some(route) => {
-            let key = keys.destination_key(route.primary.channel.as_str(), &route.primary.address);
-            (route.primary, route.fallback, key)
+            let keys =
+                ring.destination_keys(route.primary.channel.as_str(), &route.primary.address);
+            (route.primary, route.fallback, keys)
         }
         None => {
             let seed = keys.destination_key("decoy", &subject);
-            (record::decoy(client, &agent, &seed)?, None, seed)
+            (
+                record::decoy(client, &agent, &seed)?,
+                None,
+                ring.destination_keys("decoy", &subject),
+            )
         }
     };
     let decoy = destination.address.is_empty();
+    let destination_key = &destination_keys[0];
 
-    limits::lock_sender(client, &agent.name, &subject, &destination_key)?;
+    limits::lock_sender(client, &agent.name, &subject, destination_key)?;
     let now = clock::now(client)?; // after waiting for the locks
-    if let Some(next) = limits::next_allowed(client, &agent, &subject, &destination_key, now)? {
+    if let Some(next) = limits::next_allowed(client, &agent, &subject, &destination_keys, now)? {
         // Refused: no code is written, and an earlier code stays valid.
         audit::rate_limited(client, &agent.name, conversation, &subject, now)?;
         return Ok(Issued {
@@ -197,8 +206,8 @@ pub fn issue(
     let code_hash = keys.code_hash(challenge_id, &agent.name, conversation, &code);
     client.update(
         "INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
-                                    code_hash, max_attempts, created_at, expires_at, decoy, delivery)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                                    code_hash, max_attempts, created_at, expires_at, decoy, key_id, delivery)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                  CASE WHEN $12 THEN 'sent' ELSE 'queued' END)",
         None,
         &[
@@ -214,6 +223,7 @@ pub fn issue(
             now.into(),
             expires_at.into(),
             decoy.into(),
+            keys.id.to_vec().into(),
         ],
     )?;
     if decoy {
@@ -231,7 +241,7 @@ pub fn issue(
             created_at: now,
             expires_at,
         };
-        outbox::enqueue(client, &keys, &message)?;
+        outbox::enqueue(client, keys, &message)?;
     }
     audit::challenge_event(client, challenge_id, Event::Issued, now)?;
 
@@ -312,7 +322,7 @@ pub fn verify(
     let agent_name = config::agent_name(agent)?;
     let conversation = config::conversation_id(conversation)?;
     let submitted = code.ok_or_else(|| OtpError::null_argument("code"))?;
-    let keys = gucs::keys()?;
+    let ring = gucs::keys()?;
     let agent = config::load(client, agent_name)?;
     let Some(submitted) = normalize_code(submitted) else {
         // A typo is not a guess: it costs no attempt.
@@ -323,7 +333,7 @@ pub fn verify(
     // attempts and state its predecessors committed.
     let row = client
         .update(
-            "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at
+            "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at, key_id
                FROM otp.challenge
               WHERE agent = $1 AND conversation = $2 AND state = 'pending'
                 FOR UPDATE",
@@ -338,14 +348,17 @@ pub fn verify(
     let subject: String = row.get(2)?.unwrap_or_default();
     let stored_hash: Vec<u8> = row.get(3)?.unwrap_or_default();
     let expires_at: TimestampWithTimeZone = row.get(6)?.expect("NOT NULL column");
+    let key_id: Vec<u8> = row.get(7)?.unwrap_or_default();
     // One guess at a time per person, across all their conversations.
     let locked_until = limits::lock_guard(client, &agent, &subject)?;
     let now = clock::now(client)?; // after waiting for the locks
 
-    if now >= expires_at {
+    // A code hashed under a secret that is no longer configured (rotated
+    // twice since) can never be checked again: it has expired.
+    let Some(keys) = ring.for_id(&key_id).filter(|_| now < expires_at) else {
         end_challenge(client, challenge_id, Ending::Expired, now)?;
         return Ok(Verified::bare(VerifyStatus::Expired));
-    }
+    };
     let locked = || Verified {
         attempts_remaining: Some(0),
         ..Verified::bare(VerifyStatus::Locked)

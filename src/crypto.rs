@@ -33,6 +33,7 @@ const HKDF_SALT: &[u8] = b"pg_otp key derivation v1";
 const CODE_HASH_INFO: &[u8] = b"pg_otp code hash v1";
 const OUTBOX_SEAL_INFO: &[u8] = b"pg_otp outbox seal v1";
 const DESTINATION_KEY_INFO: &[u8] = b"pg_otp destination key v1";
+const KEY_ID_INFO: &[u8] = b"pg_otp key id v1";
 const OUTBOX_AAD_PREFIX: &[u8] = b"pg_otp outbox v1";
 
 /// A plaintext code; wiped from memory when dropped.
@@ -40,9 +41,37 @@ pub type Code = Zeroizing<String>;
 
 /// Keys derived from the server secret for one call; wiped when dropped.
 pub struct Keys {
+    /// Names these keys in stored rows, so that after a rotation each row is
+    /// read with the keys it was written with. Derived, not secret.
+    pub id: [u8; 8],
     code_hash: Zeroizing<[u8; 32]>,
     outbox_seal: Zeroizing<[u8; 32]>,
     destination: Zeroizing<[u8; 32]>,
+}
+
+/// The keys of `otp.secret_key` and, during a rotation, of
+/// `otp.previous_secret_key`.
+pub struct KeyRing {
+    pub current: Keys,
+    pub previous: Option<Keys>,
+}
+
+impl KeyRing {
+    /// The keys a row was written with, if they are still configured.
+    pub fn for_id(&self, id: &[u8]) -> Option<&Keys> {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .find(|keys| keys.id.as_slice() == id)
+    }
+
+    /// A destination's key under every configured secret, so that send
+    /// limits keep counting across a rotation.
+    pub fn destination_keys(&self, channel: &str, address: &str) -> Vec<Vec<u8>> {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .map(|keys| keys.destination_key(channel, address).to_vec())
+            .collect()
+    }
 }
 
 /// A sealed code as stored in otp.outbox.
@@ -64,7 +93,11 @@ impl Keys {
             .expect("32-byte HKDF output");
         hkdf.expand(DESTINATION_KEY_INFO, destination.as_mut())
             .expect("32-byte HKDF output");
+        let mut id = [0u8; 8];
+        hkdf.expand(KEY_ID_INFO, &mut id)
+            .expect("8-byte HKDF output");
         Self {
+            id,
             code_hash,
             outbox_seal,
             destination,
@@ -280,6 +313,22 @@ mod tests {
         assert!(k
             .open_code(42, &sealed.nonce[..12], &sealed.ciphertext)
             .is_err());
+    }
+
+    #[test]
+    fn a_key_ring_finds_keys_by_id() {
+        let ring = KeyRing {
+            current: Keys::derive(&[1u8; 32]),
+            previous: Some(Keys::derive(&[2u8; 32])),
+        };
+        assert_ne!(ring.current.id, ring.previous.as_ref().unwrap().id);
+        let old_id = Keys::derive(&[2u8; 32]).id;
+        assert!(std::ptr::eq(
+            ring.for_id(&old_id).unwrap(),
+            ring.previous.as_ref().unwrap()
+        ));
+        assert!(ring.for_id(&Keys::derive(&[3u8; 32]).id).is_none());
+        assert_eq!(ring.destination_keys("email", "a@example.com").len(), 2);
     }
 
     #[test]

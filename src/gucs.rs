@@ -17,11 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PgSqlErrorCode};
 
-use crate::crypto::Keys;
+use crate::crypto::{KeyRing, Keys};
 use crate::errors::{OtpError, Result};
 
 /// The server secret: at least 32 random bytes, written as hex or base64.
 pub static SECRET_KEY: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
+/// The secret before the current one, kept during a rotation so that codes
+/// and messages written under it stay usable.
+pub static PREVIOUS_SECRET_KEY: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
 /// Database the purge worker works in; unset: no worker (use pg_cron).
@@ -47,6 +52,15 @@ pub fn init() {
         c"At least 32 random bytes as hex or base64, e.g. the output of `openssl rand -hex 32`. \
           Set it in postgresql.conf or with ALTER SYSTEM, never per session.",
         &SECRET_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"otp.previous_secret_key",
+        c"The secret before otp.secret_key, during a key rotation.",
+        c"Codes and messages written under it stay usable until they expire. Same format and \
+          protection as otp.secret_key; clear it once the rotation is over (after code_ttl).",
+        &PREVIOUS_SECRET_KEY,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
@@ -79,18 +93,35 @@ pub fn init() {
 /// The keys for this call, or an error saying exactly how to fix the setup.
 /// Every function that touches codes calls this first, so a server without a
 /// usable secret fails closed.
-pub fn keys() -> Result<Keys> {
+pub fn keys() -> Result<KeyRing> {
     require_preloaded()?;
-    let setting = SECRET_KEY.get();
-    let raw = setting.as_deref().map(CStr::to_bytes).unwrap_or_default();
-    let secret = parse_secret(raw).map_err(|why| {
-        OtpError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("pg_otp: otp.secret_key {why}"))
-            .with_hint(
-                "Set at least 32 random bytes as hex, e.g. ALTER SYSTEM SET otp.secret_key = '<output of openssl rand -hex 32>'; \
-                 then SELECT pg_reload_conf();",
-            )
-    })?;
-    Ok(Keys::derive(&secret))
+    let current = secret_setting(&SECRET_KEY, "otp.secret_key")?
+        .ok_or_else(|| unusable("otp.secret_key", "is not set"))?;
+    let previous = secret_setting(&PREVIOUS_SECRET_KEY, "otp.previous_secret_key")?;
+    Ok(KeyRing { current, previous })
+}
+
+/// The keys of a secret parameter, None when it is unset or empty.
+fn secret_setting(
+    setting: &GucSetting<Option<std::ffi::CString>>,
+    name: &str,
+) -> Result<Option<Keys>> {
+    let value = setting.get();
+    let raw = value.as_deref().map(CStr::to_bytes).unwrap_or_default();
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let secret = parse_secret(raw).map_err(|why| unusable(name, why))?;
+    Ok(Some(Keys::derive(&secret)))
+}
+
+fn unusable(name: &str, why: &str) -> OtpError {
+    OtpError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("pg_otp: {name} {why}")).with_hint(
+        format!(
+            "Set at least 32 random bytes as hex, e.g. ALTER SYSTEM SET {name} = '<output of openssl rand -hex 32>'; \
+             then SELECT pg_reload_conf();"
+        ),
+    )
 }
 
 pub fn purge_database() -> Option<String> {

@@ -36,13 +36,13 @@ pub fn lock_sender(
     Ok(())
 }
 
-/// When the next code may be sent to this person at this destination, or
-/// None when one may be sent now.
+/// When the next code may be sent to this person at this destination (known
+/// by one key per configured secret), or None when one may be sent now.
 pub fn next_allowed(
     client: &SpiClient<'_>,
     agent: &Agent,
     subject: &str,
-    destination_key: &[u8],
+    destination_keys: &[Vec<u8>],
     now: TimestampWithTimeZone,
 ) -> Result<Option<TimestampWithTimeZone>> {
     let limits = agent.limits;
@@ -68,11 +68,13 @@ pub fn next_allowed(
             &[
                 agent.name.as_str().into(),
                 subject.into(),
-                destination_key.to_vec().into(),
+                destination_keys[0].clone().into(),
                 now.into(),
                 limits.code_window.into(),
                 i64::from(limits.max_codes).into(),
                 limits.resend_cooldown.into(),
+                // under otp.previous_secret_key, during a rotation
+                destination_keys.get(1).cloned().into(),
             ],
         )?
         .first()

@@ -18,7 +18,7 @@ use pgrx::PgSqlErrorCode;
 use crate::audit::{self, Event};
 use crate::clock;
 use crate::config::Channel;
-use crate::crypto::{self, Code, Keys};
+use crate::crypto::{self, Code, KeyRing, Keys};
 use crate::errors::{OtpError, Result};
 use crate::record::{self, Destination};
 
@@ -63,8 +63,8 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
     client.update(
         "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination,
                                  fallback_channel, fallback_destination, code_nonce, code_sealed,
-                                 available_at, expires_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10)",
+                                 available_at, expires_at, created_at, key_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12)",
         None,
         &[
             message.challenge_id.into(),
@@ -78,6 +78,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
             sealed.ciphertext.into(),
             message.created_at.into(),
             message.expires_at.into(),
+            keys.id.to_vec().into(),
         ],
     )?;
     wake_dispatchers(client)
@@ -123,7 +124,7 @@ pub fn cancel_for_challenge(
 /// as `cancelled`.
 pub fn claim(
     client: &mut SpiClient<'_>,
-    keys: &Keys,
+    ring: &KeyRing,
     batch_size: Option<i32>,
     lease: Option<Interval>,
 ) -> Result<Vec<Claimed>> {
@@ -173,7 +174,7 @@ pub fn claim(
             SET state = 'sending', attempt = o.attempt + 1, available_at = $1 + $3
            FROM due WHERE o.id = due.id
       RETURNING o.id, o.challenge_id, o.agent, o.conversation, o.channel, o.destination,
-                o.code_nonce, o.code_sealed, o.expires_at, o.attempt",
+                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id",
         None,
         &[now.into(), batch_size.into(), lease.into()],
     )?;
@@ -184,9 +185,13 @@ pub fn claim(
         let challenge_id: i64 = row.get(2)?.unwrap_or_default();
         let nonce: Vec<u8> = row.get(7)?.unwrap_or_default();
         let sealed: Vec<u8> = row.get(8)?.unwrap_or_default();
-        // A code sealed under an earlier secret cannot be delivered; it must
-        // not block the rest of the batch either.
-        let Ok(code) = keys.open_code(challenge_id, &nonce, &sealed) else {
+        let key_id: Vec<u8> = row.get(11)?.unwrap_or_default();
+        // A code sealed under a secret no longer configured cannot be
+        // delivered; it must not block the rest of the batch either.
+        let opened = ring
+            .for_id(&key_id)
+            .map(|keys| keys.open_code(challenge_id, &nonce, &sealed));
+        let Some(Ok(code)) = opened else {
             unopenable.push((message_id, challenge_id));
             continue;
         };
@@ -202,9 +207,9 @@ pub fn claim(
         });
     }
     for (message_id, challenge_id) in unopenable {
-        pgrx::warning!("pg_otp: outbox message {message_id} was sealed under another otp.secret_key; marked failed");
+        pgrx::warning!("pg_otp: outbox message {message_id} was sealed under a secret no longer configured; marked failed");
         client.update(
-            "UPDATE otp.outbox SET last_error = 'sealed under another otp.secret_key' WHERE id = $1",
+            "UPDATE otp.outbox SET last_error = 'sealed under a secret no longer configured' WHERE id = $1",
             None,
             &[message_id.into()],
         )?;
@@ -221,6 +226,7 @@ struct Message {
     attempt: i32,
     nonce: Option<Vec<u8>>,
     sealed: Option<Vec<u8>>,
+    key_id: Vec<u8>,
     has_fallback: bool,
 }
 
@@ -229,7 +235,7 @@ fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(
     // update(), not select(): a locking read needs a read-write SPI call.
     let row = client
         .update(
-            "SELECT challenge_id, state, attempt, code_nonce, code_sealed, fallback_channel IS NOT NULL
+            "SELECT challenge_id, state, attempt, code_nonce, code_sealed, fallback_channel IS NOT NULL, key_id
                FROM otp.outbox WHERE id = $1 FOR UPDATE",
             Some(1),
             &[message_id.into()],
@@ -250,6 +256,7 @@ fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(
             nonce: row.get(4)?,
             sealed: row.get(5)?,
             has_fallback: row.get(6)?.unwrap_or(false),
+            key_id: row.get(7)?.unwrap_or_default(),
         },
     ))
 }
@@ -331,7 +338,7 @@ pub fn sent(
 /// the message and marks the challenge's delivery as failed.
 pub fn failed(
     client: &mut SpiClient<'_>,
-    keys: &Keys,
+    ring: &KeyRing,
     message_id: Option<i64>,
     error: Option<&str>,
     retryable: Option<bool>,
@@ -339,7 +346,7 @@ pub fn failed(
     let retryable = retryable.ok_or_else(|| OtpError::null_argument("retryable"))?;
     let (message_id, message) = lock_message(client, message_id)?;
     let now = clock::now(client)?;
-    let error = scrub(keys, &message, error.unwrap_or(""));
+    let error = scrub(ring, &message, error.unwrap_or(""));
     client.update(
         "UPDATE otp.outbox SET last_error = $2 WHERE id = $1",
         None,
@@ -397,9 +404,9 @@ fn queue_fallback(
 ) -> Result<Option<(String, String)>> {
     let queued = client.update(
         "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
-                                 available_at, expires_at, created_at)
+                                 available_at, expires_at, created_at, key_id)
          SELECT o.challenge_id, o.agent, o.conversation, o.fallback_channel, o.fallback_destination,
-                o.code_nonce, o.code_sealed, $2, o.expires_at, $2
+                o.code_nonce, o.code_sealed, $2, o.expires_at, $2, o.key_id
            FROM otp.outbox o JOIN otp.challenge c ON c.id = o.challenge_id
           WHERE o.id = $1 AND c.state = 'pending' AND o.expires_at > $2
       RETURNING channel, destination",
@@ -437,9 +444,13 @@ pub fn backoff_seconds(attempt: i32) -> f64 {
 
 /// A provider's error text with the code blanked out, in case it echoed the
 /// message back, and cut to a sane length.
-fn scrub(keys: &Keys, message: &Message, error: &str) -> String {
+fn scrub(ring: &KeyRing, message: &Message, error: &str) -> String {
     let mut error = truncate(error, MAX_ERROR_LEN);
-    if let (Some(nonce), Some(sealed)) = (&message.nonce, &message.sealed) {
+    if let (Some(nonce), Some(sealed), Some(keys)) = (
+        &message.nonce,
+        &message.sealed,
+        ring.for_id(&message.key_id),
+    ) {
         if let Ok(code) = keys.open_code(message.challenge_id, nonce, sealed) {
             error = error.replace(code.as_str(), "[code]");
         }

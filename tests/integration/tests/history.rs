@@ -23,15 +23,16 @@ fn a_flow_never_scans_history_tables_after_a_million_codes() {
     if !loaded {
         loader.batch_execute(&format!(
             "INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
-                                        code_hash, state, max_attempts, created_at, expires_at, ended_at)
+                                        code_hash, key_id, state, max_attempts, created_at, expires_at, ended_at)
              SELECT nextval('otp.challenge_id_seq'), 'it', 'old-' || n, 'old-' || (n % 50000), 'email', 'o***@example.com',
-                    sha256(n::text::bytea), sha256(('c' || n)::bytea), 'verified', 3,
+                    sha256(n::text::bytea), sha256(('c' || n)::bytea), '\\x0000000000000000', 'verified', 3,
                     now() - interval '2 days', now() - interval '2 days', now() - interval '2 days'
                FROM generate_series(1, {ROWS}) n;
              INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, state, available_at,
-                                     expires_at, created_at, finished_at)
+                                     expires_at, created_at, finished_at, key_id)
              SELECT n, 'it', 'old-' || n, 'email', 'old@example.com', 'sent', now() - interval '2 days',
-                    now() - interval '2 days', now() - interval '2 days', now() - interval '2 days'
+                    now() - interval '2 days', now() - interval '2 days', now() - interval '2 days',
+                    '\\x0000000000000000'
                FROM generate_series(1, {ROWS}) n;
              INSERT INTO otp.session (token_hash, agent, conversation, subject, idle_timeout, created_at, last_seen_at,
                                       idle_expires_at, expires_at)
