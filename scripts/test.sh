@@ -4,7 +4,8 @@
 #   1. rustfmt and clippy
 #   2. #[pg_test] unit tests inside PostgreSQL (cargo pgrx test)
 #   3. pg_regress SQL tests against a throwaway cluster with pg_otp installed
-#   4. integration tests: many real connections against the same cluster
+#   4. integration tests: many real connections against the same cluster,
+#      attacks, a crash under load, key rotation, a million rows of history
 #   5. otp-dispatcher tests: the binary against the same cluster, a fake
 #      WhatsApp Cloud API and a real SMTP server, all on loopback
 set -euo pipefail

@@ -557,6 +557,46 @@ mod tests {
         }
     }
 
+    mod properties {
+        use super::super::normalize_code;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever comes in, the answer is six ASCII digits or nothing,
+            /// and never a panic.
+            #[test]
+            fn output_is_six_ascii_digits_or_nothing(input in any::<String>()) {
+                if let Some(code) = normalize_code(&input) {
+                    prop_assert_eq!(code.len(), 6);
+                    prop_assert!(code.bytes().all(|b| b.is_ascii_digit()));
+                }
+            }
+
+            /// A real code survives any spacing and hyphenation a phone adds.
+            #[test]
+            fn separators_are_ignored(code in "[0-9]{6}", seps in proptest::collection::vec("[ \t\u{a0}-]{0,2}", 7)) {
+                let mut typed = seps[0].clone();
+                for (digit, sep) in code.chars().zip(&seps[1..]) {
+                    typed.push(digit);
+                    typed.push_str(sep);
+                }
+                let normalized = normalize_code(&typed);
+                prop_assert_eq!(normalized.as_deref().map(String::as_str), Some(code.as_str()));
+            }
+
+            /// Anything with a character other than digits, spaces and
+            /// hyphens is refused (it costs no attempt).
+            #[test]
+            fn other_characters_are_refused(code in "[0-9]{6}", noise in "[^0-9\\s\u{2010}-\u{2013}\u{2212}-]", at in 0usize..7) {
+                let mut typed = code.clone();
+                typed.insert_str(typed.char_indices().nth(at).map_or(typed.len(), |(i, _)| i), &noise);
+                prop_assert!(normalize_code(&typed).is_none(), "{:?}", typed);
+            }
+        }
+    }
+
     #[test]
     fn rejects_everything_else() {
         for input in [

@@ -361,3 +361,30 @@ pub fn check_source(
     }
     Ok(qualified)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Argument checks never panic, and accept exactly the documented sizes.
+        #[test]
+        fn names_are_accepted_iff_within_bounds(text in any::<String>()) {
+            prop_assert_eq!(agent_name(Some(&text)).is_ok(), (1..=MAX_AGENT_LEN).contains(&text.len()));
+            prop_assert_eq!(conversation_id(Some(&text)).is_ok(), (1..=MAX_CONVERSATION_LEN).contains(&text.len()));
+        }
+
+        #[test]
+        fn ranges_are_inclusive_and_nothing_else(value in any::<i32>()) {
+            prop_assert_eq!(within("max_attempts", Some(value), 1..=10).is_ok(), (1..=10).contains(&value));
+        }
+    }
+
+    #[test]
+    fn nulls_are_refused() {
+        assert!(agent_name(None).is_err());
+        assert!(conversation_id(None).is_err());
+        assert!(within("max_codes", None, 1..=5).is_err());
+    }
+}
