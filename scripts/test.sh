@@ -57,6 +57,10 @@ counted cargo test -p pg_otp_integration -- --test-threads=1
 step "otp-dispatcher tests (fake WhatsApp API, real SMTP server, database restart)"
 counted cargo test -p otp-dispatcher -- --test-threads=1
 
+step "otp-demo: the example conversation through the real dispatcher"
+cargo build -q -p otp-dispatcher
+OTP_DISPATCHER_BIN="$PWD/target/debug/otp-dispatcher" counted cargo test -p otp-demo
+
 # One closing line with the totals of every runner above.
 # cargo: "test result: ok. 51 passed; ..."   pg_regress: " All 5 tests passed. "
 passed=$(awk '/^test result: ok\./ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) total += $i }

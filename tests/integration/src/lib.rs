@@ -198,6 +198,31 @@ pub fn count(statuses: &[String], word: &str) -> usize {
     statuses.iter().filter(|s| s.as_str() == word).count()
 }
 
+/// Runs pg_ctl (as postgres) on the test cluster, e.g. `["-m", "fast", "restart"]`.
+/// Waits for the action to complete.
+pub fn pg_ctl(action: &[&str]) {
+    let (pgdata, log) = (env("PG_OTP_TEST_PGDATA"), env("PG_OTP_TEST_LOG"));
+    let status = std::process::Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/pg_ctl",
+            "-D",
+            &pgdata,
+            "-l",
+            &log,
+            "-w",
+        ])
+        .args(action)
+        // pgrx would put backtraces into client-visible error details
+        .env_remove("RUST_BACKTRACE")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running pg_ctl");
+    assert!(status.success(), "pg_ctl {action:?} failed");
+}
+
 /// Polls `condition` every 20 ms until it holds; fails after `limit`.
 /// For waiting on something asynchronous (a config reload), never for timing.
 pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {

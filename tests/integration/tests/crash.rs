@@ -5,35 +5,11 @@
 //! pending code per conversation. Runs in its own test binary: it stops the
 //! whole cluster.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use pg_otp_integration::*;
-
-fn pg_ctl(action: &[&str]) {
-    let pgdata = env("PG_OTP_TEST_PGDATA");
-    let log = env("PG_OTP_TEST_LOG");
-    let status = Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            "/usr/lib/postgresql/15/bin/pg_ctl",
-            "-D",
-            &pgdata,
-            "-l",
-            &log,
-            "-w",
-        ])
-        .args(action)
-        .env_remove("RUST_BACKTRACE")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "pg_ctl {action:?} failed");
-}
 
 /// Runs one flow after another until the server goes away; records each
 /// conversation whose otp_issue the client saw succeed (so it committed).
