@@ -191,8 +191,10 @@ pub fn issue(
     }
     supersede_pending(client, &agent.name, conversation, now)?;
 
+    // update(), not select(): nextval() writes, and must not depend on an
+    // earlier statement having made this SPI session read-write.
     let row = client
-        .select(
+        .update(
             "SELECT pg_catalog.nextval('otp.challenge_id_seq'), $1 + $2",
             Some(1),
             &[now.into(), agent.code_ttl.into()],

@@ -86,6 +86,17 @@ impl Arrivals {
     }
 }
 
+/// A fake WhatsApp API on 127.0.0.1 that records arrivals.
+async fn fake_provider() -> (MockServer, Arrivals) {
+    let server = MockServer::start().await;
+    let arrivals = Arrivals::default();
+    Mock::given(method("POST"))
+        .respond_with(arrivals.clone())
+        .mount(&server)
+        .await;
+    (server, arrivals)
+}
+
 struct Dispatcher(Child);
 
 impl Drop for Dispatcher {
@@ -136,12 +147,7 @@ fn ms(d: Duration) -> String {
 async fn latency(args: &Args, url: &str, db: &Client, app: &Client) -> Result<()> {
     db.batch_execute("TRUNCATE otp.outbox, otp.challenge, otp.session")
         .await?;
-    let server = MockServer::start().await;
-    let arrivals = Arrivals::default();
-    Mock::given(method("POST"))
-        .respond_with(arrivals.clone())
-        .mount(&server)
-        .await;
+    let (server, arrivals) = fake_provider().await;
     let _dispatcher = start_dispatcher(&args.dispatcher, url, &server.uri())?;
     tokio::time::sleep(Duration::from_millis(500)).await; // let it connect and LISTEN
 
@@ -210,12 +216,7 @@ async fn throughput(args: &Args, url: &str, db: &Client, dispatchers: usize) -> 
     }
     let total = per_connection * 4;
 
-    let server = MockServer::start().await;
-    let arrivals = Arrivals::default();
-    Mock::given(method("POST"))
-        .respond_with(arrivals.clone())
-        .mount(&server)
-        .await;
+    let (server, arrivals) = fake_provider().await;
     let started = Instant::now();
     let running: Vec<Dispatcher> = (0..dispatchers)
         .map(|_| start_dispatcher(&args.dispatcher, url, &server.uri()))

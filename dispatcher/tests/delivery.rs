@@ -34,6 +34,16 @@ fn graph_error(status: u16, code: i64) -> ResponseTemplate {
     }))
 }
 
+/// A fake Graph API that answers every request with `response`.
+async fn fake_whatsapp(response: impl Respond + 'static) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    server
+}
+
 /// A fake Graph API that answers the first `times` requests with `first`,
 /// and every later one with `then`.
 async fn fake_whatsapp_answering(
@@ -207,11 +217,7 @@ async fn retryable_failure_is_retried_then_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn permanent_whatsapp_failure_falls_back_to_email() {
     let (db, app) = setup().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(graph_error(400, 131026))
-        .mount(&server)
-        .await;
+    let server = fake_whatsapp(graph_error(400, 131026)).await;
     let smtp = SmtpSink::start().await;
     let mut args = whatsapp_args(&server);
     args.extend([
@@ -330,12 +336,8 @@ async fn a_code_that_expires_while_retrying_is_never_sent_late() {
     )
     .await
     .unwrap();
-    let server = MockServer::start().await;
     let arrivals = ArrivalLog::default();
-    Mock::given(method("POST"))
-        .respond_with(arrivals.clone())
-        .mount(&server)
-        .await;
+    let server = fake_whatsapp(arrivals.clone()).await;
     let mut args = whatsapp_args(&server);
     args.extend(["--expiry-margin-seconds".into(), "1".into()]);
     let dispatcher = start(&args).await;
@@ -373,11 +375,7 @@ async fn a_code_that_expires_while_retrying_is_never_sent_late() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dispatcher_survives_a_database_restart() {
     let (db, app) = setup().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(accepted("wamid.restart"))
-        .mount(&server)
-        .await;
+    let server = fake_whatsapp(accepted("wamid.restart")).await;
     let dispatcher = start(&whatsapp_args(&server)).await;
     issue_for(&app, "it", "before-restart", "p1").await;
     assert_eq!(wait_until_final(&db, "before-restart").await, ["sent"]);
@@ -405,11 +403,7 @@ async fn the_dispatcher_survives_a_database_restart() {
 async fn two_dispatchers_deliver_every_message_exactly_once() {
     const MESSAGES: usize = 200;
     let (db, app) = setup().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(accepted("wamid.pair"))
-        .mount(&server)
-        .await;
+    let server = fake_whatsapp(accepted("wamid.pair")).await;
     let first = start(&whatsapp_args(&server)).await;
     let second = start(&whatsapp_args(&server)).await;
 
@@ -476,11 +470,8 @@ async fn a_killed_dispatchers_messages_are_delivered_by_another_after_the_lease(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_sends_in_flight_before_exiting() {
     let (db, app) = setup().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(accepted("wamid.graceful").set_delay(Duration::from_millis(1500)))
-        .mount(&server)
-        .await;
+    let server =
+        fake_whatsapp(accepted("wamid.graceful").set_delay(Duration::from_millis(1500))).await;
     let dispatcher = start(&whatsapp_args(&server)).await;
     issue_for(&app, "it", "graceful", "p1").await;
     wait_for("the send to be in flight", WAIT, async || {
@@ -496,11 +487,7 @@ async fn sigterm_finishes_sends_in_flight_before_exiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_deliveries_and_failures() {
     let (db, app) = setup().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(graph_error(400, 131026))
-        .mount(&server)
-        .await;
+    let server = fake_whatsapp(graph_error(400, 131026)).await;
     let port = free_port();
     let mut args = whatsapp_args(&server);
     args.extend([
