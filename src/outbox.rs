@@ -213,7 +213,7 @@ pub fn claim(
             None,
             &[message_id.into()],
         )?;
-        finish(client, message_id, challenge_id, "failed", now)?;
+        finish(client, message_id, challenge_id, "failed", None, now)?;
     }
     claimed.sort_by_key(|m| m.message_id);
     Ok(claimed)
@@ -276,14 +276,21 @@ fn finish(
     message_id: i64,
     challenge_id: i64,
     state: &str,
+    provider_ref: Option<&str>,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
     client.update(
         "UPDATE otp.outbox SET state = $2, code_nonce = NULL, code_sealed = NULL, finished_at = $3,
-                sent_at = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_at END
+                sent_at = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_at END,
+                provider_ref = COALESCE($4, provider_ref)
           WHERE id = $1",
         None,
-        &[message_id.into(), state.into(), now.into()],
+        &[
+            message_id.into(),
+            state.into(),
+            now.into(),
+            provider_ref.into(),
+        ],
     )?;
     client.update(
         "UPDATE otp.challenge SET delivery = $2 WHERE id = $1",
@@ -303,33 +310,33 @@ pub fn sent(
     let now = clock::now(client)?;
     let provider_ref = provider_ref.map(|r| truncate(r, MAX_ERROR_LEN));
     match message.state.as_str() {
-        "sending" => {
-            finish(client, message_id, message.challenge_id, "sent", now)?;
-            audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
-        }
+        // One update of the message: final state, code erased, provider reference.
+        "sending" => finish(
+            client,
+            message_id,
+            message.challenge_id,
+            "sent",
+            provider_ref.as_deref(),
+            now,
+        )?,
         // Repeating a report (say, after a lost commit acknowledgement) is harmless.
         "sent" => return Ok(()),
         // The challenge ended while the message was on its way; it still arrived.
         "cancelled" | "expired" => {
             client.update(
-                "UPDATE otp.outbox SET sent_at = $2 WHERE id = $1",
+                "UPDATE otp.outbox SET sent_at = $2, provider_ref = $3 WHERE id = $1",
                 None,
-                &[message_id.into(), now.into()],
+                &[message_id.into(), now.into(), provider_ref.into()],
             )?;
             client.update(
                 "UPDATE otp.challenge SET delivery = 'sent' WHERE id = $1",
                 None,
                 &[message.challenge_id.into()],
             )?;
-            audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
         }
         other => return Err(not_claimed(message_id, other)),
     }
-    client.update(
-        "UPDATE otp.outbox SET provider_ref = $2 WHERE id = $1",
-        None,
-        &[message_id.into(), provider_ref.into()],
-    )?;
+    audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
     Ok(())
 }
 
@@ -366,7 +373,14 @@ pub fn failed(
         } else {
             None
         };
-        finish(client, message_id, message.challenge_id, "failed", now)?;
+        finish(
+            client,
+            message_id,
+            message.challenge_id,
+            "failed",
+            None,
+            now,
+        )?;
         if let Some((channel, destination)) = fallback {
             let hint = Channel::parse(&channel)
                 .map(|c| record::mask(c, &destination))
@@ -389,7 +403,14 @@ pub fn failed(
     )?;
     if requeued.is_empty() {
         // No retry can arrive before the code expires: never deliver late.
-        finish(client, message_id, message.challenge_id, "expired", now)?;
+        finish(
+            client,
+            message_id,
+            message.challenge_id,
+            "expired",
+            None,
+            now,
+        )?;
     }
     Ok(())
 }
@@ -428,7 +449,14 @@ pub fn expired(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<()
     let (message_id, message) = lock_message(client, message_id)?;
     let now = clock::now(client)?;
     match message.state.as_str() {
-        "sending" => finish(client, message_id, message.challenge_id, "expired", now),
+        "sending" => finish(
+            client,
+            message_id,
+            message.challenge_id,
+            "expired",
+            None,
+            now,
+        ),
         "sent" | "failed" | "expired" | "cancelled" => Ok(()),
         other => Err(not_claimed(message_id, other)),
     }
