@@ -52,3 +52,18 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.otp_outbox_failed(bigint, text, boolean),
     @extschema@.otp_outbox_expired(bigint)
 TO otp_dispatcher;
+
+-- Generic plans for every statement these functions run: pg_otp prepares
+-- each statement once per connection, and its statements are short index
+-- lookups whose best plan does not depend on the values. Left to choose,
+-- PostgreSQL's plan cache may keep planning each call anew (a custom plan
+-- costs more planning time than most of these statements take to run).
+ALTER FUNCTION @extschema@.otp_issue(text, text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_verify(text, text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_status(text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.session_touch(text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.session_revoke(text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, text, boolean) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_expired(bigint) SET plan_cache_mode = force_generic_plan;

@@ -6,6 +6,7 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
 
 use crate::errors::{OtpError, Result};
+use crate::prepared;
 
 /// Event words, as stored in otp.event and returned by otp_events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub fn challenge_event(
     event: Event,
     at: TimestampWithTimeZone,
 ) -> Result<()> {
-    client.update(
+    prepared::update(client,
         "INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
          SELECT $3, agent, conversation, subject, $2, channel, destination_hint FROM otp.challenge WHERE id = $1",
         None,
@@ -67,7 +68,8 @@ pub fn session_event(
     event: Event,
     at: TimestampWithTimeZone,
 ) -> Result<()> {
-    client.update(
+    prepared::update(
+        client,
         "INSERT INTO otp.event (at, agent, conversation, subject, event)
          SELECT $3, agent, conversation, subject, $2 FROM otp.session WHERE id = $1",
         None,
@@ -84,7 +86,7 @@ pub fn rate_limited(
     subject: &str,
     at: TimestampWithTimeZone,
 ) -> Result<()> {
-    client.update(
+    prepared::update(client,
         "INSERT INTO otp.event (at, agent, conversation, subject, event) VALUES ($1, $2, $3, $4, $5)",
         None,
         &[at.into(), agent.into(), conversation.into(), subject.into(), Event::RateLimited.as_str().into()],
@@ -118,7 +120,8 @@ pub fn recent(
             "must be between 1 and 1000",
         ));
     }
-    let rows = client.select(
+    let rows = prepared::select(
+        client,
         "SELECT at, event, conversation, channel, destination_hint FROM otp.event
           WHERE agent = $1 AND subject = $2 AND at > pg_catalog.clock_timestamp() - $3
           ORDER BY at DESC, id DESC

@@ -17,6 +17,7 @@ use crate::audit::{self, Event};
 use crate::config;
 use crate::crypto::{self, Code, CODE_DIGITS};
 use crate::errors::{OtpError, Result};
+use crate::prepared;
 use crate::{clock, gucs, limits, outbox, record, session};
 
 /// Result words of otp_issue. The spelling is the SQL contract.
@@ -120,7 +121,7 @@ pub fn issue(
     let agent = config::load(client, agent_name)?;
 
     lock_conversation(client, &agent.name, conversation)?;
-    let now = clock::now(client)?;
+    let now = clock::now();
     // Unless refused for a limit, the user has started over: whatever this
     // call finds, an older code of the conversation must no longer work.
     let found = if identifier.is_empty() {
@@ -180,7 +181,7 @@ pub fn issue(
     let destination_key = &destination_keys[0];
 
     limits::lock_sender(client, &agent.name, &subject, destination_key)?;
-    let now = clock::now(client)?; // after waiting for the locks
+    let now = clock::now(); // after waiting for the locks
     if let Some(next) = limits::next_allowed(client, &agent, &subject, &destination_keys, now)? {
         // Refused: no code is written, and an earlier code stays valid.
         audit::rate_limited(client, &agent.name, conversation, &subject, now)?;
@@ -193,24 +194,29 @@ pub fn issue(
 
     // update(), not select(): nextval() writes, and must not depend on an
     // earlier statement having made this SPI session read-write.
-    let row = client
-        .update(
-            "SELECT pg_catalog.nextval('otp.challenge_id_seq'), $1 + $2",
-            Some(1),
-            &[now.into(), agent.code_ttl.into()],
-        )?
-        .first();
+    let row = prepared::update(
+        client,
+        "SELECT pg_catalog.nextval('otp.challenge_id_seq'), $1 + $2",
+        Some(1),
+        &[now.into(), agent.code_ttl.into()],
+    )?
+    .first();
     let challenge_id: i64 = row.get(1)?.expect("nextval is never NULL");
     let expires_at: TimestampWithTimeZone =
         row.get(2)?.expect("timestamptz + interval is never NULL");
 
     let code = crypto::generate_code();
     let code_hash = keys.code_hash(challenge_id, &agent.name, conversation, &code);
-    client.update(
-        "INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
-                                    code_hash, max_attempts, created_at, expires_at, decoy, key_id, delivery)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                 CASE WHEN $12 THEN 'sent' ELSE 'queued' END)",
+    prepared::update(client,
+        // The challenge and its audit event in one statement.
+        "WITH issued AS (
+             INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
+                                        code_hash, max_attempts, created_at, expires_at, decoy, key_id, delivery)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                     CASE WHEN $12 THEN 'sent' ELSE 'queued' END)
+          RETURNING agent, conversation, subject, channel, destination_hint)
+         INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+         SELECT $10, agent, conversation, subject, $14, channel, destination_hint FROM issued",
         None,
         &[
             challenge_id.into(),
@@ -226,6 +232,7 @@ pub fn issue(
             expires_at.into(),
             decoy.into(),
             keys.id.to_vec().into(),
+            Event::Issued.as_str().into(),
         ],
     )?;
     if decoy {
@@ -245,7 +252,6 @@ pub fn issue(
         };
         outbox::enqueue(client, keys, &message)?;
     }
-    audit::challenge_event(client, challenge_id, Event::Issued, now)?;
 
     Ok(Issued {
         status: IssueStatus::CodeSent,
@@ -279,9 +285,8 @@ pub fn status(
     let agent_name = config::agent_name(agent)?;
     let conversation = config::conversation_id(conversation)?;
     let agent = config::load(client, agent_name)?;
-    let now = clock::now(client)?;
-    let row = client
-        .select(
+    let now = clock::now();
+    let row = prepared::select(client,
             "SELECT CASE WHEN state = 'pending' AND expires_at <= $3 THEN 'expired' ELSE state END,
                     channel, destination_hint, delivery,
                     CASE WHEN state = 'pending' AND expires_at > $3 THEN max_attempts - attempts_used END,
@@ -333,16 +338,16 @@ pub fn verify(
 
     // FOR UPDATE serialises concurrent submissions: each one sees the
     // attempts and state its predecessors committed.
-    let row = client
-        .update(
-            "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at, key_id
+    let row = prepared::update(
+        client,
+        "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at, key_id
                FROM otp.challenge
               WHERE agent = $1 AND conversation = $2 AND state = 'pending'
                 FOR UPDATE",
-            Some(1),
-            &[agent.name.as_str().into(), conversation.into()],
-        )?
-        .first();
+        Some(1),
+        &[agent.name.as_str().into(), conversation.into()],
+    )?
+    .first();
     if row.is_empty() {
         return Ok(Verified::bare(VerifyStatus::NoChallenge));
     }
@@ -352,8 +357,8 @@ pub fn verify(
     let expires_at: TimestampWithTimeZone = row.get(6)?.expect("NOT NULL column");
     let key_id: Vec<u8> = row.get(7)?.unwrap_or_default();
     // One guess at a time per person, across all their conversations.
-    let locked_until = limits::lock_guard(client, &agent, &subject)?;
-    let now = clock::now(client)?; // after waiting for the locks
+    let guard = limits::lock_guard(client, &agent, &subject)?;
+    let now = clock::now(); // after waiting for the locks
 
     // A code hashed under a secret that is no longer configured (rotated
     // twice since) can never be checked again: it has expired.
@@ -365,7 +370,7 @@ pub fn verify(
         attempts_remaining: Some(0),
         ..Verified::bare(VerifyStatus::Locked)
     };
-    if locked_until.is_some_and(|until| until > now) {
+    if guard.locked_until.is_some_and(|until| until > now) {
         // Locked out by failures in other conversations: no code works now.
         end_challenge(client, challenge_id, Ending::Locked, now)?;
         return Ok(locked());
@@ -379,7 +384,9 @@ pub fn verify(
         &submitted,
     ) {
         end_challenge(client, challenge_id, Ending::Verified, now)?;
-        limits::record_success(client, &agent, &subject)?;
+        if guard.failures > 0 {
+            limits::record_success(client, &agent, &subject)?;
+        }
         let token = session::start(
             client,
             &agent,
@@ -396,16 +403,16 @@ pub fn verify(
         });
     }
 
-    let counted = client
-        .update(
-            "UPDATE otp.challenge SET attempts_used = attempts_used + 1 WHERE id = $1
+    let counted = prepared::update(
+        client,
+        "UPDATE otp.challenge SET attempts_used = attempts_used + 1 WHERE id = $1
           RETURNING max_attempts - attempts_used",
-            None,
-            &[challenge_id.into()],
-        )?
-        .first()
-        .get_one::<i32>()?
-        .unwrap_or(0);
+        None,
+        &[challenge_id.into()],
+    )?
+    .first()
+    .get_one::<i32>()?
+    .unwrap_or(0);
     audit::challenge_event(client, challenge_id, Event::Incorrect, now)?;
     let locked_out = limits::record_failure(client, &agent, &subject, now)?;
     if counted > 0 && !locked_out {
@@ -441,7 +448,7 @@ pub fn normalize_code(input: &str) -> Option<Code> {
 /// Serialises otp_issue per conversation (transaction-scoped advisory lock),
 /// so that concurrent issues leave exactly one pending challenge.
 fn lock_conversation(client: &mut SpiClient<'_>, agent: &str, conversation: &str) -> Result<()> {
-    client.update(
+    prepared::update(client,
         "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:' || $1), pg_catalog.hashtext($2))",
         None,
         &[agent.into(), conversation.into()],
@@ -449,23 +456,56 @@ fn lock_conversation(client: &mut SpiClient<'_>, agent: &str, conversation: &str
     Ok(())
 }
 
+/// One statement that moves pending challenges (those matching `$where`,
+/// whose parameters are $6 onwards) to a final state, stops delivery of their
+/// codes and records the event: one round trip instead of three on the path
+/// of every verification. Parameters: $1 state, $2 time, $3 the messages'
+/// final state, $4 whether it is a verification, $5 the event word.
+/// (Unfinished messages are found by `finished_at IS NULL`, which the
+/// planner cannot match to the outbox_due index: a lookup by challenge must
+/// never be combined with a scan of the whole queue.)
+macro_rules! end_pending {
+    ($where:literal) => {
+        concat!(
+            "WITH ended AS (
+                 UPDATE otp.challenge
+                    SET state = $1, ended_at = $2,
+                        delivery = CASE WHEN delivery = 'queued' AND NOT $4 THEN $3 ELSE delivery END
+                  WHERE ",
+            $where,
+            " AND state = 'pending'
+              RETURNING id, agent, conversation, subject, channel, destination_hint),
+             stopped AS (
+                 UPDATE otp.outbox o SET state = $3, code_nonce = NULL, code_sealed = NULL, finished_at = $2
+                   FROM ended
+                  WHERE o.challenge_id = ended.id AND o.finished_at IS NULL AND (o.state = 'queued' OR NOT $4))
+             INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+             SELECT $2, agent, conversation, subject, $5, channel, destination_hint FROM ended"
+        )
+    };
+}
+
+/// Ends the conversation's pending challenge, if any: the user started over.
 fn supersede_pending(
     client: &mut SpiClient<'_>,
     agent: &str,
     conversation: &str,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
-    let pending = client
-        .select(
-            "SELECT id FROM otp.challenge WHERE agent = $1 AND conversation = $2 AND state = 'pending'",
-            None,
-            &[agent.into(), conversation.into()],
-        )?
-        .map(|row| row.get::<i64>(1))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    for challenge_id in pending.into_iter().flatten() {
-        end_challenge(client, challenge_id, Ending::Superseded, now)?;
-    }
+    prepared::update(
+        client,
+        end_pending!("agent = $6 AND conversation = $7"),
+        None,
+        &[
+            Ending::Superseded.state().into(),
+            now.into(),
+            Ending::Superseded.message_end().into(),
+            false.into(),
+            Ending::Superseded.event().as_str().into(),
+            agent.into(),
+            conversation.into(),
+        ],
+    )?;
     Ok(())
 }
 
@@ -488,6 +528,18 @@ impl Ending {
         }
     }
 
+    /// What becomes of the code's message. An expired code's message is
+    /// expired too; any other end cancels it. A verified code evidently
+    /// arrived: a message already being sent is left for the dispatcher to
+    /// report, and the delivery record stays as it is.
+    fn message_end(self) -> &'static str {
+        if self == Ending::Expired {
+            "expired"
+        } else {
+            "cancelled"
+        }
+    }
+
     fn event(self) -> Event {
         match self {
             Ending::Verified => Event::Verified,
@@ -506,33 +558,19 @@ fn end_challenge(
     ending: Ending,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
-    let verified = ending == Ending::Verified;
-    // An expired code's message is expired too; any other end cancels it.
-    // A verified code evidently arrived: a message already being sent is left
-    // for the dispatcher to report, and the delivery record stays as it is.
-    let message_end = if ending == Ending::Expired {
-        "expired"
-    } else {
-        "cancelled"
-    };
-    let ended = client.update(
-        "UPDATE otp.challenge
-            SET state = $2, ended_at = $3,
-                delivery = CASE WHEN delivery = 'queued' AND NOT $5 THEN $4 ELSE delivery END
-          WHERE id = $1 AND state = 'pending'",
+    prepared::update(
+        client,
+        end_pending!("id = $6"),
         None,
         &[
-            challenge_id.into(),
             ending.state().into(),
             now.into(),
-            message_end.into(),
-            verified.into(),
+            ending.message_end().into(),
+            (ending == Ending::Verified).into(),
+            ending.event().as_str().into(),
+            challenge_id.into(),
         ],
     )?;
-    if !ended.is_empty() {
-        outbox::cancel_for_challenge(client, challenge_id, message_end, !verified, now)?;
-        audit::challenge_event(client, challenge_id, ending.event(), now)?;
-    }
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 //! WhatsApp number and email. pg_otp validates all of it when it is written
 //! and again whenever it is used, because tables change under configuration.
 
+use std::ffi::{CStr, CString};
+
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -12,6 +14,7 @@ use pgrx::PgRelation;
 use pgrx::PgSqlErrorCode;
 
 use crate::errors::{OtpError, Result};
+use crate::prepared;
 
 /// Limits on identifiers the application passes in (bytes).
 pub const MAX_AGENT_LEN: usize = 128;
@@ -207,15 +210,15 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         OtpError::invalid_argument("preferred_channel", "must be 'whatsapp' or 'email'")
     })?;
 
-    let may_configure = client
-        .select(
-            "SELECT pg_catalog.has_table_privilege('otp.agent', 'INSERT, UPDATE')",
-            None,
-            &[],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
+    let may_configure = prepared::select(
+        client,
+        "SELECT pg_catalog.has_table_privilege('otp.agent', 'INSERT, UPDATE')",
+        None,
+        &[],
+    )?
+    .first()
+    .get_one::<bool>()?
+    .unwrap_or(false);
     if !may_configure {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -226,9 +229,9 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     let mut columns = vec![("id_column", id_column)];
     columns.extend(phone_column.map(|c| ("phone_column", c)));
     columns.extend(email_column.map(|c| ("email_column", c)));
-    check_source(client, source.oid(), &columns)?;
+    check_source(source.oid(), &columns)?;
 
-    client.update(
+    prepared::update(client,
         "INSERT INTO otp.agent AS a (name, source, id_column, phone_column, email_column, require_otp, code_ttl,
                                      max_attempts, idle_timeout, absolute_timeout, preferred_channel,
                                      max_codes, code_window, resend_cooldown, lockout_threshold,
@@ -270,8 +273,7 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
 
 /// Loads an agent, or fails with 42704 when it was never configured.
 pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
-    let row = client
-        .select(
+    let row = prepared::select(client,
             "SELECT source::oid, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
                     idle_timeout, absolute_timeout, preferred_channel,
                     max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration,
@@ -309,48 +311,50 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
 }
 
 /// Checks that the relation exists, can hold people, and has the named
-/// columns. Returns its schema-qualified, safely quoted name.
-pub fn check_source(
-    client: &SpiClient<'_>,
-    source: pg_sys::Oid,
-    columns: &[(&str, &str)],
-) -> Result<String> {
-    let wanted: Vec<&str> = columns.iter().map(|(_, column)| *column).collect();
-    let row = client
-        .select(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::text,
-                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                             AND a.attname::text = ANY ($2))
-               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = $1",
-            Some(1),
-            &[source.into(), wanted.into()],
-        )?
-        .first();
-    if row.is_empty() {
-        return Err(OtpError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!(
-                "pg_otp: the source relation (OID {}) no longer exists",
-                source.to_u32()
-            ),
+/// columns. Returns its schema-qualified, safely quoted name. Reads the
+/// system caches directly: it runs on every otp_issue, and a query through
+/// SPI would cost more than the lookup it guards.
+pub fn check_source(source: pg_sys::Oid, columns: &[(&str, &str)]) -> Result<String> {
+    // SAFETY: lsyscache lookups by OID and name; each returns 0 or NULL for
+    // an object that does not exist, and pallocs its result in the current
+    // memory context, which is reset after the call.
+    let (relkind, qualified) = unsafe {
+        let relkind = pg_sys::get_rel_relkind(source) as u8;
+        let name = pg_sys::get_rel_name(source);
+        let namespace = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(source));
+        if relkind == 0 || name.is_null() || namespace.is_null() {
+            return Err(OtpError::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!(
+                    "pg_otp: the source relation (OID {}) no longer exists",
+                    source.to_u32()
+                ),
+            )
+            .with_hint(
+                "Run otp_configure again with the table or view that now holds the records.",
+            ));
+        }
+        let qualified = pg_sys::quote_qualified_identifier(namespace, name);
+        (
+            relkind,
+            CStr::from_ptr(qualified).to_string_lossy().into_owned(),
         )
-        .with_hint("Run otp_configure again with the table or view that now holds the records."));
-    }
-    let qualified: String = row.get(1)?.unwrap_or_default();
-    let relkind: String = row.get(2)?.unwrap_or_default();
-    let present: Vec<String> = row.get(3)?.unwrap_or_default();
-    if !matches!(relkind.as_str(), "r" | "v" | "m" | "p" | "f") {
+    };
+    if !matches!(relkind, b'r' | b'v' | b'm' | b'p' | b'f') {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("pg_otp: {qualified} is not a table, view, materialized view or foreign table"),
         ));
     }
-    if let Some((argument, column)) = columns
-        .iter()
-        .find(|(_, column)| !present.iter().any(|p| p == column))
-    {
+    let is_user_column = |column: &str| {
+        let Ok(column) = CString::new(column) else {
+            return false;
+        };
+        // SAFETY: a NUL-terminated name; dropped columns are not found.
+        let attnum = unsafe { pg_sys::get_attnum(source, column.as_ptr()) };
+        attnum > 0
+    };
+    if let Some((argument, column)) = columns.iter().find(|(_, column)| !is_user_column(column)) {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!("pg_otp: column \"{column}\" ({argument}) does not exist in {qualified}"),

@@ -12,6 +12,7 @@
 //! - `outbox`    — messages for the delivery process and its claim/report protocol
 //! - `purge`     — deleting old rows (function and background worker)
 //! - `crypto`    — code generation, keyed hashes, sealing, tokens
+//! - `prepared`  — SQL statements prepared once per backend
 //! - `gucs`      — configuration parameters (the server secret)
 //! - `clock`     — how deadlines are judged
 //! - `errors`    — ERRORs with SQLSTATEs
@@ -30,6 +31,7 @@ mod errors;
 mod gucs;
 mod limits;
 mod outbox;
+mod prepared;
 mod purge;
 mod record;
 mod session;

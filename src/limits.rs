@@ -17,6 +17,7 @@ use pgrx::spi::SpiClient;
 
 use crate::config::Agent;
 use crate::errors::Result;
+use crate::prepared;
 
 /// Serialises code issues for this person and this destination until the
 /// transaction ends. Call after the conversation lock, before `next_allowed`.
@@ -26,7 +27,7 @@ pub fn lock_sender(
     subject: &str,
     destination_key: &[u8],
 ) -> Result<()> {
-    client.update(
+    prepared::update(client,
         "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:subject:' || $1), pg_catalog.hashtext($2)),
                 pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:destination'),
                                                  ('x' || pg_catalog.encode(pg_catalog.substr($3, 1, 4), 'hex'))::bit(32)::integer)",
@@ -48,8 +49,7 @@ pub fn next_allowed(
     let limits = agent.limits;
     // The max_codes-th newest code in the window leaves it at created_at + window;
     // only then is there room for another.
-    Ok(client
-        .select(
+    Ok(prepared::select(client,
             "WITH subject_codes AS (
                  SELECT created_at FROM otp.challenge
                   WHERE agent = $1 AND subject = $2 AND created_at > $4 - $5),
@@ -81,24 +81,31 @@ pub fn next_allowed(
         .get_one::<TimestampWithTimeZone>()?)
 }
 
+/// A person's failure record, as `lock_guard` found it.
+pub struct Guard {
+    /// Until when the person is locked out, if they ever were.
+    pub locked_until: Option<TimestampWithTimeZone>,
+    /// Failed verifications in a row so far.
+    pub failures: i32,
+}
+
 /// Locks this person's failure record for the rest of the transaction (so
 /// that guesses in different conversations are judged one at a time and the
-/// threshold cannot be overshot) and returns until when they are locked out.
-pub fn lock_guard(
-    client: &mut SpiClient<'_>,
-    agent: &Agent,
-    subject: &str,
-) -> Result<Option<TimestampWithTimeZone>> {
-    Ok(client
-        .update(
-            "INSERT INTO otp.subject_guard AS g (agent, subject) VALUES ($1, $2)
-             ON CONFLICT (agent, subject) DO UPDATE SET consecutive_failures = g.consecutive_failures
-             RETURNING locked_until",
-            None,
-            &[agent.name.as_str().into(), subject.into()],
-        )?
-        .first()
-        .get_one::<TimestampWithTimeZone>()?)
+/// threshold cannot be overshot) and returns it.
+pub fn lock_guard(client: &mut SpiClient<'_>, agent: &Agent, subject: &str) -> Result<Guard> {
+    let row = prepared::update(
+        client,
+        "INSERT INTO otp.subject_guard AS g (agent, subject) VALUES ($1, $2)
+         ON CONFLICT (agent, subject) DO UPDATE SET consecutive_failures = g.consecutive_failures
+         RETURNING locked_until, consecutive_failures",
+        None,
+        &[agent.name.as_str().into(), subject.into()],
+    )?
+    .first();
+    Ok(Guard {
+        locked_until: row.get(1)?,
+        failures: row.get(2)?.unwrap_or(0),
+    })
 }
 
 /// Counts a failed verification (after `lock_guard`). Returns true when it
@@ -109,8 +116,7 @@ pub fn record_failure(
     subject: &str,
     now: TimestampWithTimeZone,
 ) -> Result<bool> {
-    let locked_out = client
-        .update(
+    let locked_out = prepared::update(client,
             "UPDATE otp.subject_guard
                 SET consecutive_failures = CASE WHEN consecutive_failures + 1 >= $3 THEN 0
                                                 ELSE consecutive_failures + 1 END,
@@ -134,7 +140,8 @@ pub fn record_failure(
 
 /// A successful verification: the failure count starts again.
 pub fn record_success(client: &mut SpiClient<'_>, agent: &Agent, subject: &str) -> Result<()> {
-    client.update(
+    prepared::update(
+        client,
         "UPDATE otp.subject_guard SET consecutive_failures = 0
           WHERE agent = $1 AND subject = $2 AND consecutive_failures > 0",
         None,

@@ -20,6 +20,7 @@ use crate::clock;
 use crate::config::Channel;
 use crate::crypto::{self, Code, KeyRing, Keys};
 use crate::errors::{OtpError, Result};
+use crate::prepared;
 use crate::record::{self, Destination};
 
 /// Channel a dispatcher listens on.
@@ -60,11 +61,15 @@ pub struct Outgoing<'a> {
 /// Queues the code of a new challenge for delivery and wakes the dispatchers.
 pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) -> Result<()> {
     let sealed = keys.seal_code(message.challenge_id, message.code)?;
-    client.update(
+    prepared::update(
+        client,
         "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination,
                                  fallback_channel, fallback_destination, code_nonce, code_sealed,
                                  available_at, expires_at, created_at, key_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12)",
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12
+           -- wakes the dispatchers when the transaction commits (one row, no
+           -- extra round trip; a constant payload, so repeats fold into one)
+           FROM pg_catalog.pg_notify($13, '') AS wake",
         None,
         &[
             message.challenge_id.into(),
@@ -79,41 +84,19 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
             message.created_at.into(),
             message.expires_at.into(),
             keys.id.to_vec().into(),
+            NOTIFY_CHANNEL.into(),
         ],
-    )?;
-    wake_dispatchers(client)
-}
-
-fn wake_dispatchers(client: &mut SpiClient<'_>) -> Result<()> {
-    // A constant payload: PostgreSQL folds repeats within one transaction.
-    client.update(
-        "SELECT pg_catalog.pg_notify($1, '')",
-        None,
-        &[NOTIFY_CHANNEL.into()],
     )?;
     Ok(())
 }
 
-/// Ends the messages of a challenge whose code is no longer wanted, as
-/// `cancelled` or `expired`: those still queued, and with `including_sending`
-/// also those a dispatcher is sending right now (its report is still accepted).
-pub fn cancel_for_challenge(
-    client: &mut SpiClient<'_>,
-    challenge_id: i64,
-    state: &str,
-    including_sending: bool,
-    now: TimestampWithTimeZone,
-) -> Result<()> {
-    client.update(
-        "UPDATE otp.outbox SET state = $2, code_nonce = NULL, code_sealed = NULL, finished_at = $3
-          WHERE challenge_id = $1 AND (state = 'queued' OR (state = 'sending' AND $4))",
+fn wake_dispatchers(client: &mut SpiClient<'_>) -> Result<()> {
+    // A constant payload: PostgreSQL folds repeats within one transaction.
+    prepared::update(
+        client,
+        "SELECT pg_catalog.pg_notify($1, '')",
         None,
-        &[
-            challenge_id.into(),
-            state.into(),
-            now.into(),
-            including_sending.into(),
-        ],
+        &[NOTIFY_CHANNEL.into()],
     )?;
     Ok(())
 }
@@ -142,73 +125,73 @@ pub fn claim(
             "must be a positive interval",
         ));
     }
-    let now = clock::now(client)?;
+    let now = clock::now();
 
-    // SKIP LOCKED everywhere: dispatchers never wait on, or deadlock with, each other.
-    client.update(
-        "WITH gone AS (
-             SELECT o.id, CASE WHEN o.expires_at <= $1 THEN 'expired' ELSE 'cancelled' END AS final_state
-               FROM otp.outbox o JOIN otp.challenge c ON c.id = o.challenge_id
-              WHERE o.state IN ('queued', 'sending') AND o.available_at <= $1
-                AND (o.expires_at <= $1 OR c.state <> 'pending')
-                FOR UPDATE OF o SKIP LOCKED),
-         ended AS (
-             UPDATE otp.outbox o
-                SET state = gone.final_state, code_nonce = NULL, code_sealed = NULL, finished_at = $1
-               FROM gone WHERE o.id = gone.id
-          RETURNING o.challenge_id, o.state)
-         UPDATE otp.challenge c SET delivery = 'expired'
-           FROM ended WHERE c.id = ended.challenge_id AND ended.state = 'expired' AND c.delivery = 'queued'",
-        None,
-        &[now.into()],
-    )?;
-
-    let rows = client.update(
-        "WITH due AS (
-             SELECT id FROM otp.outbox
-              WHERE state IN ('queued', 'sending') AND available_at <= $1 AND expires_at > $1
-              ORDER BY available_at, id
-              LIMIT $2
-                FOR UPDATE SKIP LOCKED)
-         UPDATE otp.outbox o
-            SET state = 'sending', attempt = o.attempt + 1, available_at = $1 + $3
-           FROM due WHERE o.id = due.id
-      RETURNING o.id, o.challenge_id, o.agent, o.conversation, o.channel, o.destination,
-                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id",
-        None,
-        &[now.into(), batch_size.into(), lease.into()],
-    )?;
-    let mut claimed = Vec::with_capacity(rows.len());
+    let mut claimed = Vec::with_capacity(batch_size as usize);
     let mut unopenable = Vec::new();
-    for row in rows {
-        let message_id: i64 = row.get(1)?.unwrap_or_default();
-        let challenge_id: i64 = row.get(2)?.unwrap_or_default();
-        let nonce: Vec<u8> = row.get(7)?.unwrap_or_default();
-        let sealed: Vec<u8> = row.get(8)?.unwrap_or_default();
-        let key_id: Vec<u8> = row.get(11)?.unwrap_or_default();
-        // A code sealed under a secret no longer configured cannot be
-        // delivered; it must not block the rest of the batch either.
-        let opened = ring
-            .for_id(&key_id)
-            .map(|keys| keys.open_code(challenge_id, &nonce, &sealed));
-        let Some(Ok(code)) = opened else {
-            unopenable.push((message_id, challenge_id));
-            continue;
-        };
-        claimed.push(Claimed {
-            message_id,
-            agent: row.get(3)?.unwrap_or_default(),
-            conversation: row.get(4)?.unwrap_or_default(),
-            channel: row.get(5)?.unwrap_or_default(),
-            destination: row.get(6)?.unwrap_or_default(),
-            code,
-            expires_at: row.get(9)?.expect("NOT NULL column"),
-            attempt: row.get(10)?.unwrap_or_default(),
-        });
+    let mut swept = false;
+    loop {
+        let room = i64::from(batch_size) - (claimed.len() + unopenable.len()) as i64;
+        let mut finished_some = false;
+        let mut expired = Vec::new();
+        for row in claim_due(client, now, room, lease)? {
+            let message_id: i64 = row.get(1)?.unwrap_or_default();
+            let challenge_id: i64 = row.get(2)?.unwrap_or_default();
+            match row.get::<String>(3)?.as_deref() {
+                Some("sending") => {}
+                Some("expired") => {
+                    finished_some = true;
+                    expired.push(challenge_id);
+                    continue;
+                }
+                _ => {
+                    finished_some = true;
+                    continue;
+                }
+            }
+            let nonce: Vec<u8> = row.get(8)?.unwrap_or_default();
+            let sealed: Vec<u8> = row.get(9)?.unwrap_or_default();
+            let key_id: Vec<u8> = row.get(12)?.unwrap_or_default();
+            // A code sealed under a secret no longer configured cannot be
+            // delivered; it must not block the rest of the batch either.
+            let opened = ring
+                .for_id(&key_id)
+                .map(|keys| keys.open_code(challenge_id, &nonce, &sealed));
+            let Some(Ok(code)) = opened else {
+                unopenable.push((message_id, challenge_id));
+                continue;
+            };
+            claimed.push(Claimed {
+                message_id,
+                agent: row.get(4)?.unwrap_or_default(),
+                conversation: row.get(5)?.unwrap_or_default(),
+                channel: row.get(6)?.unwrap_or_default(),
+                destination: row.get(7)?.unwrap_or_default(),
+                code,
+                expires_at: row.get(10)?.expect("NOT NULL column"),
+                attempt: row.get(11)?.unwrap_or_default(),
+            });
+        }
+        if !expired.is_empty() {
+            prepared::update(
+                client,
+                "UPDATE otp.challenge SET delivery = 'expired' WHERE id = ANY ($1) AND delivery = 'queued'",
+                None,
+                &[expired.into()],
+            )?;
+        }
+        // Undeliverable messages took places in this batch: finish the rest
+        // of them at once, then fill the places with deliverable ones.
+        let full = (claimed.len() + unopenable.len()) as i64 >= i64::from(batch_size);
+        if !finished_some || full || swept {
+            break;
+        }
+        finish_undeliverable(client, now)?;
+        swept = true;
     }
     for (message_id, challenge_id) in unopenable {
         pgrx::warning!("pg_otp: outbox message {message_id} was sealed under a secret no longer configured; marked failed");
-        client.update(
+        prepared::update(client,
             "UPDATE otp.outbox SET last_error = 'sealed under a secret no longer configured' WHERE id = $1",
             None,
             &[message_id.into()],
@@ -217,6 +200,80 @@ pub fn claim(
     }
     claimed.sort_by_key(|m| m.message_id);
     Ok(claimed)
+}
+
+/// One pass of a claim, one statement: locks up to `limit` messages in the
+/// order they became due (SKIP LOCKED: dispatchers never wait on, or
+/// deadlock with, each other) and moves each to `sending` under a lease, or
+/// finishes it when it can no longer be sent: `expired` (the code ran out
+/// while queued) or `cancelled` (its challenge ended while a lease ran out).
+/// The scan follows the outbox_due index in its order and stops at `limit`;
+/// each message's challenge is looked up by its key.
+fn claim_due<'conn>(
+    client: &mut SpiClient<'conn>,
+    now: TimestampWithTimeZone,
+    limit: i64,
+    lease: Interval,
+) -> Result<pgrx::spi::SpiTupleTable<'conn>> {
+    prepared::update(
+        client,
+        "WITH due AS (
+             SELECT id FROM otp.outbox
+              WHERE state IN ('queued', 'sending') AND available_at <= $1
+              ORDER BY available_at, id
+              LIMIT $2
+                FOR UPDATE SKIP LOCKED),
+         judged AS (
+             SELECT o.id,
+                    CASE WHEN o.expires_at <= $1 THEN 'expired'
+                         WHEN (SELECT c.state FROM otp.challenge c WHERE c.id = o.challenge_id)
+                              IS DISTINCT FROM 'pending' THEN 'cancelled'
+                         ELSE 'sending' END AS next_state
+               FROM otp.outbox o JOIN due USING (id))
+         UPDATE otp.outbox o
+            SET state = judged.next_state,
+                attempt = CASE WHEN judged.next_state = 'sending' THEN o.attempt + 1 ELSE o.attempt END,
+                available_at = CASE WHEN judged.next_state = 'sending' THEN $1 + $3 ELSE o.available_at END,
+                code_nonce = CASE WHEN judged.next_state = 'sending' THEN o.code_nonce END,
+                code_sealed = CASE WHEN judged.next_state = 'sending' THEN o.code_sealed END,
+                finished_at = CASE WHEN judged.next_state = 'sending' THEN NULL ELSE $1 END
+           FROM judged WHERE o.id = judged.id
+      RETURNING o.id, o.challenge_id, o.state, o.agent, o.conversation, o.channel, o.destination,
+                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id",
+        None,
+        &[now.into(), limit.into(), lease.into()],
+    )
+}
+
+/// Undeliverable messages one claim finishes at most; more wait for the next.
+const MAX_FINISHED_PER_CLAIM: i64 = 1000;
+
+/// Finishes due messages that can no longer be sent (see `claim_due`), so
+/// that they stop taking places in claims. Runs only when a claim met one.
+fn finish_undeliverable(client: &mut SpiClient<'_>, now: TimestampWithTimeZone) -> Result<()> {
+    prepared::update(
+        client,
+        "WITH undeliverable AS (
+             SELECT o.id, CASE WHEN o.expires_at <= $1 THEN 'expired' ELSE 'cancelled' END AS final_state
+               FROM otp.outbox o
+              WHERE o.state IN ('queued', 'sending') AND o.available_at <= $1
+                AND (o.expires_at <= $1
+                     OR (SELECT c.state FROM otp.challenge c WHERE c.id = o.challenge_id)
+                        IS DISTINCT FROM 'pending')
+              ORDER BY o.available_at, o.id
+              LIMIT $2
+                FOR UPDATE SKIP LOCKED),
+         finished AS (
+             UPDATE otp.outbox o
+                SET state = undeliverable.final_state, code_nonce = NULL, code_sealed = NULL, finished_at = $1
+               FROM undeliverable WHERE o.id = undeliverable.id
+          RETURNING o.challenge_id, o.state)
+         UPDATE otp.challenge c SET delivery = 'expired'
+           FROM finished WHERE c.id = finished.challenge_id AND finished.state = 'expired' AND c.delivery = 'queued'",
+        None,
+        &[now.into(), MAX_FINISHED_PER_CLAIM.into()],
+    )?;
+    Ok(())
 }
 
 /// The state of one message, locked for the caller's update.
@@ -233,8 +290,7 @@ struct Message {
 fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(i64, Message)> {
     let message_id = message_id.ok_or_else(|| OtpError::null_argument("message_id"))?;
     // update(), not select(): a locking read needs a read-write SPI call.
-    let row = client
-        .update(
+    let row = prepared::update(client,
             "SELECT challenge_id, state, attempt, code_nonce, code_sealed, fallback_channel IS NOT NULL, key_id
                FROM otp.outbox WHERE id = $1 FOR UPDATE",
             Some(1),
@@ -279,7 +335,8 @@ fn finish(
     provider_ref: Option<&str>,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
-    client.update(
+    prepared::update(
+        client,
         "UPDATE otp.outbox SET state = $2, code_nonce = NULL, code_sealed = NULL, finished_at = $3,
                 sent_at = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_at END,
                 provider_ref = COALESCE($4, provider_ref)
@@ -292,7 +349,8 @@ fn finish(
             provider_ref.into(),
         ],
     )?;
-    client.update(
+    prepared::update(
+        client,
         "UPDATE otp.challenge SET delivery = $2 WHERE id = $1",
         None,
         &[challenge_id.into(), state.into()],
@@ -307,7 +365,7 @@ pub fn sent(
     provider_ref: Option<&str>,
 ) -> Result<()> {
     let (message_id, message) = lock_message(client, message_id)?;
-    let now = clock::now(client)?;
+    let now = clock::now();
     let provider_ref = provider_ref.map(|r| truncate(r, MAX_ERROR_LEN));
     match message.state.as_str() {
         // One update of the message: final state, code erased, provider reference.
@@ -323,12 +381,14 @@ pub fn sent(
         "sent" => return Ok(()),
         // The challenge ended while the message was on its way; it still arrived.
         "cancelled" | "expired" => {
-            client.update(
+            prepared::update(
+                client,
                 "UPDATE otp.outbox SET sent_at = $2, provider_ref = $3 WHERE id = $1",
                 None,
                 &[message_id.into(), now.into(), provider_ref.into()],
             )?;
-            client.update(
+            prepared::update(
+                client,
                 "UPDATE otp.challenge SET delivery = 'sent' WHERE id = $1",
                 None,
                 &[message.challenge_id.into()],
@@ -352,9 +412,10 @@ pub fn failed(
 ) -> Result<()> {
     let retryable = retryable.ok_or_else(|| OtpError::null_argument("retryable"))?;
     let (message_id, message) = lock_message(client, message_id)?;
-    let now = clock::now(client)?;
+    let now = clock::now();
     let error = scrub(ring, &message, error.unwrap_or(""));
-    client.update(
+    prepared::update(
+        client,
         "UPDATE otp.outbox SET last_error = $2 WHERE id = $1",
         None,
         &[message_id.into(), error.as_str().into()],
@@ -385,7 +446,7 @@ pub fn failed(
             let hint = Channel::parse(&channel)
                 .map(|c| record::mask(c, &destination))
                 .unwrap_or_default();
-            client.update(
+            prepared::update(client,
                 "UPDATE otp.challenge SET channel = $2, destination_hint = $3, delivery = 'queued' WHERE id = $1",
                 None,
                 &[message.challenge_id.into(), channel.as_str().into(), hint.as_str().into()],
@@ -395,7 +456,7 @@ pub fn failed(
         return Ok(());
     }
     let delay = backoff_seconds(message.attempt);
-    let requeued = client.update(
+    let requeued = prepared::update(client,
         "UPDATE otp.outbox SET state = 'queued', available_at = $2 + pg_catalog.make_interval(secs => $3)
           WHERE id = $1 AND $2 + pg_catalog.make_interval(secs => $3) < expires_at",
         None,
@@ -423,7 +484,7 @@ fn queue_fallback(
     message_id: i64,
     now: TimestampWithTimeZone,
 ) -> Result<Option<(String, String)>> {
-    let queued = client.update(
+    let queued = prepared::update(client,
         "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
                                  available_at, expires_at, created_at, key_id)
          SELECT o.challenge_id, o.agent, o.conversation, o.fallback_channel, o.fallback_destination,
@@ -447,7 +508,7 @@ fn queue_fallback(
 /// code expires too soon to be useful: the message ends as `expired`.
 pub fn expired(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<()> {
     let (message_id, message) = lock_message(client, message_id)?;
-    let now = clock::now(client)?;
+    let now = clock::now();
     match message.state.as_str() {
         "sending" => finish(
             client,

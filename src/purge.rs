@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::errors::{OtpError, Result};
+use crate::prepared;
 use crate::{clock, gucs};
 
 /// How many rows one pass deleted.
@@ -42,9 +43,9 @@ pub fn purge(
             "must not be negative",
         ));
     }
-    let now = clock::now(client)?;
+    let now = clock::now();
     let mut deleted = |sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]| -> Result<i64> {
-        Ok(client.update(sql, None, args)?.len() as i64)
+        Ok(prepared::update(client, sql, None, args)?.len() as i64)
     };
     let challenges = deleted(
         "DELETE FROM otp.challenge

@@ -6,6 +6,7 @@ use pgrx::PgSqlErrorCode;
 
 use crate::config::{check_source, Agent, Channel};
 use crate::errors::{OtpError, Result};
+use crate::prepared;
 
 /// The record found for an identifier.
 #[derive(Debug)]
@@ -30,7 +31,7 @@ pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<O
     let mut columns = vec![("id_column", agent.id_column.as_str())];
     columns.extend(agent.phone_column.as_deref().map(|c| ("phone_column", c)));
     columns.extend(agent.email_column.as_deref().map(|c| ("email_column", c)));
-    let relation = check_source(client, agent.source, &columns)?;
+    let relation = check_source(agent.source, &columns)?;
 
     let quoted = |column: Option<&str>| match column {
         Some(c) => format!("{}::text", pgrx::spi::quote_identifier(c)),
@@ -46,7 +47,7 @@ pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<O
         phone = quoted(agent.phone_column.as_deref()),
         email = quoted(agent.email_column.as_deref()),
     );
-    let rows = client.select(query.as_str(), None, &[identifier.into()])?;
+    let rows = prepared::select(client, query.as_str(), None, &[identifier.into()])?;
     if rows.len() > 1 {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_CARDINALITY_VIOLATION,
@@ -119,10 +120,9 @@ pub fn decoy(client: &SpiClient<'_>, agent: &Agent, seed: &[u8; 32]) -> Result<D
         });
     }
     let email_column = agent.email_column.as_deref().unwrap_or_default();
-    let relation = check_source(client, agent.source, &[("email_column", email_column)])?;
+    let relation = check_source(agent.source, &[("email_column", email_column)])?;
     let column = pgrx::spi::quote_identifier(email_column);
-    let domain: Option<String> = client
-        .select(
+    let domain: Option<String> = prepared::select(client,
             format!("SELECT split_part({column}::text, '@', 2) FROM {relation} WHERE {column}::text LIKE '_%@_%' LIMIT 1")
                 .as_str(),
             Some(1),

@@ -14,6 +14,7 @@ use crate::clock;
 use crate::config::Agent;
 use crate::crypto;
 use crate::errors::{OtpError, Result};
+use crate::prepared;
 
 /// Result words of session_touch. The spelling is the SQL contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,11 +71,16 @@ pub fn start(
     now: TimestampWithTimeZone,
 ) -> Result<Zeroizing<String>> {
     let (token, token_hash) = crypto::new_session_token()?;
-    let session_id = client.update(
-        "INSERT INTO otp.session (token_hash, agent, conversation, subject, challenge_id, idle_timeout,
-                                  created_at, last_seen_at, idle_expires_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, LEAST($7 + $6, $7 + $8), $7 + $8)
-      RETURNING id",
+    // The session and its audit event in one statement.
+    prepared::update(
+        client,
+        "WITH started AS (
+             INSERT INTO otp.session (token_hash, agent, conversation, subject, challenge_id, idle_timeout,
+                                      created_at, last_seen_at, idle_expires_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, LEAST($7 + $6, $7 + $8), $7 + $8)
+          RETURNING agent, conversation, subject)
+         INSERT INTO otp.event (at, agent, conversation, subject, event)
+         SELECT $7, agent, conversation, subject, $9 FROM started",
         None,
         &[
             token_hash.to_vec().into(),
@@ -85,12 +91,9 @@ pub fn start(
             agent.idle_timeout.into(),
             now.into(),
             agent.absolute_timeout.into(),
+            Event::SessionStarted.as_str().into(),
         ],
-    )?
-    .first()
-    .get_one::<i64>()?
-    .expect("RETURNING id");
-    audit::session_event(client, session_id, Event::SessionStarted, now)?;
+    )?;
     Ok(token)
 }
 
@@ -99,10 +102,9 @@ pub fn start(
 pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<Touch> {
     let token = token.ok_or_else(|| OtpError::null_argument("session_token"))?;
     let token_hash = crypto::session_token_hash(token).to_vec();
-    let now = clock::now(client)?;
+    let now = clock::now();
     // The common case, an active session, is one statement.
-    let active = client
-        .update(
+    let active = prepared::update(client,
             "UPDATE otp.session
                 SET last_seen_at = $2, idle_expires_at = LEAST($2 + idle_timeout, expires_at)
               WHERE token_hash = $1 AND revoked_at IS NULL AND $2 < expires_at AND $2 < idle_expires_at
@@ -121,25 +123,26 @@ pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<Touch> {
             expires_at: active.get(5)?,
         });
     }
-    let ended = client
-        .select(
-            "SELECT agent, conversation, subject, idle_expires_at, expires_at,
+    let ended = prepared::select(
+        client,
+        "SELECT agent, conversation, subject, idle_expires_at, expires_at,
                     CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
                          WHEN $2 >= expires_at THEN 'expired'
                          ELSE 'idle_timeout' END,
                     id, revoked_at IS NULL AND ended_at IS NULL
                FROM otp.session WHERE token_hash = $1",
-            Some(1),
-            &[token_hash.into(), now.into()],
-        )?
-        .first();
+        Some(1),
+        &[token_hash.into(), now.into()],
+    )?
+    .first();
     if ended.is_empty() {
         return Ok(Touch::unknown());
     }
     if ended.get::<bool>(8)?.unwrap_or(false) {
         // The first touch after a timeout records it, once.
         let session_id: i64 = ended.get(7)?.expect("NOT NULL column");
-        client.update(
+        prepared::update(
+            client,
             "UPDATE otp.session SET ended_at = $2 WHERE id = $1",
             None,
             &[session_id.into(), now.into()],
@@ -165,8 +168,8 @@ pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<Touch> {
 /// unknown or the session was revoked before.
 pub fn revoke(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<bool> {
     let token = token.ok_or_else(|| OtpError::null_argument("session_token"))?;
-    let now = clock::now(client)?;
-    let revoked = client.update(
+    let now = clock::now();
+    let revoked = prepared::update(client,
         "UPDATE otp.session SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
         None,
         &[crypto::session_token_hash(token).to_vec().into(), now.into()],

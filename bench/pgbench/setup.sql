@@ -20,3 +20,15 @@ CREATE INDEX IF NOT EXISTS plain_outbox_due ON plain_outbox (available_at) WHERE
 CREATE TABLE IF NOT EXISTS plain_session (
     id bigserial PRIMARY KEY, token text UNIQUE NOT NULL, subject text NOT NULL, challenge_id bigint,
     last_seen_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz NOT NULL);
+
+-- The baseline's tables (plain.sql): pg_otp's own shapes, copied with their
+-- constraints, defaults, identities and indexes, so both do the same writes.
+CREATE SCHEMA IF NOT EXISTS plain;
+CREATE TABLE IF NOT EXISTS plain.agent (LIKE otp.agent INCLUDING ALL);
+INSERT INTO plain.agent SELECT * FROM otp.agent WHERE name = 'bench' ON CONFLICT DO NOTHING;
+CREATE SEQUENCE IF NOT EXISTS plain.challenge_id_seq AS bigint;
+CREATE TABLE IF NOT EXISTS plain.challenge (LIKE otp.challenge INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS plain.subject_guard (LIKE otp.subject_guard INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS plain.outbox (LIKE otp.outbox INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS plain.session (LIKE otp.session INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS plain.event (LIKE otp.event INCLUDING ALL);
