@@ -5,7 +5,8 @@
 #   2. #[pg_test] unit tests inside PostgreSQL (cargo pgrx test)
 #   3. pg_regress SQL tests against a throwaway cluster with pg_otp installed
 #   4. integration tests: many real connections against the same cluster,
-#      attacks, a crash under load, key rotation, a million rows of history
+#      attacks, a crash under load, key rotation, a million rows of history,
+#      the upgrade from the last release
 #   5. otp-dispatcher tests: the binary against the same cluster, a fake
 #      WhatsApp Cloud API and a real SMTP server, all on loopback
 set -euo pipefail
@@ -37,6 +38,8 @@ counted cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA/data"
 
 step "install pg_otp into PostgreSQL 15"
 cargo pgrx install --pg-config "$PG_CONFIG"
+# Released versions' install scripts too, so that upgrades from them are tested.
+cp sql/released/pg_otp--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 
 step "throwaway cluster"
 trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"; rm -f "$RESULTS"' EXIT

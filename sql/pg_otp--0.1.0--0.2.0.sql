@@ -13,3 +13,15 @@ CREATE INDEX outbox_due ON otp.outbox (available_at, id) WHERE state IN ('queued
 -- fraction of a B-tree's cost on every insert (three events per sign-in).
 DROP INDEX otp.event_by_time;
 CREATE INDEX event_by_time ON otp.event USING brin (at);
+
+-- Generic plans for the statements these functions prepare (see
+-- sql/privileges.sql): the plan cache otherwise re-plans some on every call.
+ALTER FUNCTION @extschema@.otp_issue(text, text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_verify(text, text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_status(text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.session_touch(text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.session_revoke(text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, text, boolean) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_expired(bigint) SET plan_cache_mode = force_generic_plan;

@@ -11,18 +11,18 @@
 BEGIN;
 SELECT code_ttl, max_attempts, idle_timeout, absolute_timeout, max_codes, code_window, resend_cooldown
   FROM plain.agent WHERE name = 'bench';
-SELECT pg_advisory_xact_lock(hashtext('plain:bench'), hashtext('b-' || :conversation));
-SELECT id::text, phone::text FROM bench_people WHERE id::text = 'p' || :person LIMIT 2;
-SELECT pg_advisory_xact_lock(hashtext('plain:subject:bench'), hashtext('p' || :person)),
-       pg_advisory_xact_lock(hashtext('plain:destination'), :person);
+SELECT pg_advisory_xact_lock(hashtext('plain/bench'), hashtext('b-' || :conversation::text));
+SELECT id::text, phone::text FROM bench_people WHERE id::text = 'p' || :person::text LIMIT 2;
+SELECT pg_advisory_xact_lock(hashtext('plain/subject/bench'), hashtext('p' || :person::text)),
+       pg_advisory_xact_lock(hashtext('plain/destination'), :person::int);
 WITH subject_codes AS (
     SELECT created_at FROM plain.challenge
-     WHERE agent = 'bench' AND subject = 'p' || :person AND created_at > now() - interval '15 minutes'),
+     WHERE agent = 'bench' AND subject = 'p' || :person::text AND created_at > now() - interval '15 minutes'),
 destination_codes AS (
     SELECT created_at FROM plain.challenge
      WHERE destination_key = decode(lpad(:person::text, 64, '0'), 'hex') AND created_at > now() - interval '15 minutes')
 SELECT GREATEST(
-    (SELECT locked_until FROM plain.subject_guard WHERE agent = 'bench' AND subject = 'p' || :person AND locked_until > now()),
+    (SELECT locked_until FROM plain.subject_guard WHERE agent = 'bench' AND subject = 'p' || :person::text AND locked_until > now()),
     (SELECT created_at + interval '15 minutes' FROM subject_codes ORDER BY created_at DESC OFFSET 1000000 - 1 LIMIT 1),
     (SELECT created_at + interval '15 minutes' FROM destination_codes ORDER BY created_at DESC OFFSET 1000000 - 1 LIMIT 1),
     (SELECT max(created_at) FROM (SELECT created_at FROM subject_codes UNION ALL SELECT created_at FROM destination_codes) recent
@@ -30,7 +30,7 @@ SELECT GREATEST(
 WITH ended AS (
     UPDATE plain.challenge SET state = 'superseded', ended_at = now(),
            delivery = CASE WHEN delivery = 'queued' THEN 'cancelled' ELSE delivery END
-     WHERE agent = 'bench' AND conversation = 'b-' || :conversation AND state = 'pending'
+     WHERE agent = 'bench' AND conversation = 'b-' || :conversation::text AND state = 'pending'
  RETURNING id, agent, conversation, subject, channel, destination_hint),
 stopped AS (
     UPDATE plain.outbox o SET state = 'cancelled', code_nonce = NULL, code_sealed = NULL, finished_at = now()
@@ -41,7 +41,7 @@ SELECT nextval('plain.challenge_id_seq') AS challenge_id \gset
 WITH issued AS (
     INSERT INTO plain.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
                                  code_hash, max_attempts, created_at, expires_at, decoy, key_id, delivery)
-    VALUES (:challenge_id, 'bench', 'b-' || :conversation, 'p' || :person, 'whatsapp', '***' || right(:person::text, 2),
+    VALUES (:challenge_id::bigint, 'bench', 'b-' || :conversation::text, 'p' || :person::text, 'whatsapp', '***' || right(:person::text, 2),
             decode(lpad(:person::text, 64, '0'), 'hex'), decode(lpad(:code::text, 64, '0'), 'hex'), 3,
             now(), now() + interval '5 minutes', false, '\x0000000000000000', 'queued')
  RETURNING agent, conversation, subject, channel, destination_hint)
@@ -49,9 +49,9 @@ INSERT INTO plain.event (at, agent, conversation, subject, event, channel, desti
 SELECT now(), agent, conversation, subject, 'issued', channel, destination_hint FROM issued;
 INSERT INTO plain.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
                           available_at, expires_at, created_at, key_id)
-SELECT :challenge_id, 'bench', 'b-' || :conversation, 'whatsapp', p.phone, '\x00',
+SELECT :challenge_id::bigint, 'bench', 'b-' || :conversation::text, 'whatsapp', p.phone, '\x00',
        convert_to(lpad(:code::text, 6, '0'), 'UTF8'), now(), now() + interval '5 minutes', now(), '\x0000000000000000'
-  FROM bench_people p, pg_notify('plain_outbox', '') AS wake WHERE p.id = 'p' || :person;
+  FROM bench_people p, pg_notify('plain_outbox', '') AS wake WHERE p.id = 'p' || :person::text;
 COMMIT;
 -- otp_outbox_claim(1): a dispatcher's claim
 WITH due AS (
@@ -72,28 +72,28 @@ SELECT coalesce(max(id), 0) AS message_id, coalesce(max(conversation), 'none') A
   FROM claimed WHERE state = 'sending' \gset
 -- otp_outbox_sent: the dispatcher's report
 BEGIN;
-SELECT challenge_id, state FROM plain.outbox WHERE id = :message_id FOR UPDATE;
+SELECT challenge_id, state FROM plain.outbox WHERE id = :message_id::bigint FOR UPDATE;
 UPDATE plain.outbox SET state = 'sent', code_nonce = NULL, code_sealed = NULL, finished_at = now(), sent_at = now(),
        provider_ref = 'bench'
- WHERE id = :message_id AND state = 'sending';
-UPDATE plain.challenge SET delivery = 'sent' WHERE id = (SELECT challenge_id FROM plain.outbox WHERE id = :message_id);
+ WHERE id = :message_id::bigint AND state = 'sending';
+UPDATE plain.challenge SET delivery = 'sent' WHERE id = (SELECT challenge_id FROM plain.outbox WHERE id = :message_id::bigint);
 INSERT INTO plain.event (at, agent, conversation, subject, event, channel, destination_hint)
 SELECT now(), agent, conversation, subject, 'delivered', channel, destination_hint
-  FROM plain.challenge WHERE id = (SELECT challenge_id FROM plain.outbox WHERE id = :message_id);
+  FROM plain.challenge WHERE id = (SELECT challenge_id FROM plain.outbox WHERE id = :message_id::bigint);
 COMMIT;
 -- otp_verify
 BEGIN;
 SELECT code_ttl, max_attempts, idle_timeout, absolute_timeout FROM plain.agent WHERE name = 'bench';
 WITH pending AS (
     SELECT id, subject, code_hash FROM plain.challenge
-     WHERE agent = 'bench' AND conversation = :claimed AND state = 'pending' FOR UPDATE)
+     WHERE agent = 'bench' AND conversation = :claimed::text AND state = 'pending' FOR UPDATE)
 SELECT coalesce(max(id), 0) AS verify_id, coalesce(max(subject), '') AS verify_subject FROM pending \gset
-INSERT INTO plain.subject_guard AS g (agent, subject) SELECT 'bench', :verify_subject WHERE :verify_id > 0
+INSERT INTO plain.subject_guard AS g (agent, subject) SELECT 'bench', :verify_subject::text WHERE :verify_id::bigint > 0
     ON CONFLICT (agent, subject) DO UPDATE SET consecutive_failures = g.consecutive_failures
  RETURNING locked_until, consecutive_failures;
 WITH ended AS (
     UPDATE plain.challenge SET state = 'verified', ended_at = now()
-     WHERE id = :verify_id AND state = 'pending' AND code_hash = decode(lpad(:claimed_code, 64, '0'), 'hex')
+     WHERE id = :verify_id::bigint AND state = 'pending' AND code_hash = decode(lpad(:claimed_code, 64, '0'), 'hex')
  RETURNING id, agent, conversation, subject, channel, destination_hint),
 stopped AS (
     UPDATE plain.outbox o SET state = 'cancelled', code_nonce = NULL, code_sealed = NULL, finished_at = now()
@@ -105,7 +105,7 @@ WITH started AS (
                                created_at, last_seen_at, idle_expires_at, expires_at)
     SELECT decode(md5(random()::text) || md5(random()::text), 'hex'), agent, conversation, subject, id,
            interval '30 minutes', now(), now(), now() + interval '30 minutes', now() + interval '24 hours'
-      FROM plain.challenge WHERE id = :verify_id AND state = 'verified'
+      FROM plain.challenge WHERE id = :verify_id::bigint AND state = 'verified'
  RETURNING token_hash, agent, conversation, subject),
 recorded AS (
     INSERT INTO plain.event (at, agent, conversation, subject, event)
