@@ -235,23 +235,18 @@ pub fn issue(
             Event::Issued.as_str().into(),
         ],
     )?;
-    if decoy {
-        // The same sealing work a real code costs, so that timing tells
-        // little; but there is no one to send it to.
-        keys.seal_code(challenge_id, &code)?;
-    } else {
-        let message = outbox::Outgoing {
-            challenge_id,
-            agent: &agent.name,
-            conversation,
-            destination: &destination,
-            fallback: fallback.as_ref(),
-            code: &code,
-            created_at: now,
-            expires_at,
-        };
-        outbox::enqueue(client, keys, &message)?;
-    }
+    let message = outbox::Outgoing {
+        challenge_id,
+        agent: &agent.name,
+        conversation,
+        destination: &destination,
+        fallback: fallback.as_ref(),
+        code: &code,
+        created_at: now,
+        expires_at,
+        decoy,
+    };
+    outbox::enqueue(client, keys, &message)?;
 
     Ok(Issued {
         status: IssueStatus::CodeSent,

@@ -47,6 +47,9 @@ pub struct Claimed {
 }
 
 /// A message to queue: the code of a new challenge and where it goes.
+/// A decoy's message (reveal_unknown => false, nobody to send it to) is
+/// written too, born `cancelled` without a code, so that an unknown
+/// identifier costs the same work as a known one; no dispatcher claims it.
 pub struct Outgoing<'a> {
     pub challenge_id: i64,
     pub agent: &'a str,
@@ -56,17 +59,25 @@ pub struct Outgoing<'a> {
     pub code: &'a str,
     pub created_at: TimestampWithTimeZone,
     pub expires_at: TimestampWithTimeZone,
+    pub decoy: bool,
 }
 
 /// Queues the code of a new challenge for delivery and wakes the dispatchers.
 pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) -> Result<()> {
+    // Sealed for decoys too: the same work, then thrown away.
     let sealed = keys.seal_code(message.challenge_id, message.code)?;
+    let (state, sealed, finished_at) = if message.decoy {
+        ("cancelled", None, Some(message.created_at))
+    } else {
+        ("queued", Some(sealed), None)
+    };
+    let (nonce, ciphertext) = sealed.map(|s| (s.nonce, s.ciphertext)).unzip();
     prepared::update(
         client,
         "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination,
                                  fallback_channel, fallback_destination, code_nonce, code_sealed,
-                                 available_at, expires_at, created_at, key_id)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12
+                                 available_at, expires_at, created_at, key_id, state, finished_at)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12, $14, $15
            -- wakes the dispatchers when the transaction commits (one row, no
            -- extra round trip; a constant payload, so repeats fold into one)
            FROM pg_catalog.pg_notify($13, '') AS wake",
@@ -79,12 +90,14 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
             message.destination.address.as_str().into(),
             message.fallback.map(|f| f.channel.as_str()).into(),
             message.fallback.map(|f| f.address.as_str()).into(),
-            sealed.nonce.into(),
-            sealed.ciphertext.into(),
+            nonce.into(),
+            ciphertext.into(),
             message.created_at.into(),
             message.expires_at.into(),
             keys.id.to_vec().into(),
             NOTIFY_CHANNEL.into(),
+            state.into(),
+            finished_at.into(),
         ],
     )?;
     Ok(())

@@ -723,8 +723,15 @@ mod tests {
         );
         // the same identifier always gets the same hint
         assert_eq!(answer("hidden", "t-hide-again", "9999"), unknown);
-        // nothing is queued for it, and its status looks delivered
-        assert_eq!(count("SELECT count(*) FROM otp.outbox WHERE conversation IN ('t-hide-unknown', 't-hide-again')"), 0);
+        // nothing is queued for it: its message is born cancelled, without a
+        // code (the same work as a real one, but no dispatcher ever sees it)
+        assert_eq!(count("SELECT count(*) FROM otp.outbox WHERE conversation IN ('t-hide-unknown', 't-hide-again')"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation IN ('t-hide-unknown', 't-hide-again')
+                      AND (state <> 'cancelled' OR code_sealed IS NOT NULL OR finished_at IS NULL)"),
+            0
+        );
+        // and its status looks delivered
         let status: Option<String> = one(
             "SELECT concat_ws('/', status, delivery, attempts_remaining) FROM otp_status('hidden', 't-hide-unknown')",
         );

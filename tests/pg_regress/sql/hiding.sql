@@ -17,5 +17,7 @@ SELECT (SELECT destination_hint FROM otp_issue('discreet', 'hide:again', '0000')
 SELECT status, attempts_remaining FROM otp_verify('discreet', 'hide:nobody', '123456');
 SELECT status, delivery, attempts_remaining FROM otp_status('discreet', 'hide:nobody');
 RESET ROLE;
--- Only the real one was queued for delivery.
-SELECT conversation FROM otp.outbox WHERE agent = 'discreet' ORDER BY id;
+-- Only the real one was queued for delivery. The unknown number's messages
+-- were born cancelled, without a code: the same work, nothing to send.
+SELECT conversation, state, code_sealed IS NOT NULL AS has_code
+  FROM otp.outbox WHERE agent = 'discreet' ORDER BY id;
