@@ -49,6 +49,12 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
 }
 
+/// The test cluster's otp.previous_secret_key: it runs as a server does
+/// during a key rotation. A fixed test value; never use it anywhere else.
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) const TEST_PREVIOUS_SECRET: &str =
+    "70726576696f75732d746573742d7365637265742d6e6f742d666f722d70726f64";
+
 /// Required by `cargo pgrx test`: settings of the throwaway test cluster.
 #[cfg(test)]
 pub mod pg_test {
@@ -60,6 +66,11 @@ pub mod pg_test {
             "shared_preload_libraries = 'pg_otp'",
             // A fixed test secret; never use it anywhere else.
             "otp.secret_key = '6f74702d746573742d7365637265742d6e6f742d666f722d70726f64756374696f6e'",
+            // A leak of a few bytes, once per test run.
+            Box::leak(
+                format!("otp.previous_secret_key = '{}'", crate::TEST_PREVIOUS_SECRET)
+                    .into_boxed_str(),
+            ),
         ]
     }
 }

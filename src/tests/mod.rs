@@ -791,6 +791,88 @@ mod tests {
         assert_eq!(answer("payroll", "t-reveal", "6000"), "no_channel");
     }
 
+    // ---- key rotation --------------------------------------------------------
+    // The test cluster runs with otp.previous_secret_key set (see lib.rs), as
+    // a server does during a rotation. A reload cannot happen inside a test's
+    // transaction, so rows are written here as the previous secret wrote them.
+
+    /// Re-keys a conversation's pending challenge and its message as if `secret`
+    /// had made them, with `code` as the code.
+    fn rekey(conversation: &str, secret: &str, code: &str) {
+        let keys = crate::crypto::Keys::derive(&hex::decode(secret).unwrap());
+        let challenge_id: i64 = Spi::get_one_with_args(
+            "SELECT id FROM otp.challenge WHERE conversation = $1 AND state = 'pending'",
+            &[conversation.into()],
+        )
+        .unwrap()
+        .unwrap();
+        let hash = keys.code_hash(challenge_id, "payroll", conversation, code);
+        let sealed = keys.seal_code(challenge_id, code).unwrap();
+        Spi::run_with_args(
+            "UPDATE otp.challenge SET code_hash = $2, key_id = $3 WHERE id = $1;",
+            &[
+                challenge_id.into(),
+                hash.to_vec().into(),
+                keys.id.to_vec().into(),
+            ],
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "UPDATE otp.outbox SET code_nonce = $2, code_sealed = $3, key_id = $4 WHERE challenge_id = $1",
+            &[
+                challenge_id.into(),
+                sealed.nonce.into(),
+                sealed.ciphertext.into(),
+                keys.id.to_vec().into(),
+            ],
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn codes_and_messages_of_the_previous_secret_keep_working() {
+        fixture();
+        issue("t-rot", "4721");
+        rekey("t-rot", crate::TEST_PREVIOUS_SECRET, "246810");
+        // the dispatcher opens the message with the previous secret
+        assert_eq!(delivered_code("t-rot"), "246810");
+        // a wrong guess counts as usual; the right code verifies
+        assert_eq!(verify("t-rot", "135790").status, "incorrect");
+        assert_eq!(verify("t-rot", "246810").status, "verified");
+        // new codes are made with the current secret
+        issue("t-rot-new", "4721");
+        let current: Vec<u8> =
+            one("SELECT key_id FROM otp.challenge WHERE conversation = 't-rot-new'").unwrap();
+        let previous: Vec<u8> =
+            one("SELECT key_id FROM otp.challenge WHERE conversation = 't-rot'").unwrap();
+        assert_ne!(current, previous);
+        let code = delivered_code("t-rot-new");
+        assert_eq!(verify("t-rot-new", &code).status, "verified");
+    }
+
+    #[pg_test]
+    fn codes_of_a_secret_no_longer_configured_expire_and_are_never_sent() {
+        fixture();
+        issue("t-rot-gone", "4721");
+        // a secret rotated away twice: neither current nor previous
+        rekey("t-rot-gone", &"ab".repeat(32), "246810");
+        run("CREATE TEMP TABLE IF NOT EXISTS claimed (conversation text, message_id bigint, code text);
+             INSERT INTO claimed SELECT conversation, message_id, code FROM otp_outbox_claim(batch_size => 1000)");
+        assert_eq!(
+            count("SELECT count(*) FROM claimed WHERE conversation = 't-rot-gone'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation = 't-rot-gone' AND state = 'failed' AND code_sealed IS NULL"),
+            1
+        );
+        let answer = verify("t-rot-gone", "246810");
+        assert_eq!(
+            (answer.status.as_str(), answer.remaining),
+            ("expired", None)
+        );
+    }
+
     // ---- purge -------------------------------------------------------------
 
     #[pg_test]
