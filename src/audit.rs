@@ -52,7 +52,8 @@ pub fn challenge_event(
     event: Event,
     at: TimestampWithTimeZone,
 ) -> Result<()> {
-    prepared::update(client,
+    prepared::update(
+        client,
         "INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
          SELECT $3, agent, conversation, subject, $2, channel, destination_hint FROM otp.challenge WHERE id = $1",
         None,
@@ -86,7 +87,8 @@ pub fn rate_limited(
     subject: &str,
     at: TimestampWithTimeZone,
 ) -> Result<()> {
-    prepared::update(client,
+    prepared::update(
+        client,
         "INSERT INTO otp.event (at, agent, conversation, subject, event) VALUES ($1, $2, $3, $4, $5)",
         None,
         &[at.into(), agent.into(), conversation.into(), subject.into(), Event::RateLimited.as_str().into()],

@@ -9,7 +9,7 @@
 //! `expired` (code_ttl passed) | `superseded` (a newer code was issued).
 //! A unique partial index allows one `pending` challenge per conversation.
 
-use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::spi::SpiClient;
 use zeroize::Zeroizing;
 
@@ -207,7 +207,8 @@ pub fn issue(
 
     let code = crypto::generate_code();
     let code_hash = keys.code_hash(challenge_id, &agent.name, conversation, &code);
-    prepared::update(client,
+    prepared::update(
+        client,
         // The challenge and its audit event in one statement.
         "WITH issued AS (
              INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
@@ -281,18 +282,19 @@ pub fn status(
     let conversation = config::conversation_id(conversation)?;
     let agent = config::load(client, agent_name)?;
     let now = clock::now();
-    let row = prepared::select(client,
-            "SELECT CASE WHEN state = 'pending' AND expires_at <= $3 THEN 'expired' ELSE state END,
-                    channel, destination_hint, delivery,
-                    CASE WHEN state = 'pending' AND expires_at > $3 THEN max_attempts - attempts_used END,
-                    expires_at
-               FROM otp.challenge
-              WHERE agent = $1 AND conversation = $2
-              ORDER BY id DESC
-              LIMIT 1",
-            Some(1),
-            &[agent.name.as_str().into(), conversation.into(), now.into()],
-        )?
+    let row = prepared::select(
+        client,
+        "SELECT CASE WHEN state = 'pending' AND expires_at <= $3 THEN 'expired' ELSE state END,
+                channel, destination_hint, delivery,
+                CASE WHEN state = 'pending' AND expires_at > $3 THEN max_attempts - attempts_used END,
+                expires_at
+           FROM otp.challenge
+          WHERE agent = $1 AND conversation = $2
+          ORDER BY id DESC
+          LIMIT 1",
+        Some(1),
+        &[agent.name.as_str().into(), conversation.into(), now.into()],
+    )?
         .first();
     if row.is_empty() {
         return Ok(ChallengeStatus {
@@ -443,7 +445,8 @@ pub fn normalize_code(input: &str) -> Option<Code> {
 /// Serialises otp_issue per conversation (transaction-scoped advisory lock),
 /// so that concurrent issues leave exactly one pending challenge.
 fn lock_conversation(client: &mut SpiClient<'_>, agent: &str, conversation: &str) -> Result<()> {
-    prepared::update(client,
+    prepared::update(
+        client,
         "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:' || $1), pg_catalog.hashtext($2))",
         None,
         &[agent.into(), conversation.into()],
@@ -487,20 +490,33 @@ fn supersede_pending(
     conversation: &str,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
-    prepared::update(
+    end_where(
         client,
         end_pending!("agent = $6 AND conversation = $7"),
-        None,
-        &[
-            Ending::Superseded.state().into(),
-            now.into(),
-            Ending::Superseded.message_end().into(),
-            false.into(),
-            Ending::Superseded.event().as_str().into(),
-            agent.into(),
-            conversation.into(),
-        ],
-    )?;
+        Ending::Superseded,
+        now,
+        vec![agent.into(), conversation.into()],
+    )
+}
+
+/// Runs an `end_pending!` statement for `ending`: the parameters every such
+/// statement takes, then `selector`, the parameters of its WHERE clause.
+fn end_where<'a>(
+    client: &mut SpiClient<'_>,
+    sql: &str,
+    ending: Ending,
+    now: TimestampWithTimeZone,
+    selector: Vec<DatumWithOid<'a>>,
+) -> Result<()> {
+    let mut args: Vec<DatumWithOid<'a>> = vec![
+        ending.state().into(),
+        now.into(),
+        ending.message_end().into(),
+        (ending == Ending::Verified).into(),
+        ending.event().as_str().into(),
+    ];
+    args.extend(selector);
+    prepared::update(client, sql, None, &args)?;
     Ok(())
 }
 
@@ -553,20 +569,13 @@ fn end_challenge(
     ending: Ending,
     now: TimestampWithTimeZone,
 ) -> Result<()> {
-    prepared::update(
+    end_where(
         client,
         end_pending!("id = $6"),
-        None,
-        &[
-            ending.state().into(),
-            now.into(),
-            ending.message_end().into(),
-            (ending == Ending::Verified).into(),
-            ending.event().as_str().into(),
-            challenge_id.into(),
-        ],
-    )?;
-    Ok(())
+        ending,
+        now,
+        vec![challenge_id.into()],
+    )
 }
 
 #[cfg(test)]

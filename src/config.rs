@@ -231,7 +231,8 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     columns.extend(email_column.map(|c| ("email_column", c)));
     check_source(source.oid(), &columns)?;
 
-    prepared::update(client,
+    prepared::update(
+        client,
         "INSERT INTO otp.agent AS a (name, source, id_column, phone_column, email_column, require_otp, code_ttl,
                                      max_attempts, idle_timeout, absolute_timeout, preferred_channel,
                                      max_codes, code_window, resend_cooldown, lockout_threshold,
@@ -273,15 +274,16 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
 
 /// Loads an agent, or fails with 42704 when it was never configured.
 pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
-    let row = prepared::select(client,
-            "SELECT source::oid, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
-                    idle_timeout, absolute_timeout, preferred_channel,
-                    max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration,
-                    reveal_unknown
-               FROM otp.agent WHERE name = $1",
-            Some(1),
-            &[name.into()],
-        )?
+    let row = prepared::select(
+        client,
+        "SELECT source::oid, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
+                idle_timeout, absolute_timeout, preferred_channel,
+                max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration,
+                reveal_unknown
+           FROM otp.agent WHERE name = $1",
+        Some(1),
+        &[name.into()],
+    )?
         .first();
     if row.is_empty() {
         return Err(OtpError::unknown_agent(name));

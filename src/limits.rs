@@ -27,7 +27,8 @@ pub fn lock_sender(
     subject: &str,
     destination_key: &[u8],
 ) -> Result<()> {
-    prepared::update(client,
+    prepared::update(
+        client,
         "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:subject:' || $1), pg_catalog.hashtext($2)),
                 pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:destination'),
                                                  ('x' || pg_catalog.encode(pg_catalog.substr($3, 1, 4), 'hex'))::bit(32)::integer)",
@@ -49,34 +50,35 @@ pub fn next_allowed(
     let limits = agent.limits;
     // The max_codes-th newest code in the window leaves it at created_at + window;
     // only then is there room for another.
-    Ok(prepared::select(client,
-            "WITH subject_codes AS (
-                 SELECT created_at FROM otp.challenge
-                  WHERE agent = $1 AND subject = $2 AND created_at > $4 - $5),
-             destination_codes AS (
-                 SELECT created_at FROM otp.challenge
-                  WHERE destination_key = $3 AND created_at > $4 - $5)
-             SELECT GREATEST(
-                 (SELECT locked_until FROM otp.subject_guard
-                   WHERE agent = $1 AND subject = $2 AND locked_until > $4),
-                 (SELECT created_at + $5 FROM subject_codes ORDER BY created_at DESC OFFSET $6 - 1 LIMIT 1),
-                 (SELECT created_at + $5 FROM destination_codes ORDER BY created_at DESC OFFSET $6 - 1 LIMIT 1),
-                 (SELECT max(created_at) + $7 FROM (SELECT created_at FROM subject_codes
-                                                    UNION ALL SELECT created_at FROM destination_codes) recent
-                   HAVING max(created_at) + $7 > $4))",
-            Some(1),
-            &[
-                agent.name.as_str().into(),
-                subject.into(),
-                destination_keys[0].clone().into(),
-                now.into(),
-                limits.code_window.into(),
-                i64::from(limits.max_codes).into(),
-                limits.resend_cooldown.into(),
-                // under otp.previous_secret_key, during a rotation
-                destination_keys.get(1).cloned().into(),
-            ],
-        )?
+    Ok(prepared::select(
+        client,
+        "WITH subject_codes AS (
+             SELECT created_at FROM otp.challenge
+              WHERE agent = $1 AND subject = $2 AND created_at > $4 - $5),
+         destination_codes AS (
+             SELECT created_at FROM otp.challenge
+              WHERE destination_key = $3 AND created_at > $4 - $5)
+         SELECT GREATEST(
+             (SELECT locked_until FROM otp.subject_guard
+               WHERE agent = $1 AND subject = $2 AND locked_until > $4),
+             (SELECT created_at + $5 FROM subject_codes ORDER BY created_at DESC OFFSET $6 - 1 LIMIT 1),
+             (SELECT created_at + $5 FROM destination_codes ORDER BY created_at DESC OFFSET $6 - 1 LIMIT 1),
+             (SELECT max(created_at) + $7 FROM (SELECT created_at FROM subject_codes
+                                                UNION ALL SELECT created_at FROM destination_codes) recent
+               HAVING max(created_at) + $7 > $4))",
+        Some(1),
+        &[
+            agent.name.as_str().into(),
+            subject.into(),
+            destination_keys[0].clone().into(),
+            now.into(),
+            limits.code_window.into(),
+            i64::from(limits.max_codes).into(),
+            limits.resend_cooldown.into(),
+            // under otp.previous_secret_key, during a rotation
+            destination_keys.get(1).cloned().into(),
+        ],
+    )?
         .first()
         .get_one::<TimestampWithTimeZone>()?)
 }
@@ -116,22 +118,23 @@ pub fn record_failure(
     subject: &str,
     now: TimestampWithTimeZone,
 ) -> Result<bool> {
-    let locked_out = prepared::update(client,
-            "UPDATE otp.subject_guard
-                SET consecutive_failures = CASE WHEN consecutive_failures + 1 >= $3 THEN 0
-                                                ELSE consecutive_failures + 1 END,
-                    locked_until = CASE WHEN consecutive_failures + 1 >= $3 THEN $4 + $5 ELSE locked_until END
-              WHERE agent = $1 AND subject = $2
-          RETURNING locked_until IS NOT NULL AND locked_until > $4",
-            None,
-            &[
-                agent.name.as_str().into(),
-                subject.into(),
-                agent.limits.lockout_threshold.into(),
-                now.into(),
-                agent.limits.lockout_duration.into(),
-            ],
-        )?
+    let locked_out = prepared::update(
+        client,
+        "UPDATE otp.subject_guard
+            SET consecutive_failures = CASE WHEN consecutive_failures + 1 >= $3 THEN 0
+                                            ELSE consecutive_failures + 1 END,
+                locked_until = CASE WHEN consecutive_failures + 1 >= $3 THEN $4 + $5 ELSE locked_until END
+          WHERE agent = $1 AND subject = $2
+      RETURNING locked_until IS NOT NULL AND locked_until > $4",
+        None,
+        &[
+            agent.name.as_str().into(),
+            subject.into(),
+            agent.limits.lockout_threshold.into(),
+            now.into(),
+            agent.limits.lockout_duration.into(),
+        ],
+    )?
         .first()
         .get_one::<bool>()?
         .unwrap_or(false);

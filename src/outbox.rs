@@ -185,26 +185,21 @@ pub fn claim(
                 attempt: row.get(11)?.unwrap_or_default(),
             });
         }
-        if !expired.is_empty() {
-            prepared::update(
-                client,
-                "UPDATE otp.challenge SET delivery = 'expired' WHERE id = ANY ($1) AND delivery = 'queued'",
-                None,
-                &[expired.into()],
-            )?;
-        }
+        mark_delivery_expired(client, expired)?;
         // Undeliverable messages took places in this batch: finish the rest
         // of them at once, then fill the places with deliverable ones.
         let full = (claimed.len() + unopenable.len()) as i64 >= i64::from(batch_size);
         if !finished_some || full || swept {
             break;
         }
-        finish_undeliverable(client, now)?;
+        let expired = finish_undeliverable(client, now)?;
+        mark_delivery_expired(client, expired)?;
         swept = true;
     }
     for (message_id, challenge_id) in unopenable {
         pgrx::warning!("pg_otp: outbox message {message_id} was sealed under a secret no longer configured; marked failed");
-        prepared::update(client,
+        prepared::update(
+            client,
             "UPDATE otp.outbox SET last_error = 'sealed under a secret no longer configured' WHERE id = $1",
             None,
             &[message_id.into()],
@@ -230,19 +225,17 @@ fn claim_due<'conn>(
 ) -> Result<pgrx::spi::SpiTupleTable<'conn>> {
     prepared::update(
         client,
-        "WITH due AS (
-             SELECT id FROM otp.outbox
-              WHERE state IN ('queued', 'sending') AND available_at <= $1
-              ORDER BY available_at, id
-              LIMIT $2
-                FOR UPDATE SKIP LOCKED),
-         judged AS (
+        "WITH judged AS (
              SELECT o.id,
                     CASE WHEN o.expires_at <= $1 THEN 'expired'
                          WHEN (SELECT c.state FROM otp.challenge c WHERE c.id = o.challenge_id)
                               IS DISTINCT FROM 'pending' THEN 'cancelled'
                          ELSE 'sending' END AS next_state
-               FROM otp.outbox o JOIN due USING (id))
+               FROM otp.outbox o
+              WHERE o.state IN ('queued', 'sending') AND o.available_at <= $1
+              ORDER BY o.available_at, o.id
+              LIMIT $2
+                FOR UPDATE SKIP LOCKED)
          UPDATE otp.outbox o
             SET state = judged.next_state,
                 attempt = CASE WHEN judged.next_state = 'sending' THEN o.attempt + 1 ELSE o.attempt END,
@@ -263,7 +256,11 @@ const MAX_FINISHED_PER_CLAIM: i64 = 1000;
 
 /// Finishes due messages that can no longer be sent (see `claim_due`), so
 /// that they stop taking places in claims. Runs only when a claim met one.
-fn finish_undeliverable(client: &mut SpiClient<'_>, now: TimestampWithTimeZone) -> Result<()> {
+/// Returns the challenges whose message expired.
+fn finish_undeliverable(
+    client: &mut SpiClient<'_>,
+    now: TimestampWithTimeZone,
+) -> Result<Vec<i64>> {
     prepared::update(
         client,
         "WITH undeliverable AS (
@@ -281,10 +278,24 @@ fn finish_undeliverable(client: &mut SpiClient<'_>, now: TimestampWithTimeZone) 
                 SET state = undeliverable.final_state, code_nonce = NULL, code_sealed = NULL, finished_at = $1
                FROM undeliverable WHERE o.id = undeliverable.id
           RETURNING o.challenge_id, o.state)
-         UPDATE otp.challenge c SET delivery = 'expired'
-           FROM finished WHERE c.id = finished.challenge_id AND finished.state = 'expired' AND c.delivery = 'queued'",
+         SELECT challenge_id FROM finished WHERE state = 'expired'",
         None,
         &[now.into(), MAX_FINISHED_PER_CLAIM.into()],
+    )?
+    .map(|row| Ok(row.get::<i64>(1)?.unwrap_or_default()))
+    .collect()
+}
+
+/// Mirrors on the challenges that their message expired before delivery.
+fn mark_delivery_expired(client: &mut SpiClient<'_>, challenge_ids: Vec<i64>) -> Result<()> {
+    if challenge_ids.is_empty() {
+        return Ok(());
+    }
+    prepared::update(
+        client,
+        "UPDATE otp.challenge SET delivery = 'expired' WHERE id = ANY ($1) AND delivery = 'queued'",
+        None,
+        &[challenge_ids.into()],
     )?;
     Ok(())
 }
@@ -303,12 +314,13 @@ struct Message {
 fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(i64, Message)> {
     let message_id = message_id.ok_or_else(|| OtpError::null_argument("message_id"))?;
     // update(), not select(): a locking read needs a read-write SPI call.
-    let row = prepared::update(client,
-            "SELECT challenge_id, state, attempt, code_nonce, code_sealed, fallback_channel IS NOT NULL, key_id
-               FROM otp.outbox WHERE id = $1 FOR UPDATE",
-            Some(1),
-            &[message_id.into()],
-        )?
+    let row = prepared::update(
+        client,
+        "SELECT challenge_id, state, attempt, code_nonce, code_sealed, fallback_channel IS NOT NULL, key_id
+           FROM otp.outbox WHERE id = $1 FOR UPDATE",
+        Some(1),
+        &[message_id.into()],
+    )?
         .first();
     if row.is_empty() {
         return Err(OtpError::new(
@@ -459,7 +471,8 @@ pub fn failed(
             let hint = Channel::parse(&channel)
                 .map(|c| record::mask(c, &destination))
                 .unwrap_or_default();
-            prepared::update(client,
+            prepared::update(
+                client,
                 "UPDATE otp.challenge SET channel = $2, destination_hint = $3, delivery = 'queued' WHERE id = $1",
                 None,
                 &[message.challenge_id.into(), channel.as_str().into(), hint.as_str().into()],
@@ -469,7 +482,8 @@ pub fn failed(
         return Ok(());
     }
     let delay = backoff_seconds(message.attempt);
-    let requeued = prepared::update(client,
+    let requeued = prepared::update(
+        client,
         "UPDATE otp.outbox SET state = 'queued', available_at = $2 + pg_catalog.make_interval(secs => $3)
           WHERE id = $1 AND $2 + pg_catalog.make_interval(secs => $3) < expires_at",
         None,
@@ -497,7 +511,8 @@ fn queue_fallback(
     message_id: i64,
     now: TimestampWithTimeZone,
 ) -> Result<Option<(String, String)>> {
-    let queued = prepared::update(client,
+    let queued = prepared::update(
+        client,
         "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
                                  available_at, expires_at, created_at, key_id)
          SELECT o.challenge_id, o.agent, o.conversation, o.fallback_channel, o.fallback_destination,

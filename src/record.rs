@@ -122,12 +122,13 @@ pub fn decoy(client: &SpiClient<'_>, agent: &Agent, seed: &[u8; 32]) -> Result<D
     let email_column = agent.email_column.as_deref().unwrap_or_default();
     let relation = check_source(agent.source, &[("email_column", email_column)])?;
     let column = pgrx::spi::quote_identifier(email_column);
-    let domain: Option<String> = prepared::select(client,
-            format!("SELECT split_part({column}::text, '@', 2) FROM {relation} WHERE {column}::text LIKE '_%@_%' LIMIT 1")
-                .as_str(),
-            Some(1),
-            &[],
-        )?
+    let domain: Option<String> = prepared::select(
+        client,
+        format!("SELECT split_part({column}::text, '@', 2) FROM {relation} WHERE {column}::text LIKE '_%@_%' LIMIT 1")
+            .as_str(),
+        Some(1),
+        &[],
+    )?
         .first()
         .get_one()?;
     let letter = char::from(b'a' + seed[2] % 26);

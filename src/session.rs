@@ -104,15 +104,16 @@ pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<Touch> {
     let token_hash = crypto::session_token_hash(token).to_vec();
     let now = clock::now();
     // The common case, an active session, is one statement.
-    let active = prepared::update(client,
-            "UPDATE otp.session
-                SET last_seen_at = $2, idle_expires_at = LEAST($2 + idle_timeout, expires_at)
-              WHERE token_hash = $1 AND revoked_at IS NULL AND $2 < expires_at AND $2 < idle_expires_at
-          RETURNING agent, conversation, subject, idle_expires_at, expires_at",
-            None,
-            &[token_hash.clone().into(), now.into()],
-        )?
-        .first();
+    let active = prepared::update(
+        client,
+        "UPDATE otp.session
+            SET last_seen_at = $2, idle_expires_at = LEAST($2 + idle_timeout, expires_at)
+          WHERE token_hash = $1 AND revoked_at IS NULL AND $2 < expires_at AND $2 < idle_expires_at
+      RETURNING agent, conversation, subject, idle_expires_at, expires_at",
+        None,
+        &[token_hash.clone().into(), now.into()],
+    )?
+    .first();
     if !active.is_empty() {
         return Ok(Touch {
             status: TouchStatus::Active,
@@ -169,7 +170,8 @@ pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<Touch> {
 pub fn revoke(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<bool> {
     let token = token.ok_or_else(|| OtpError::null_argument("session_token"))?;
     let now = clock::now();
-    let revoked = prepared::update(client,
+    let revoked = prepared::update(
+        client,
         "UPDATE otp.session SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
         None,
         &[crypto::session_token_hash(token).to_vec().into(), now.into()],
