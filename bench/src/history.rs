@@ -94,21 +94,29 @@ fn load_history(db: &mut Client, rows: i64) -> Result<()> {
     Ok(())
 }
 
-/// Claims every due message as a dispatcher would, reports them sent, and
-/// returns the code sent to `conversation`.
-fn deliver(db: &mut Client, conversation: &str) -> Result<String> {
-    let mut code = None;
+/// Claims every due message as a dispatcher would and reports them sent;
+/// returns each message's conversation and code.
+fn deliver_all(db: &mut Client) -> Result<Vec<(String, String)>> {
+    let mut delivered = Vec::new();
     for row in db.query(
         "SELECT message_id, conversation, code FROM otp_outbox_claim(1000)",
         &[],
     )? {
         let message_id: i64 = row.get(0);
         db.execute("SELECT otp_outbox_sent($1, 'bench')", &[&message_id])?;
-        if row.get::<_, &str>(1) == conversation {
-            code = Some(row.get(2));
-        }
+        delivered.push((row.get(1), row.get(2)));
     }
-    code.ok_or_else(|| anyhow::anyhow!("no message for {conversation}"))
+    Ok(delivered)
+}
+
+/// Delivers every due message; returns the code sent to `conversation`.
+fn deliver(db: &mut Client, conversation: &str) -> Result<String> {
+    deliver_all(db)?
+        .into_iter()
+        .rev()
+        .find(|(to, _)| to == conversation)
+        .map(|(_, code)| code)
+        .ok_or_else(|| anyhow::anyhow!("no message for {conversation}"))
 }
 
 /// `calls` authentications one at a time; the latencies of issue and verify.
@@ -172,10 +180,7 @@ fn decoys(db: &mut Client, calls: usize) -> Result<(Latencies, Latencies)> {
         }
         // A dispatcher keeps the queue short, as it would in production.
         if i % 50 == 0 {
-            for row in db.query("SELECT message_id FROM otp_outbox_claim(1000)", &[])? {
-                let message_id: i64 = row.get(0);
-                db.execute("SELECT otp_outbox_sent($1, 'bench')", &[&message_id])?;
-            }
+            deliver_all(db)?;
         }
     }
     Ok((known, unknown))

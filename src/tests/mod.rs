@@ -125,12 +125,17 @@ mod tests {
         })
     }
 
-    /// The code of a conversation's newest message, read the way a dispatcher
-    /// does. A claim takes every due message, so what it returns is kept in a
-    /// temporary table for the other conversations of the test.
-    fn delivered_code(conversation: &str) -> String {
+    /// Claims every due message, the way a dispatcher does, into the
+    /// temporary table `claimed`, kept for the other conversations of the test.
+    fn claim_all() {
         run("CREATE TEMP TABLE IF NOT EXISTS claimed (conversation text, message_id bigint, code text);
              INSERT INTO claimed SELECT conversation, message_id, code FROM otp_outbox_claim(batch_size => 1000)");
+    }
+
+    /// The code of a conversation's newest message, read the way a dispatcher
+    /// does (see `claim_all`).
+    fn delivered_code(conversation: &str) -> String {
+        claim_all();
         Spi::get_one_with_args::<String>(
             "SELECT code FROM claimed WHERE conversation = $1 ORDER BY message_id DESC LIMIT 1",
             &[conversation.into()],
@@ -856,8 +861,7 @@ mod tests {
         issue("t-rot-gone", "4721");
         // a secret rotated away twice: neither current nor previous
         rekey("t-rot-gone", &"ab".repeat(32), "246810");
-        run("CREATE TEMP TABLE IF NOT EXISTS claimed (conversation text, message_id bigint, code text);
-             INSERT INTO claimed SELECT conversation, message_id, code FROM otp_outbox_claim(batch_size => 1000)");
+        claim_all();
         assert_eq!(
             count("SELECT count(*) FROM claimed WHERE conversation = 't-rot-gone'"),
             0

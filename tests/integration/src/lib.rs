@@ -26,7 +26,9 @@ pub fn env(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run these tests through scripts/test.sh"))
 }
 
-fn connect_to(user: &str, dbname: &str) -> Client {
+/// A new connection to `dbname` as `user`, without preparing the fixture:
+/// for tests that make databases of their own.
+pub fn connect_to(user: &str, dbname: &str) -> Client {
     let config = format!(
         "host={} port={} user={user} dbname={dbname} application_name=pg_otp_it",
         env("PG_OTP_TEST_HOST"),

@@ -11,21 +11,16 @@ const OLD_VERSION: &str = "0.1.0";
 const UPGRADED: &str = "pg_otp_upgraded";
 const FRESH: &str = "pg_otp_fresh";
 
-fn admin() -> Client {
-    Client::connect(&connection_string("postgres", "postgres"), NoTls).unwrap()
-}
-
 /// A new, empty database `name` (dropped first if a previous run left it).
 fn recreate(name: &str) -> Client {
-    let mut admin = admin();
+    let mut admin = connect_to("postgres", "postgres");
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .unwrap();
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap();
-    let config = connection_string("postgres", "postgres").replace("dbname=postgres", "");
-    Client::connect(&format!("{config} dbname={name}"), NoTls).unwrap()
+    connect_to("postgres", name)
 }
 
 /// Everything an install of pg_otp consists of, as sorted lines of text
