@@ -15,7 +15,8 @@
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PgSqlErrorCode};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PgSqlErrorCode};
 
 use crate::crypto::{KeyRing, Keys};
 use crate::errors::{OtpError, Result};
@@ -84,10 +85,81 @@ pub fn init() {
     );
     if preloading {
         crate::purge::register_worker();
+        hide_secret_values_in_the_server_log();
     }
     // Refuse SET otp.typo = ... and drop placeholders for names we do not define.
     // SAFETY: a plain C call with a static NUL-terminated string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"otp".as_ptr()) };
+}
+
+/// The names of the parameters that hold secrets.
+const SECRET_NAMES: [&CStr; 2] = [c"otp.secret_key", c"otp.previous_secret_key"];
+
+/// The untranslated text of the line PostgreSQL's postmaster logs for every
+/// parameter a configuration reload changes.
+const PARAMETER_CHANGED: &CStr = c"parameter \"%s\" changed to \"%s\"";
+
+/// The log hook that was installed before ours; ours passes every line on.
+static mut NEXT_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
+
+/// On a reload the postmaster logs each changed parameter with its new value
+/// ("parameter "otp.secret_key" changed to "…""), whatever its flags say, so
+/// a key rotation would write both secrets into the server log. This hook,
+/// installed in the postmaster (the library is preloaded), keeps those lines
+/// but drops the value: the log says that a secret changed, never to what.
+fn hide_secret_values_in_the_server_log() {
+    // SAFETY: _PG_init runs once, in the postmaster, before any other process
+    // exists; chaining to the previous hook keeps other extensions' hooks.
+    unsafe {
+        NEXT_EMIT_LOG_HOOK = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(hide_secret_values);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn hide_secret_values(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: PostgreSQL passes the report being emitted; its strings are
+    // NUL-terminated or NULL, and a replacement message must live in
+    // ErrorContext like the original.
+    unsafe {
+        if let Some(report) = edata.as_mut() {
+            if let Some(name) = changed_secret(report) {
+                let hidden = format!(
+                    "parameter \"{}\" changed (pg_otp does not log its value)",
+                    name.to_string_lossy()
+                );
+                let hidden = std::ffi::CString::new(hidden).expect("no NUL in a parameter name");
+                report.message = pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, hidden.as_ptr());
+            }
+        }
+        if let Some(next) = NEXT_EMIT_LOG_HOOK {
+            next(edata);
+        }
+    }
+}
+
+/// The secret parameter a "parameter changed" report is about, if any. The
+/// message itself may be translated; its untranslated id and the parameter
+/// name in it are not.
+unsafe fn changed_secret(report: &pg_sys::ErrorData) -> Option<&'static CStr> {
+    if report.message_id.is_null() || report.message.is_null() {
+        return None;
+    }
+    // SAFETY: both checked non-NULL above, NUL-terminated by PostgreSQL.
+    let (id, message) = unsafe {
+        (
+            CStr::from_ptr(report.message_id),
+            CStr::from_ptr(report.message),
+        )
+    };
+    if id != PARAMETER_CHANGED {
+        return None;
+    }
+    let message = message.to_bytes();
+    SECRET_NAMES.into_iter().find(|name| {
+        let name = name.to_bytes();
+        message.windows(name.len()).any(|window| window == name)
+    })
 }
 
 /// The keys for this call, or an error saying exactly how to fix the setup.
@@ -174,7 +246,53 @@ fn parse_secret(raw: &[u8]) -> std::result::Result<zeroize::Zeroizing<Vec<u8>>, 
 
 #[cfg(test)]
 mod tests {
-    use super::parse_secret;
+    use std::ffi::CStr;
+
+    use super::{changed_secret, parse_secret, PARAMETER_CHANGED};
+
+    /// A report as PostgreSQL builds it; the rest stays zeroed.
+    fn report(id: &CStr, message: &CStr) -> pgrx::pg_sys::ErrorData {
+        // SAFETY: ErrorData is a plain C struct; NULL and zero are valid.
+        let mut report: pgrx::pg_sys::ErrorData = unsafe { std::mem::zeroed() };
+        report.message_id = id.as_ptr();
+        report.message = message.as_ptr().cast_mut();
+        report
+    }
+
+    #[test]
+    fn reports_of_a_changed_secret_are_recognised_even_translated() {
+        let cases: [(&CStr, Option<&CStr>); 5] = [
+            (
+                c"parameter \"otp.secret_key\" changed to \"00ff\"",
+                Some(c"otp.secret_key"),
+            ),
+            (
+                c"parameter \"otp.previous_secret_key\" changed to \"00ff\"",
+                Some(c"otp.previous_secret_key"),
+            ),
+            (
+                c"Parameter \u{201e}otp.secret_key\u{201c} ge\u{e4}ndert auf \u{201e}00ff\u{201c}",
+                Some(c"otp.secret_key"),
+            ),
+            (c"parameter \"otp.purge_interval\" changed to \"5\"", None),
+            (
+                c"parameter \"work_mem\" changed to \"otp.secret_key\"",
+                Some(c"otp.secret_key"),
+            ),
+        ];
+        for (message, expected) in cases {
+            // SAFETY: the report's strings outlive the call.
+            let found = unsafe { changed_secret(&report(PARAMETER_CHANGED, message)) };
+            assert_eq!(found, expected, "{message:?}");
+        }
+        // Other reports are left alone, even when they name a secret.
+        let other = report(
+            c"invalid value for parameter \"%s\": \"%s\"",
+            c"otp.secret_key",
+        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { changed_secret(&other) }, None);
+    }
 
     #[test]
     fn accepts_hex_and_base64_of_32_bytes() {

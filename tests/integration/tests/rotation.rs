@@ -69,6 +69,8 @@ fn verify(app: &mut Client, conversation: &str, code: &str) -> String {
 fn a_rotation_keeps_pending_codes_and_queued_messages_usable() {
     let original = setting("otp.secret_key");
     let _restore = Restore;
+    let log_path = env("PG_OTP_TEST_LOG");
+    let log_start = std::fs::metadata(&log_path).unwrap().len();
     let mut app = connect(APP);
     let mut sender = connect(SENDER);
     let label = conversation("rotation");
@@ -102,7 +104,26 @@ fn a_rotation_keeps_pending_codes_and_queued_messages_usable() {
     // checked: it has expired, whatever is typed.
     assert_eq!(issue(&mut app, &orphaned), "code_sent");
     let orphaned_code = claim_code(&mut sender, &orphaned);
-    set_secrets(Some(&random_secret()), None);
+    let last = random_secret();
+    set_secrets(Some(&last), None);
     let mut app = connect(APP);
     assert_eq!(verify(&mut app, &orphaned, &orphaned_code), "expired");
+
+    // Every reload above was logged by the postmaster ("parameter ...
+    // changed"), the last one back to the original secret: never a value.
+    set_secrets(None, None);
+    let mut log = std::fs::File::open(&log_path).unwrap();
+    std::io::Seek::seek(&mut log, std::io::SeekFrom::Start(log_start)).unwrap();
+    let mut written = String::new();
+    log.read_to_string(&mut written).unwrap();
+    assert!(
+        written.contains("parameter \"otp.secret_key\" changed"),
+        "the reloads were logged"
+    );
+    for secret in [&original, &rotated, &last] {
+        assert!(
+            !written.contains(secret.as_str()),
+            "a secret appeared in the server log"
+        );
+    }
 }
