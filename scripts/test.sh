@@ -37,7 +37,7 @@ rm -rf "$PGRX_DATA"   # pgrx creates it as postgres, who cannot enter /root
 counted cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA/data"
 
 step "install pg_otp into PostgreSQL 15"
-cargo pgrx install --pg-config "$PG_CONFIG"
+cargo pgrx install --release --pg-config "$PG_CONFIG"
 # Released versions' install scripts too, so that upgrades from them are tested.
 cp sql/released/pg_otp--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 

@@ -21,11 +21,28 @@ BEGIN
 END
 $revoke$;
 
--- Two group roles, created if missing (roles belong to the whole cluster and
--- outlive DROP EXTENSION). Grant them to login roles:
+-- Three group roles, created if missing (roles belong to the whole cluster
+-- and outlive DROP EXTENSION). Grant the first two to login roles:
 --   GRANT otp_app TO chat_app;  GRANT otp_dispatcher TO otp_sender;
+-- otp_owner owns pg_otp's state and runs its SECURITY DEFINER functions: no
+-- login, no members, no attributes, so that whatever might run inside those
+-- functions gains pg_otp's own tables and nothing else (not the superuser
+-- who installed it). The secret is read in C, not through any privilege.
 DO $roles$
 BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_owner') THEN
+        CREATE ROLE otp_owner NOLOGIN;
+        COMMENT ON ROLE otp_owner IS 'pg_otp: owns schema otp and runs the SECURITY DEFINER functions; never grant it to anyone';
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_roles
+                   WHERE rolname = 'otp_owner'
+                     AND (rolcanlogin OR rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls))
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
+                   WHERE r.rolname = 'otp_owner') THEN
+        RAISE EXCEPTION 'pg_otp: role otp_owner already exists and can log in, has attributes or has members'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Whoever can act as otp_owner could read and change all of pg_otp''s state. '
+                         'Drop the role (or remove its members and attributes) before CREATE EXTENSION.';
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_app') THEN
         CREATE ROLE otp_app NOLOGIN;
         COMMENT ON ROLE otp_app IS 'pg_otp: may call otp_issue, otp_verify, otp_status, otp_events, session_touch, session_revoke';
@@ -48,10 +65,37 @@ GRANT EXECUTE ON FUNCTION
 TO otp_app;
 GRANT EXECUTE ON FUNCTION
     @extschema@.otp_outbox_claim(integer, interval),
-    @extschema@.otp_outbox_sent(bigint, text),
-    @extschema@.otp_outbox_failed(bigint, text, boolean),
-    @extschema@.otp_outbox_expired(bigint)
+    @extschema@.otp_outbox_sent(bigint, integer, text),
+    @extschema@.otp_outbox_failed(bigint, integer, text, boolean),
+    @extschema@.otp_outbox_expired(bigint, integer)
 TO otp_dispatcher;
+
+-- Everything of pg_otp belongs to otp_owner (see above).
+DO $owner$
+DECLARE
+    member record;
+BEGIN
+    ALTER SCHEMA otp OWNER TO otp_owner;
+    FOR member IN
+        SELECT pg_catalog.format('ALTER %s %s OWNER TO otp_owner',
+                   CASE d.classid WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN 'FUNCTION'
+                                  ELSE 'TABLE'   -- with its indexes and sequences
+                   END,
+                   CASE d.classid WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.objid::pg_catalog.regprocedure::text
+                                  ELSE d.objid::pg_catalog.regclass::text
+                   END) AS statement
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_otp'
+          LEFT JOIN pg_catalog.pg_class c ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.oid = d.objid
+         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND d.deptype = 'e'
+           AND (d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                OR (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.relkind = 'r'))
+    LOOP
+        EXECUTE member.statement;
+    END LOOP;
+END
+$owner$;
 
 -- Generic plans for every statement these functions run: pg_otp prepares
 -- each statement once per connection, and its statements are short index
@@ -64,6 +108,6 @@ ALTER FUNCTION @extschema@.otp_status(text, text) SET plan_cache_mode = force_ge
 ALTER FUNCTION @extschema@.session_touch(text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.session_revoke(text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) SET plan_cache_mode = force_generic_plan;
-ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, text) SET plan_cache_mode = force_generic_plan;
-ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, text, boolean) SET plan_cache_mode = force_generic_plan;
-ALTER FUNCTION @extschema@.otp_outbox_expired(bigint) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, integer, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, integer, text, boolean) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_expired(bigint, integer) SET plan_cache_mode = force_generic_plan;

@@ -96,6 +96,8 @@ CREATE TABLE otp.outbox (
     agent        text NOT NULL,
     conversation text NOT NULL,
     channel      text NOT NULL CHECK (channel IN ('whatsapp', 'email')),
+    -- '' for a decoy's message (reveal_unknown = false): queued and "sent"
+    -- like any other, but never handed to a dispatcher
     destination  text NOT NULL,
     -- the record's other channel: used when this one fails permanently
     fallback_channel     text CHECK (fallback_channel IN ('whatsapp', 'email')),

@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 
 use crate::config::AgentSettings;
 use crate::errors::OrRaise;
-use crate::{audit, challenge, config, gucs, outbox, purge, session};
+use crate::{audit, challenge, config, gucs, limits, outbox, purge, session};
 
 /// Creates or replaces an agent's "Authenticate conversation" settings.
 /// Runs with the caller's rights: only the extension owner or a superuser
@@ -248,6 +248,21 @@ fn otp_purge(
     ))
 }
 
+/// Ends a person's lockout and clears their failure count before
+/// lockout_duration ends (an operator's decision, not an application's:
+/// EXECUTE is granted to nobody; runs with the caller's rights). True when
+/// there was a lockout or failures to clear.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_unlock(agent: Option<&str>, subject: Option<&str>) -> bool {
+    Spi::connect_mut(|client| {
+        let agent = config::agent_name(agent)?;
+        let subject = subject.ok_or_else(|| crate::errors::OtpError::null_argument("subject"))?;
+        limits::unlock(client, agent, subject)
+    })
+    .or_raise()
+}
+
 /// Delivery protocol: claims due messages, with their codes, for `lease`.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -286,28 +301,90 @@ fn otp_outbox_claim(
     }))
 }
 
-/// Delivery protocol: the provider accepted the message.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+/// Delivery protocol: the provider accepted the message. `attempt` is the
+/// one otp_outbox_claim returned; false when the report was stale (the
+/// lease ran out and the message was claimed again) and so ignored.
+#[pg_extern(name = "otp_outbox_sent", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn otp_outbox_sent(message_id: Option<i64>, provider_ref: Option<&str>) {
-    Spi::connect_mut(|client| outbox::sent(client, message_id, provider_ref)).or_raise()
+fn otp_outbox_sent_fenced(
+    message_id: Option<i64>,
+    attempt: Option<i32>,
+    provider_ref: Option<&str>,
+) -> bool {
+    Spi::connect_mut(|client| {
+        let keys = gucs::keys()?;
+        outbox::sent(client, &keys, message_id, attempt, provider_ref)
+    })
+    .or_raise()
 }
 
 /// Delivery protocol: the dispatcher did not send the message because its
-/// code expires too soon to be useful; it ends as `expired`.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+/// code expires too soon to be useful; it ends as `expired`. False when the
+/// report was stale.
+#[pg_extern(
+    name = "otp_outbox_expired",
+    volatile,
+    parallel_unsafe,
+    security_definer
+)]
 #[search_path(pg_catalog, pg_temp)]
-fn otp_outbox_expired(message_id: Option<i64>) {
-    Spi::connect_mut(|client| outbox::expired(client, message_id)).or_raise()
+fn otp_outbox_expired_fenced(message_id: Option<i64>, attempt: Option<i32>) -> bool {
+    Spi::connect_mut(|client| outbox::expired(client, message_id, attempt)).or_raise()
 }
 
 /// Delivery protocol: the delivery failed; `retryable` asks for another try.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+/// False when the report was stale.
+#[pg_extern(
+    name = "otp_outbox_failed",
+    volatile,
+    parallel_unsafe,
+    security_definer
+)]
 #[search_path(pg_catalog, pg_temp)]
+fn otp_outbox_failed_fenced(
+    message_id: Option<i64>,
+    attempt: Option<i32>,
+    error: Option<&str>,
+    retryable: Option<bool>,
+) -> bool {
+    Spi::connect_mut(|client| {
+        let keys = gucs::keys()?;
+        outbox::failed(client, &keys, message_id, attempt, error, retryable)
+    })
+    .or_raise()
+}
+
+// The reports of pg_otp 0.2.0 and before, without the attempt. Not part of
+// the current SQL interface (`sql = false`): their C entry points stay so
+// that a server restarted with this library still works with the 0.2.0
+// schema until ALTER EXTENSION pg_otp UPDATE (see README, Upgrading). They
+// report for the message's current attempt, unfenced, as 0.2.0 did.
+
+#[pg_extern(sql = false)]
+fn otp_outbox_sent(message_id: Option<i64>, provider_ref: Option<&str>) {
+    Spi::connect_mut(|client| {
+        let keys = gucs::keys()?;
+        let attempt = outbox::current_attempt(client, message_id)?;
+        outbox::sent(client, &keys, message_id, attempt, provider_ref).map(drop)
+    })
+    .or_raise()
+}
+
+#[pg_extern(sql = false)]
+fn otp_outbox_expired(message_id: Option<i64>) {
+    Spi::connect_mut(|client| {
+        let attempt = outbox::current_attempt(client, message_id)?;
+        outbox::expired(client, message_id, attempt).map(drop)
+    })
+    .or_raise()
+}
+
+#[pg_extern(sql = false)]
 fn otp_outbox_failed(message_id: Option<i64>, error: Option<&str>, retryable: Option<bool>) {
     Spi::connect_mut(|client| {
         let keys = gucs::keys()?;
-        outbox::failed(client, &keys, message_id, error, retryable)
+        let attempt = outbox::current_attempt(client, message_id)?;
+        outbox::failed(client, &keys, message_id, attempt, error, retryable).map(drop)
     })
     .or_raise()
 }

@@ -18,7 +18,7 @@ use crate::config;
 use crate::crypto::{self, Code, CODE_DIGITS};
 use crate::errors::{OtpError, Result};
 use crate::prepared;
-use crate::{clock, gucs, limits, outbox, record, session};
+use crate::{clock, gucs, ledger, limits, locks, outbox, record, session};
 
 /// Result words of otp_issue. The spelling is the SQL contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +120,12 @@ pub fn issue(
     let keys = &ring.current;
     let agent = config::load(client, agent_name)?;
 
-    lock_conversation(client, &agent.name, conversation)?;
+    // One issue at a time per conversation: concurrent ones leave exactly
+    // one pending challenge.
+    locks::lock(
+        locks::Scope::Conversation,
+        &[agent.name.as_bytes(), conversation.as_bytes()],
+    );
     let now = clock::now();
     // Unless refused for a limit, the user has started over: whatever this
     // call finds, an older code of the conversation must no longer work.
@@ -169,18 +174,18 @@ pub fn issue(
             (route.primary, route.fallback, keys)
         }
         None => {
-            let seed = keys.destination_key("decoy", &subject);
+            let seed = keys.decoy_key(&agent.name, &subject);
             (
                 record::decoy(client, &agent, &seed)?,
                 None,
-                ring.destination_keys("decoy", &subject),
+                ring.decoy_keys(&agent.name, &subject),
             )
         }
     };
     let decoy = destination.address.is_empty();
     let destination_key = &destination_keys[0];
 
-    limits::lock_sender(client, &agent.name, &subject, destination_key)?;
+    limits::lock_sender(&agent.name, &subject, destination_key);
     let now = clock::now(); // after waiting for the locks
     if let Some(next) = limits::next_allowed(client, &agent, &subject, &destination_keys, now)? {
         // Refused: no code is written, and an earlier code stays valid.
@@ -213,8 +218,7 @@ pub fn issue(
         "WITH issued AS (
              INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
                                         code_hash, max_attempts, created_at, expires_at, decoy, key_id, delivery)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                     CASE WHEN $12 THEN 'sent' ELSE 'queued' END)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued')
           RETURNING agent, conversation, subject, channel, destination_hint)
          INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
          SELECT $10, agent, conversation, subject, $14, channel, destination_hint FROM issued",
@@ -245,7 +249,6 @@ pub fn issue(
         code: &code,
         created_at: now,
         expires_at,
-        decoy,
     };
     outbox::enqueue(client, keys, &message)?;
 
@@ -287,7 +290,7 @@ pub fn status(
         "SELECT CASE WHEN state = 'pending' AND expires_at <= $3 THEN 'expired' ELSE state END,
                 channel, destination_hint, delivery,
                 CASE WHEN state = 'pending' AND expires_at > $3 THEN max_attempts - attempts_used END,
-                expires_at
+                expires_at, id, max_attempts
            FROM otp.challenge
           WHERE agent = $1 AND conversation = $2
           ORDER BY id DESC
@@ -306,12 +309,30 @@ pub fn status(
             expires_at: None,
         });
     }
+    let mut status: String = row.get(1)?.unwrap_or_default();
+    let mut attempts_remaining: Option<i32> = row.get(5)?;
+    // Guesses rolled back since are in the ledger, not in the row.
+    if let (Some(remaining), Some(id), Some(max)) =
+        (attempts_remaining, row.get::<i64>(7)?, row.get::<i32>(8)?)
+    {
+        if let Some(counted) = ledger::challenge(id) {
+            if counted.consumed {
+                status = VerifyStatus::Verified.as_str().to_owned();
+                attempts_remaining = None;
+            } else if counted.count >= max {
+                status = VerifyStatus::Locked.as_str().to_owned();
+                attempts_remaining = None;
+            } else {
+                attempts_remaining = Some(remaining.min(max - counted.count));
+            }
+        }
+    }
     Ok(ChallengeStatus {
-        status: row.get(1)?.unwrap_or_default(),
+        status,
         channel: row.get(2)?,
         destination_hint: row.get(3)?,
         delivery: row.get(4)?,
-        attempts_remaining: row.get(5)?,
+        attempts_remaining,
         expires_at: row.get(6)?,
     })
 }
@@ -337,7 +358,7 @@ pub fn verify(
     // attempts and state its predecessors committed.
     let row = prepared::update(
         client,
-        "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at, key_id
+        "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at, key_id, decoy
                FROM otp.challenge
               WHERE agent = $1 AND conversation = $2 AND state = 'pending'
                 FOR UPDATE",
@@ -351,8 +372,11 @@ pub fn verify(
     let challenge_id: i64 = row.get(1)?.expect("NOT NULL column");
     let subject: String = row.get(2)?.unwrap_or_default();
     let stored_hash: Vec<u8> = row.get(3)?.unwrap_or_default();
+    let attempts_used: i32 = row.get(4)?.unwrap_or(0);
+    let max_attempts: i32 = row.get(5)?.unwrap_or(agent.max_attempts);
     let expires_at: TimestampWithTimeZone = row.get(6)?.expect("NOT NULL column");
     let key_id: Vec<u8> = row.get(7)?.unwrap_or_default();
+    let decoy: bool = row.get(8)?.unwrap_or(false);
     // One guess at a time per person, across all their conversations.
     let guard = limits::lock_guard(client, &agent, &subject)?;
     let now = clock::now(); // after waiting for the locks
@@ -363,63 +387,99 @@ pub fn verify(
         end_challenge(client, challenge_id, Ending::Expired, now)?;
         return Ok(Verified::bare(VerifyStatus::Expired));
     };
+
+    // The guess is counted where no rollback reaches before it is compared
+    // (see `ledger`); the tables get the same outcome below.
+    let lockout_end = now + agent.limits.lockout_duration;
+    let guess = ledger::guess(
+        &ledger::Challenge {
+            id: challenge_id,
+            attempts_used,
+            max_attempts,
+            expires_at: expires_at.into(),
+        },
+        &ledger::Person {
+            agent: &agent.name,
+            subject: &subject,
+            failures: guard.failures,
+            locked_until: guard.locked_until.map(Into::into),
+            lockout_threshold: agent.limits.lockout_threshold,
+            lockout_end: lockout_end.into(),
+        },
+        now.into(),
+        // A decoy's code was never sent to anyone: it never verifies, but
+        // costs the same comparison.
+        || {
+            keys.code_matches(
+                &stored_hash,
+                challenge_id,
+                &agent.name,
+                conversation,
+                &submitted,
+            ) & !decoy
+        },
+    )?;
+    limits::save_guard(
+        client,
+        &agent,
+        &subject,
+        &guard,
+        guess.failures,
+        guess.locked_until,
+    )?;
+
     let locked = || Verified {
         attempts_remaining: Some(0),
         ..Verified::bare(VerifyStatus::Locked)
     };
-    if guard.locked_until.is_some_and(|until| until > now) {
-        // Locked out by failures in other conversations: no code works now.
-        end_challenge(client, challenge_id, Ending::Locked, now)?;
-        return Ok(locked());
-    }
-
-    if keys.code_matches(
-        &stored_hash,
-        challenge_id,
-        &agent.name,
-        conversation,
-        &submitted,
-    ) {
-        end_challenge(client, challenge_id, Ending::Verified, now)?;
-        if guard.failures > 0 {
-            limits::record_success(client, &agent, &subject)?;
+    match guess.judgement {
+        ledger::Judgement::Used => {
+            // Verified in a transaction that rolled back: the code is used.
+            end_challenge(client, challenge_id, Ending::Verified, now)?;
+            Ok(Verified::bare(VerifyStatus::NoChallenge))
         }
-        let token = session::start(
-            client,
-            &agent,
-            conversation,
-            &subject,
-            Some(challenge_id),
-            now,
-        )?;
-        return Ok(Verified {
-            status: VerifyStatus::Verified,
-            attempts_remaining: None,
-            session_token: Some(token),
-            subject: Some(subject),
-        });
+        ledger::Judgement::LockedOut | ledger::Judgement::Exhausted => {
+            end_challenge(client, challenge_id, Ending::Locked, now)?;
+            Ok(locked())
+        }
+        ledger::Judgement::Right => {
+            end_challenge(client, challenge_id, Ending::Verified, now)?;
+            let token = session::start(
+                client,
+                &agent,
+                conversation,
+                &subject,
+                Some(challenge_id),
+                now,
+            )?;
+            Ok(Verified {
+                status: VerifyStatus::Verified,
+                attempts_remaining: None,
+                session_token: Some(token),
+                subject: Some(subject),
+            })
+        }
+        ledger::Judgement::Wrong {
+            attempts_used,
+            locked_out,
+        } => {
+            prepared::update(
+                client,
+                "UPDATE otp.challenge SET attempts_used = $2 WHERE id = $1",
+                None,
+                &[challenge_id.into(), attempts_used.into()],
+            )?;
+            audit::challenge_event(client, challenge_id, Event::Incorrect, now)?;
+            if attempts_used < max_attempts && !locked_out {
+                return Ok(Verified {
+                    attempts_remaining: Some(max_attempts - attempts_used),
+                    ..Verified::bare(VerifyStatus::Incorrect)
+                });
+            }
+            end_challenge(client, challenge_id, Ending::Locked, now)?;
+            Ok(locked())
+        }
     }
-
-    let counted = prepared::update(
-        client,
-        "UPDATE otp.challenge SET attempts_used = attempts_used + 1 WHERE id = $1
-          RETURNING max_attempts - attempts_used",
-        None,
-        &[challenge_id.into()],
-    )?
-    .first()
-    .get_one::<i32>()?
-    .unwrap_or(0);
-    audit::challenge_event(client, challenge_id, Event::Incorrect, now)?;
-    let locked_out = limits::record_failure(client, &agent, &subject, now)?;
-    if counted > 0 && !locked_out {
-        return Ok(Verified {
-            attempts_remaining: Some(counted),
-            ..Verified::bare(VerifyStatus::Incorrect)
-        });
-    }
-    end_challenge(client, challenge_id, Ending::Locked, now)?;
-    Ok(locked())
 }
 
 /// The code as digits, or None when the input is not a 6-digit code.
@@ -440,18 +500,6 @@ pub fn normalize_code(input: &str) -> Option<Code> {
             .collect(),
     );
     (digits.len() == CODE_DIGITS && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
-}
-
-/// Serialises otp_issue per conversation (transaction-scoped advisory lock),
-/// so that concurrent issues leave exactly one pending challenge.
-fn lock_conversation(client: &mut SpiClient<'_>, agent: &str, conversation: &str) -> Result<()> {
-    prepared::update(
-        client,
-        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:' || $1), pg_catalog.hashtext($2))",
-        None,
-        &[agent.into(), conversation.into()],
-    )?;
-    Ok(())
 }
 
 /// One statement that moves pending challenges (those matching `$where`,

@@ -20,29 +20,7 @@ use crate::prepared;
 pub const MAX_AGENT_LEN: usize = 128;
 pub const MAX_CONVERSATION_LEN: usize = 512;
 
-/// Delivery channels. The SQL spelling is the contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Channel {
-    WhatsApp,
-    Email,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::WhatsApp => "whatsapp",
-            Channel::Email => "email",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "whatsapp" => Some(Channel::WhatsApp),
-            "email" => Some(Channel::Email),
-            _ => None,
-        }
-    }
-}
+pub use otp_common::Channel;
 
 /// One agent's settings, as stored in otp.agent.
 #[derive(Debug)]
@@ -210,26 +188,12 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         OtpError::invalid_argument("preferred_channel", "must be 'whatsapp' or 'email'")
     })?;
 
-    let may_configure = prepared::select(
-        client,
-        "SELECT pg_catalog.has_table_privilege('otp.agent', 'INSERT, UPDATE')",
-        None,
-        &[],
-    )?
-    .first()
-    .get_one::<bool>()?
-    .unwrap_or(false);
-    if !may_configure {
-        return Err(OtpError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "pg_otp: only the owner of the pg_otp extension or a superuser may configure agents",
-        ));
-    }
-
     let mut columns = vec![("id_column", id_column)];
     columns.extend(phone_column.map(|c| ("phone_column", c)));
     columns.extend(email_column.map(|c| ("email_column", c)));
+    check_may_write_agents(client)?;
     check_source(source.oid(), &columns)?;
+    check_may_read(client, source.oid(), &columns)?;
 
     prepared::update(
         client,
@@ -269,6 +233,60 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
             reveal_unknown.into(),
         ],
     )?;
+    Ok(())
+}
+
+/// Who may configure an agent: a role that may both INSERT and UPDATE
+/// otp.agent (the extension's owner, a superuser, or a role granted both).
+fn check_may_write_agents(client: &SpiClient<'_>) -> Result<()> {
+    let row = prepared::select(
+        client,
+        "SELECT pg_catalog.has_table_privilege(c.oid, 'INSERT') AND pg_catalog.has_table_privilege(c.oid, 'UPDATE')
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'otp' AND c.relname = 'agent'",
+        Some(1),
+        &[],
+    )?
+    .first();
+    if !row.get_one::<bool>()?.unwrap_or(false) {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "pg_otp: only the owner of the pg_otp extension, a superuser, or a role granted both INSERT and \
+             UPDATE on otp.agent may configure agents",
+        ));
+    }
+    Ok(())
+}
+
+/// The configuring role must itself be able to read every configured column
+/// of the source, since pg_otp reads them on its behalf (and hands phone
+/// numbers and addresses to the dispatcher).
+fn check_may_read(
+    client: &SpiClient<'_>,
+    source: pg_sys::Oid,
+    columns: &[(&str, &str)],
+) -> Result<()> {
+    for (argument, column) in columns {
+        let readable = prepared::select(
+            client,
+            "SELECT pg_catalog.has_column_privilege($1, $2, 'SELECT')",
+            Some(1),
+            &[source.into(), (*column).into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+        if !readable {
+            return Err(OtpError::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("pg_otp: you may not read column \"{column}\" ({argument}) of the source"),
+            )
+            .with_detail(
+                "pg_otp reads the configured columns on behalf of whoever configures the agent.",
+            )
+            .with_hint("Configure the agent as a role that may SELECT those columns."));
+        }
+    }
     Ok(())
 }
 
@@ -342,6 +360,12 @@ pub fn check_source(source: pg_sys::Oid, columns: &[(&str, &str)]) -> Result<Str
             CStr::from_ptr(qualified).to_string_lossy().into_owned(),
         )
     };
+    if is_system_namespace(source) {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("pg_otp: {qualified} is a system catalog, which is never a source of people"),
+        ));
+    }
     if !matches!(relkind, b'r' | b'v' | b'm' | b'p' | b'f') {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
@@ -366,6 +390,21 @@ pub fn check_source(source: pg_sys::Oid, columns: &[(&str, &str)]) -> Result<Str
         ));
     }
     Ok(qualified)
+}
+
+/// Whether the relation lives in pg_catalog, information_schema or pg_toast.
+fn is_system_namespace(relation: pg_sys::Oid) -> bool {
+    // SAFETY: lsyscache lookups by OID, as in check_source.
+    unsafe {
+        let namespace = pg_sys::get_rel_namespace(relation);
+        if namespace == pg_sys::PG_CATALOG_NAMESPACE.into()
+            || namespace == pg_sys::PG_TOAST_NAMESPACE.into()
+        {
+            return true;
+        }
+        let name = pg_sys::get_namespace_name(namespace);
+        !name.is_null() && CStr::from_ptr(name).to_bytes() == b"information_schema"
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,14 @@ impl KeyRing {
             .find(|keys| keys.id.as_slice() == id)
     }
 
+    /// A decoy's key under every configured secret (see `Keys::decoy_key`).
+    pub fn decoy_keys(&self, agent: &str, identifier: &str) -> Vec<Vec<u8>> {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .map(|keys| keys.decoy_key(agent, identifier).to_vec())
+            .collect()
+    }
+
     /// A destination's key under every configured secret, so that send
     /// limits keep counting across a rotation.
     pub fn destination_keys(&self, channel: &str, address: &str) -> Vec<Vec<u8>> {
@@ -136,6 +144,22 @@ impl Keys {
         mac.update(channel.as_bytes());
         mac.update(b":");
         mac.update(canonical.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The destination key of a decoy (an identifier hidden with
+    /// reveal_unknown => false): scoped to the agent and to the identifier
+    /// exactly as it was compared, so that neither another spelling of it
+    /// nor another agent shares its send limits (which would tell a real
+    /// identifier from an unknown one).
+    pub fn decoy_key(&self, agent: &str, identifier: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.destination.as_ref())
+            .expect("HMAC takes any key length");
+        mac.update(b"decoy:");
+        for field in [agent.as_bytes(), identifier.as_bytes()] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field);
+        }
         mac.finalize().into_bytes().into()
     }
 
@@ -224,6 +248,33 @@ fn fill_random(buf: &mut [u8]) -> Result<()> {
             "the operating system's random number generator failed: {err}"
         ))
     })
+}
+
+/// `text` with every run of six ASCII digits for which `is_code` holds
+/// replaced by `[code]` (windows inside longer runs of digits included).
+/// Provider texts are scrubbed this way: the code itself may be gone (a
+/// finished message keeps none), but its keyed hash can still recognise it.
+pub fn redact(text: &str, mut is_code: impl FnMut(&str) -> bool) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while at + CODE_DIGITS <= bytes.len() {
+        let window = &bytes[at..at + CODE_DIGITS];
+        if window.iter().all(u8::is_ascii_digit) {
+            // ASCII digits only: the window is on character boundaries.
+            if is_code(&text[at..at + CODE_DIGITS]) {
+                out.push_str(&text[copied..at]);
+                out.push_str("[code]");
+                at += CODE_DIGITS;
+                copied = at;
+                continue;
+            }
+        }
+        at += 1;
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// A fresh, uniformly random 6-digit code.
@@ -329,6 +380,30 @@ mod tests {
         ));
         assert!(ring.for_id(&Keys::derive(&[3u8; 32]).id).is_none());
         assert_eq!(ring.destination_keys("email", "a@example.com").len(), 2);
+    }
+
+    #[test]
+    fn redaction_finds_the_code_anywhere_and_nothing_else() {
+        let is_code = |w: &str| w == "091616";
+        assert_eq!(
+            redact("code 091616 rejected (131026), ref 1091616x", is_code),
+            "code [code] rejected (131026), ref 1[code]x"
+        );
+        assert_eq!(redact("ñandú 091616", is_code), "ñandú [code]");
+        assert_eq!(redact("09161", is_code), "09161");
+        assert_eq!(redact("", is_code), "");
+        let everything = redact("091616 123456", |_| true);
+        assert_eq!(everything, "[code] [code]");
+    }
+
+    #[test]
+    fn decoy_keys_depend_on_agent_and_exact_identifier() {
+        let k = keys();
+        let base = k.decoy_key("hide-a", "E-99");
+        assert_ne!(base, k.decoy_key("hide-a", "e-99"));
+        assert_ne!(base, k.decoy_key("hide-b", "E-99"));
+        assert_ne!(base, k.decoy_key("hide-aE", "-99"));
+        assert_eq!(base, k.decoy_key("hide-a", "E-99"));
     }
 
     #[test]

@@ -40,6 +40,11 @@ impl OtpError {
         self
     }
 
+    /// The sentence of the error, for logs.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// 22004: a required argument was NULL.
     pub fn null_argument(name: &str) -> Self {
         Self::new(
@@ -64,6 +69,22 @@ impl OtpError {
         )
         .with_hint(
             "Configure it first with otp_configure(agent => ..., source => ..., id_column => ...).",
+        )
+    }
+
+    /// 55000: the library was not loaded through shared_preload_libraries.
+    pub fn not_preloaded() -> Self {
+        Self::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_otp: the pg_otp library must be loaded through shared_preload_libraries",
+        )
+        .with_detail(
+            "Without it, otp.secret_key is visible to every user in sessions that have not loaded pg_otp, \
+             and guesses could not be counted where no rollback reaches.",
+        )
+        .with_hint(
+            "Add pg_otp to shared_preload_libraries in postgresql.conf (or ALTER SYSTEM SET \
+             shared_preload_libraries = 'pg_otp'), restart PostgreSQL, then run this again.",
         )
     }
 

@@ -37,14 +37,18 @@ pub static PURGE_DATABASE: GucSetting<Option<std::ffi::CString>> =
 /// Seconds between two purge passes of the worker.
 pub static PURGE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(600);
 
+/// Entries of the attempt ledger (see `ledger`): challenges and people with
+/// guesses not yet committed. Each takes about 100 bytes of shared memory.
+pub static LEDGER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 /// Smallest secret accepted, in bytes (256 bits).
 pub const MIN_SECRET_BYTES: usize = 32;
 
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
-pub fn init() {
-    // SAFETY: read once in _PG_init, in the process that is loading the library.
-    let preloading = unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress };
+/// Defines the parameters. Those read only at server start exist only when
+/// the library is preloaded: PostgreSQL refuses (FATAL) to define them later.
+pub fn init(preloading: bool) {
     PRELOADED.store(preloading, Ordering::Relaxed);
 
     GucRegistry::define_string_guc(
@@ -65,14 +69,6 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_string_guc(
-        c"otp.purge_database",
-        c"Database in which the pg_otp background worker purges old rows.",
-        c"Unset: no worker runs; schedule SELECT otp_purge() with pg_cron instead. Needs a restart.",
-        &PURGE_DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
     GucRegistry::define_int_guc(
         c"otp.purge_interval",
         c"Seconds between two purge passes of the pg_otp background worker.",
@@ -84,12 +80,34 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     if preloading {
-        crate::purge::register_worker();
-        hide_secret_values_in_the_server_log();
+        GucRegistry::define_string_guc(
+            c"otp.purge_database",
+            c"Database in which the pg_otp background worker purges old rows.",
+            c"Unset: no worker runs; schedule SELECT otp_purge() with pg_cron instead. Needs a restart.",
+            &PURGE_DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"otp.ledger_size",
+            c"Entries of the pg_otp attempt ledger, which counts guesses no rollback can take back.",
+            c"Challenges and people whose guesses are not yet committed. When it is full of entries it \
+              cannot forget, verification fails (SQLSTATE 53400). Needs a restart.",
+            &LEDGER_SIZE,
+            100,
+            10_000_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
     }
     // Refuse SET otp.typo = ... and drop placeholders for names we do not define.
     // SAFETY: a plain C call with a static NUL-terminated string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"otp".as_ptr()) };
+}
+
+/// Entries the attempt ledger is sized for.
+pub fn ledger_size() -> i64 {
+    i64::from(LEDGER_SIZE.get())
 }
 
 /// The names of the parameters that hold secrets.
@@ -107,7 +125,7 @@ static mut NEXT_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
 /// a key rotation would write both secrets into the server log. This hook,
 /// installed in the postmaster (the library is preloaded), keeps those lines
 /// but drops the value: the log says that a secret changed, never to what.
-fn hide_secret_values_in_the_server_log() {
+pub fn hide_secret_values_in_the_server_log() {
     // SAFETY: _PG_init runs once, in the postmaster, before any other process
     // exists; chaining to the previous hook keeps other extensions' hooks.
     unsafe {
@@ -211,12 +229,7 @@ fn require_preloaded() -> Result<()> {
     if PRELOADED.load(Ordering::Relaxed) {
         return Ok(());
     }
-    Err(OtpError::new(
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "pg_otp: the pg_otp library must be loaded through shared_preload_libraries",
-    )
-    .with_detail("Without it, otp.secret_key is visible to every user in sessions that have not loaded pg_otp.")
-    .with_hint("Add pg_otp to shared_preload_libraries in postgresql.conf and restart PostgreSQL."))
+    Err(OtpError::not_preloaded())
 }
 
 /// Decodes the secret: hex when every character is a hex digit, base64 otherwise.

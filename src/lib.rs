@@ -8,6 +8,9 @@
 //! - `record`    — finding the person behind an identifier; channel choice and masking
 //! - `challenge` — issuing and verifying codes
 //! - `limits`    — send limits and lockout (abuse resistance)
+//! - `ledger`    — attempts counted in shared memory, where no rollback reaches
+//! - `locks`     — locks that serialise code issue, out of reach of SQL
+//! - `restricted`— running a source's SQL with its owner's rights only
 //! - `session`   — authenticated conversation sessions
 //! - `outbox`    — messages for the delivery process and its claim/report protocol
 //! - `purge`     — deleting old rows (function and background worker)
@@ -29,11 +32,14 @@ mod config;
 mod crypto;
 mod errors;
 mod gucs;
+mod ledger;
 mod limits;
+mod locks;
 mod outbox;
 mod prepared;
 mod purge;
 mod record;
+mod restricted;
 mod session;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -46,7 +52,45 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
+    silence_rust_backtraces();
+    // SAFETY: read once, in the process that is loading the library.
+    let (preloading, creating_extension) = unsafe {
+        (
+            pg_sys::process_shared_preload_libraries_in_progress,
+            pg_sys::creating_extension,
+        )
+    };
+    if !preloading && creating_extension {
+        // CREATE EXTENSION (or ALTER EXTENSION UPDATE) loaded the library in
+        // a server that did not preload it: pg_otp could keep none of its
+        // promises (hidden secret, attempt ledger). An ERROR, not the FATAL
+        // PostgreSQL would raise later: the DBA keeps the connection.
+        errors::OtpError::not_preloaded().raise();
+    }
+    gucs::init(preloading);
+    if preloading {
+        ledger::init(gucs::ledger_size());
+        locks::init();
+        purge::register_worker();
+        gucs::hide_secret_values_in_the_server_log();
+    }
+}
+
+/// pgrx attaches a Rust backtrace to the DETAIL of every ERROR when
+/// RUST_BACKTRACE (or RUST_LIB_BACKTRACE) is set in the server's
+/// environment, and clients see it: internals nobody should rely on an
+/// operator to keep out. The standard library decides once per library
+/// whether to capture backtraces; decide it here, as "never", and leave the
+/// environment as it was for everything else in the process.
+fn silence_rust_backtraces() {
+    const VARIABLE: &str = "RUST_LIB_BACKTRACE";
+    let previous = std::env::var_os(VARIABLE);
+    std::env::set_var(VARIABLE, "0");
+    drop(std::backtrace::Backtrace::capture());
+    match previous {
+        Some(value) => std::env::set_var(VARIABLE, value),
+        None => std::env::remove_var(VARIABLE),
+    }
 }
 
 /// The test cluster's otp.previous_secret_key: it runs as a server does

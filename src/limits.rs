@@ -10,38 +10,32 @@
 //!
 //! Over a limit, otp_issue answers `rate_limited` with the time the next code
 //! will be allowed, and writes nothing. Issues are serialised per person and
-//! per destination (advisory locks), so parallel requests cannot overshoot.
+//! per destination (`locks`), so parallel requests cannot overshoot.
+//! Failures and lockouts are counted first in the `ledger`, which no
+//! rollback reaches, and recorded here in otp.subject_guard.
 
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
 
 use crate::config::Agent;
 use crate::errors::Result;
-use crate::prepared;
+use crate::{ledger, locks, prepared};
 
 /// Serialises code issues for this person and this destination until the
 /// transaction ends. Call after the conversation lock, before `next_allowed`.
-pub fn lock_sender(
-    client: &mut SpiClient<'_>,
-    agent: &str,
-    subject: &str,
-    destination_key: &[u8],
-) -> Result<()> {
-    prepared::update(
-        client,
-        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:subject:' || $1), pg_catalog.hashtext($2)),
-                pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_otp:destination'),
-                                                 ('x' || pg_catalog.encode(pg_catalog.substr($3, 1, 4), 'hex'))::bit(32)::integer)",
-        None,
-        &[agent.into(), subject.into(), destination_key.to_vec().into()],
-    )?;
-    Ok(())
+pub fn lock_sender(agent: &str, subject: &str, destination_key: &[u8]) {
+    locks::lock(
+        locks::Scope::Person,
+        &[agent.as_bytes(), subject.as_bytes()],
+    );
+    locks::lock(locks::Scope::Destination, &[destination_key]);
 }
 
 /// When the next code may be sent to this person at this destination (known
-/// by one key per configured secret), or None when one may be sent now.
+/// by one key per configured secret), or None when one may be sent now. A
+/// lockout counts whether the tables or only the ledger know of it.
 pub fn next_allowed(
-    client: &SpiClient<'_>,
+    client: &mut SpiClient<'_>,
     agent: &Agent,
     subject: &str,
     destination_keys: &[Vec<u8>],
@@ -49,15 +43,17 @@ pub fn next_allowed(
 ) -> Result<Option<TimestampWithTimeZone>> {
     let limits = agent.limits;
     // The max_codes-th newest code in the window leaves it at created_at + window;
-    // only then is there room for another.
-    Ok(prepared::select(
+    // only then is there room for another. Run as a read-write statement:
+    // it takes a fresh snapshot, so it sees the codes committed by whoever
+    // held the locks of `lock_sender` before us.
+    let from_tables = prepared::update(
         client,
         "WITH subject_codes AS (
              SELECT created_at FROM otp.challenge
               WHERE agent = $1 AND subject = $2 AND created_at > $4 - $5),
          destination_codes AS (
              SELECT created_at FROM otp.challenge
-              WHERE destination_key = $3 AND created_at > $4 - $5)
+              WHERE destination_key = ANY (ARRAY[$3, $8]) AND created_at > $4 - $5)
          SELECT GREATEST(
              (SELECT locked_until FROM otp.subject_guard
                WHERE agent = $1 AND subject = $2 AND locked_until > $4),
@@ -80,7 +76,16 @@ pub fn next_allowed(
         ],
     )?
         .first()
-        .get_one::<TimestampWithTimeZone>()?)
+        .get_one::<TimestampWithTimeZone>()?;
+    let from_ledger = ledger::locked_until(&agent.name, subject)
+        .filter(|until| *until > i64::from(now))
+        .map(TimestampWithTimeZone::try_from)
+        .transpose()
+        .expect("the ledger holds timestamps it was given");
+    Ok([from_tables, from_ledger]
+        .into_iter()
+        .flatten()
+        .max_by_key(|until| i64::from(*until)))
 }
 
 /// A person's failure record, as `lock_guard` found it.
@@ -110,45 +115,53 @@ pub fn lock_guard(client: &mut SpiClient<'_>, agent: &Agent, subject: &str) -> R
     })
 }
 
-/// Counts a failed verification (after `lock_guard`). Returns true when it
-/// locked the person out; the count then starts again for after the lockout.
-pub fn record_failure(
+/// Writes a person's failure record as a verification left it (see
+/// `ledger::guess`), when it differs from what `lock_guard` found.
+pub fn save_guard(
     client: &mut SpiClient<'_>,
     agent: &Agent,
     subject: &str,
-    now: TimestampWithTimeZone,
-) -> Result<bool> {
-    let locked_out = prepared::update(
+    found: &Guard,
+    failures: i32,
+    locked_until: Option<i64>,
+) -> Result<()> {
+    let found_until = found.locked_until.map(i64::from);
+    if found.failures == failures && found_until == locked_until {
+        return Ok(());
+    }
+    let locked_until = locked_until
+        .map(TimestampWithTimeZone::try_from)
+        .transpose()
+        .expect("the ledger holds timestamps it was given");
+    prepared::update(
         client,
-        "UPDATE otp.subject_guard
-            SET consecutive_failures = CASE WHEN consecutive_failures + 1 >= $3 THEN 0
-                                            ELSE consecutive_failures + 1 END,
-                locked_until = CASE WHEN consecutive_failures + 1 >= $3 THEN $4 + $5 ELSE locked_until END
-          WHERE agent = $1 AND subject = $2
-      RETURNING locked_until IS NOT NULL AND locked_until > $4",
+        "UPDATE otp.subject_guard SET consecutive_failures = $3, locked_until = $4
+          WHERE agent = $1 AND subject = $2",
         None,
         &[
             agent.name.as_str().into(),
             subject.into(),
-            agent.limits.lockout_threshold.into(),
-            now.into(),
-            agent.limits.lockout_duration.into(),
+            failures.into(),
+            locked_until.into(),
         ],
-    )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
-    Ok(locked_out)
-}
-
-/// A successful verification: the failure count starts again.
-pub fn record_success(client: &mut SpiClient<'_>, agent: &Agent, subject: &str) -> Result<()> {
-    prepared::update(
-        client,
-        "UPDATE otp.subject_guard SET consecutive_failures = 0
-          WHERE agent = $1 AND subject = $2 AND consecutive_failures > 0",
-        None,
-        &[agent.name.as_str().into(), subject.into()],
     )?;
     Ok(())
+}
+
+/// Ends a person's lockout and clears their failure count (otp_unlock), in
+/// the table and in the ledger. True when there was something to clear.
+pub fn unlock(client: &mut SpiClient<'_>, agent: &str, subject: &str) -> Result<bool> {
+    // The table first: if the caller may not write it, the ledger is
+    // left as it is.
+    let cleared = !prepared::update(
+        client,
+        "UPDATE otp.subject_guard SET consecutive_failures = 0, locked_until = NULL
+          WHERE agent = $1 AND subject = $2 AND (consecutive_failures > 0 OR locked_until IS NOT NULL)
+      RETURNING 1",
+        None,
+        &[agent.into(), subject.into()],
+    )?
+    .is_empty();
+    let in_ledger = ledger::forget_person(agent, subject);
+    Ok(cleared || in_ledger)
 }

@@ -47,9 +47,10 @@ pub struct Claimed {
 }
 
 /// A message to queue: the code of a new challenge and where it goes.
-/// A decoy's message (reveal_unknown => false, nobody to send it to) is
-/// written too, born `cancelled` without a code, so that an unknown
-/// identifier costs the same work as a known one; no dispatcher claims it.
+/// A decoy's message (reveal_unknown => false, nobody to send it to, so an
+/// empty destination) is queued like any other, so that an unknown identifier costs the same work
+/// and shows the same delivery through otp_status; no dispatcher ever gets
+/// it (see `claim_due`).
 pub struct Outgoing<'a> {
     pub challenge_id: i64,
     pub agent: &'a str,
@@ -59,25 +60,17 @@ pub struct Outgoing<'a> {
     pub code: &'a str,
     pub created_at: TimestampWithTimeZone,
     pub expires_at: TimestampWithTimeZone,
-    pub decoy: bool,
 }
 
 /// Queues the code of a new challenge for delivery and wakes the dispatchers.
 pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) -> Result<()> {
-    // Sealed for decoys too: the same work, then thrown away.
     let sealed = keys.seal_code(message.challenge_id, message.code)?;
-    let (state, sealed, finished_at) = if message.decoy {
-        ("cancelled", None, Some(message.created_at))
-    } else {
-        ("queued", Some(sealed), None)
-    };
-    let (nonce, ciphertext) = sealed.map(|s| (s.nonce, s.ciphertext)).unzip();
     prepared::update(
         client,
         "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination,
                                  fallback_channel, fallback_destination, code_nonce, code_sealed,
-                                 available_at, expires_at, created_at, key_id, state, finished_at)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12, $14, $15
+                                 available_at, expires_at, created_at, key_id)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12
            -- wakes the dispatchers when the transaction commits (one row, no
            -- extra round trip; a constant payload, so repeats fold into one)
            FROM pg_catalog.pg_notify($13, '') AS wake",
@@ -90,14 +83,12 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
             message.destination.address.as_str().into(),
             message.fallback.map(|f| f.channel.as_str()).into(),
             message.fallback.map(|f| f.address.as_str()).into(),
-            nonce.into(),
-            ciphertext.into(),
+            sealed.nonce.into(),
+            sealed.ciphertext.into(),
             message.created_at.into(),
             message.expires_at.into(),
             keys.id.to_vec().into(),
             NOTIFY_CHANNEL.into(),
-            state.into(),
-            finished_at.into(),
         ],
     )?;
     Ok(())
@@ -147,16 +138,24 @@ pub fn claim(
         let room = i64::from(batch_size) - (claimed.len() + unopenable.len()) as i64;
         let mut finished_some = false;
         let mut expired = Vec::new();
+        let mut decoys_sent = Vec::new();
         for row in claim_due(client, now, room, lease)? {
             let message_id: i64 = row.get(1)?.unwrap_or_default();
             let challenge_id: i64 = row.get(2)?.unwrap_or_default();
+            let decoy: bool = row.get(13)?.unwrap_or(false);
             match row.get::<String>(3)?.as_deref() {
-                Some("sending") => {}
+                Some("sending") if !decoy => {}
                 Some("expired") => {
                     finished_some = true;
                     expired.push(challenge_id);
                     continue;
                 }
+                Some("sent") => {
+                    finished_some = true;
+                    decoys_sent.push(challenge_id);
+                    continue;
+                }
+                // a decoy now "being sent", or a message cancelled
                 _ => {
                     finished_some = true;
                     continue;
@@ -186,6 +185,7 @@ pub fn claim(
             });
         }
         mark_delivery_expired(client, expired)?;
+        mark_decoys_delivered(client, decoys_sent, now)?;
         // Undeliverable messages took places in this batch: finish the rest
         // of them at once, then fill the places with deliverable ones.
         let full = (claimed.len() + unopenable.len()) as i64 >= i64::from(batch_size);
@@ -215,6 +215,10 @@ pub fn claim(
 /// deadlock with, each other) and moves each to `sending` under a lease, or
 /// finishes it when it can no longer be sent: `expired` (the code ran out
 /// while queued) or `cancelled` (its challenge ended while a lease ran out).
+/// A decoy (empty destination) is never returned to a dispatcher: it is
+/// "sent" for as long as a
+/// provider takes (a random 0.2 to 1 second), then finished as `sent` by a
+/// later claim, as a real message would be by its report.
 /// The scan follows the outbox_due index in its order and stops at `limit`;
 /// each message's challenge is looked up by its key.
 fn claim_due<'conn>(
@@ -230,6 +234,7 @@ fn claim_due<'conn>(
                     CASE WHEN o.expires_at <= $1 THEN 'expired'
                          WHEN (SELECT c.state FROM otp.challenge c WHERE c.id = o.challenge_id)
                               IS DISTINCT FROM 'pending' THEN 'cancelled'
+                         WHEN o.destination = '' AND o.state = 'sending' THEN 'sent'
                          ELSE 'sending' END AS next_state
                FROM otp.outbox o
               WHERE o.state IN ('queued', 'sending') AND o.available_at <= $1
@@ -239,13 +244,16 @@ fn claim_due<'conn>(
          UPDATE otp.outbox o
             SET state = judged.next_state,
                 attempt = CASE WHEN judged.next_state = 'sending' THEN o.attempt + 1 ELSE o.attempt END,
-                available_at = CASE WHEN judged.next_state = 'sending' THEN $1 + $3 ELSE o.available_at END,
+                available_at = CASE WHEN judged.next_state <> 'sending' THEN o.available_at
+                                    WHEN o.destination = '' THEN $1 + pg_catalog.make_interval(secs => 0.2 + 0.8 * pg_catalog.random())
+                                    ELSE $1 + $3 END,
                 code_nonce = CASE WHEN judged.next_state = 'sending' THEN o.code_nonce END,
                 code_sealed = CASE WHEN judged.next_state = 'sending' THEN o.code_sealed END,
+                sent_at = CASE WHEN judged.next_state = 'sent' THEN $1 ELSE o.sent_at END,
                 finished_at = CASE WHEN judged.next_state = 'sending' THEN NULL ELSE $1 END
            FROM judged WHERE o.id = judged.id
       RETURNING o.id, o.challenge_id, o.state, o.agent, o.conversation, o.channel, o.destination,
-                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id",
+                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id, o.destination = ''",
         None,
         &[now.into(), limit.into(), lease.into()],
     )
@@ -300,54 +308,117 @@ fn mark_delivery_expired(client: &mut SpiClient<'_>, challenge_ids: Vec<i64>) ->
     Ok(())
 }
 
-/// The state of one message, locked for the caller's update.
+/// Mirrors on the challenges that their decoy message was "delivered", with
+/// the audit event a real delivery records.
+fn mark_decoys_delivered(
+    client: &mut SpiClient<'_>,
+    challenge_ids: Vec<i64>,
+    now: TimestampWithTimeZone,
+) -> Result<()> {
+    if challenge_ids.is_empty() {
+        return Ok(());
+    }
+    prepared::update(
+        client,
+        "WITH delivered AS (
+             UPDATE otp.challenge SET delivery = 'sent' WHERE id = ANY ($1) AND delivery = 'queued'
+          RETURNING agent, conversation, subject, channel, destination_hint)
+         INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+         SELECT $2, agent, conversation, subject, $3, channel, destination_hint FROM delivered",
+        None,
+        &[
+            challenge_ids.into(),
+            now.into(),
+            Event::Delivered.as_str().into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The state of one message, locked for the caller's update, with what is
+/// needed to recognise its code in a provider's text after the code itself
+/// is gone (its challenge's keyed hash).
 struct Message {
+    id: i64,
     challenge_id: i64,
     state: String,
     attempt: i32,
-    nonce: Option<Vec<u8>>,
-    sealed: Option<Vec<u8>>,
-    key_id: Vec<u8>,
     has_fallback: bool,
+    /// A decoy's message: no dispatcher ever had it, so no report applies.
+    decoy: bool,
+    /// The challenge's code hash, agent, conversation and key id, if the
+    /// challenge still exists.
+    code_hash: Option<(Vec<u8>, String, String, Vec<u8>)>,
 }
 
-fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<(i64, Message)> {
+fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<Message> {
     let message_id = message_id.ok_or_else(|| OtpError::null_argument("message_id"))?;
     // update(), not select(): a locking read needs a read-write SPI call.
     let row = prepared::update(
         client,
-        "SELECT challenge_id, state, attempt, code_nonce, code_sealed, fallback_channel IS NOT NULL, key_id
-           FROM otp.outbox WHERE id = $1 FOR UPDATE",
+        "SELECT o.challenge_id, o.state, o.attempt, o.fallback_channel IS NOT NULL,
+                c.code_hash, c.agent, c.conversation, c.key_id, o.destination = ''
+           FROM otp.outbox o LEFT JOIN otp.challenge c ON c.id = o.challenge_id
+          WHERE o.id = $1
+            FOR UPDATE OF o",
         Some(1),
         &[message_id.into()],
     )?
-        .first();
+    .first();
     if row.is_empty() {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             format!("pg_otp: outbox message {message_id} does not exist"),
         ));
     }
-    Ok((
-        message_id,
-        Message {
-            challenge_id: row.get(1)?.unwrap_or_default(),
-            state: row.get(2)?.unwrap_or_default(),
-            attempt: row.get(3)?.unwrap_or_default(),
-            nonce: row.get(4)?,
-            sealed: row.get(5)?,
-            has_fallback: row.get(6)?.unwrap_or(false),
-            key_id: row.get(7)?.unwrap_or_default(),
-        },
-    ))
+    let code_hash = match (row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?) {
+        (Some(hash), Some(agent), Some(conversation), Some(key_id)) => {
+            Some((hash, agent, conversation, key_id))
+        }
+        _ => None,
+    };
+    Ok(Message {
+        id: message_id,
+        challenge_id: row.get(1)?.unwrap_or_default(),
+        state: row.get(2)?.unwrap_or_default(),
+        attempt: row.get(3)?.unwrap_or_default(),
+        has_fallback: row.get(4)?.unwrap_or(false),
+        decoy: row.get(9)?.unwrap_or(false),
+        code_hash,
+    })
 }
 
-fn not_claimed(message_id: i64, state: &str) -> OtpError {
-    OtpError::new(
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        format!("pg_otp: outbox message {message_id} is not claimed (state {state})"),
-    )
-    .with_hint("Report results only for messages returned by otp_outbox_claim.")
+/// The attempt a message is at, for the reports of pg_otp 0.2.0, which did
+/// not name it (see api.rs); None for an unknown message.
+pub fn current_attempt(client: &SpiClient<'_>, message_id: Option<i64>) -> Result<Option<i32>> {
+    let message_id = message_id.ok_or_else(|| OtpError::null_argument("message_id"))?;
+    Ok(prepared::select(
+        client,
+        "SELECT attempt FROM otp.outbox WHERE id = $1",
+        Some(1),
+        &[message_id.into()],
+    )?
+    .first()
+    .get_one::<i32>()?)
+}
+
+/// Whether a report for `attempt` concerns the message as it is now. A
+/// dispatcher whose lease ran out may report after another one claimed the
+/// message again (a higher attempt): its report is stale and is ignored
+/// (the functions then return false). A report on a message never claimed
+/// is a mistake of the caller.
+fn current(message: &Message, attempt: Option<i32>) -> Result<bool> {
+    let attempt = attempt.ok_or_else(|| OtpError::null_argument("attempt"))?;
+    if message.attempt == 0 {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("pg_otp: outbox message {} was never claimed", message.id),
+        )
+        .with_hint("Report results only for messages returned by otp_outbox_claim, with the attempt it returned."));
+    }
+    // A report for an attempt whose outcome is already recorded (the
+    // message went back to the queue) is stale too.
+    Ok(attempt == message.attempt && message.state != "queued" && !message.decoy)
 }
 
 /// Moves a message to a final state, erases its code and mirrors the outcome
@@ -383,34 +454,39 @@ fn finish(
     Ok(())
 }
 
-/// Records a successful delivery.
+/// Records a successful delivery. False when the report was stale.
 pub fn sent(
     client: &mut SpiClient<'_>,
+    ring: &KeyRing,
     message_id: Option<i64>,
+    attempt: Option<i32>,
     provider_ref: Option<&str>,
-) -> Result<()> {
-    let (message_id, message) = lock_message(client, message_id)?;
+) -> Result<bool> {
+    let message = lock_message(client, message_id)?;
+    if !current(&message, attempt)? {
+        return Ok(false);
+    }
     let now = clock::now();
-    let provider_ref = provider_ref.map(|r| truncate(r, MAX_ERROR_LEN));
+    let provider_ref = provider_ref.map(|r| scrub(ring, &message, r));
     match message.state.as_str() {
         // One update of the message: final state, code erased, provider reference.
         "sending" => finish(
             client,
-            message_id,
+            message.id,
             message.challenge_id,
             "sent",
             provider_ref.as_deref(),
             now,
         )?,
         // Repeating a report (say, after a lost commit acknowledgement) is harmless.
-        "sent" => return Ok(()),
+        "sent" => return Ok(true),
         // The challenge ended while the message was on its way; it still arrived.
         "cancelled" | "expired" => {
             prepared::update(
                 client,
                 "UPDATE otp.outbox SET sent_at = $2, provider_ref = $3 WHERE id = $1",
                 None,
-                &[message_id.into(), now.into(), provider_ref.into()],
+                &[message.id.into(), now.into(), provider_ref.into()],
             )?;
             prepared::update(
                 client,
@@ -419,49 +495,53 @@ pub fn sent(
                 &[message.challenge_id.into()],
             )?;
         }
-        other => return Err(not_claimed(message_id, other)),
+        // A permanent failure reported for this attempt already.
+        _ => return Ok(false),
     }
     audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
-    Ok(())
+    Ok(true)
 }
 
 /// Records a failed delivery. A retryable failure is retried after a jittered
 /// backoff, unless that would be after the code expires; a permanent one ends
-/// the message and marks the challenge's delivery as failed.
+/// the message and marks the challenge's delivery as failed. False when the
+/// report was stale.
 pub fn failed(
     client: &mut SpiClient<'_>,
     ring: &KeyRing,
     message_id: Option<i64>,
+    attempt: Option<i32>,
     error: Option<&str>,
     retryable: Option<bool>,
-) -> Result<()> {
+) -> Result<bool> {
     let retryable = retryable.ok_or_else(|| OtpError::null_argument("retryable"))?;
-    let (message_id, message) = lock_message(client, message_id)?;
+    let message = lock_message(client, message_id)?;
+    if !current(&message, attempt)? {
+        return Ok(false);
+    }
     let now = clock::now();
     let error = scrub(ring, &message, error.unwrap_or(""));
     prepared::update(
         client,
         "UPDATE otp.outbox SET last_error = $2 WHERE id = $1",
         None,
-        &[message_id.into(), error.as_str().into()],
+        &[message.id.into(), error.as_str().into()],
     )?;
-    match message.state.as_str() {
-        "sending" => {}
+    if message.state != "sending" {
         // A late report on a finished message is kept as diagnosis only.
-        "sent" | "failed" | "expired" | "cancelled" => return Ok(()),
-        other => return Err(not_claimed(message_id, other)),
+        return Ok(true);
     }
     if !retryable || message.attempt >= MAX_DELIVERY_ATTEMPTS {
         audit::challenge_event(client, message.challenge_id, Event::DeliveryFailed, now)?;
         // Copy the sealed code before finish() erases it from this message.
         let fallback = if message.has_fallback {
-            queue_fallback(client, message_id, now)?
+            queue_fallback(client, message.id, now)?
         } else {
             None
         };
         finish(
             client,
-            message_id,
+            message.id,
             message.challenge_id,
             "failed",
             None,
@@ -479,7 +559,7 @@ pub fn failed(
             )?;
             wake_dispatchers(client)?;
         }
-        return Ok(());
+        return Ok(true);
     }
     let delay = backoff_seconds(message.attempt);
     let requeued = prepared::update(
@@ -487,20 +567,20 @@ pub fn failed(
         "UPDATE otp.outbox SET state = 'queued', available_at = $2 + pg_catalog.make_interval(secs => $3)
           WHERE id = $1 AND $2 + pg_catalog.make_interval(secs => $3) < expires_at",
         None,
-        &[message_id.into(), now.into(), delay.into()],
+        &[message.id.into(), now.into(), delay.into()],
     )?;
     if requeued.is_empty() {
         // No retry can arrive before the code expires: never deliver late.
         finish(
             client,
-            message_id,
+            message.id,
             message.challenge_id,
             "expired",
             None,
             now,
         )?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Queues the same sealed code on the record's other channel, while the
@@ -534,21 +614,28 @@ fn queue_fallback(
 
 /// Records that a dispatcher declined to send a claimed message because its
 /// code expires too soon to be useful: the message ends as `expired`.
-pub fn expired(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<()> {
-    let (message_id, message) = lock_message(client, message_id)?;
-    let now = clock::now();
-    match message.state.as_str() {
-        "sending" => finish(
+/// False when the report was stale.
+pub fn expired(
+    client: &mut SpiClient<'_>,
+    message_id: Option<i64>,
+    attempt: Option<i32>,
+) -> Result<bool> {
+    let message = lock_message(client, message_id)?;
+    if !current(&message, attempt)? {
+        return Ok(false);
+    }
+    if message.state == "sending" {
+        let now = clock::now();
+        finish(
             client,
-            message_id,
+            message.id,
             message.challenge_id,
             "expired",
             None,
             now,
-        ),
-        "sent" | "failed" | "expired" | "cancelled" => Ok(()),
-        other => Err(not_claimed(message_id, other)),
+        )?;
     }
+    Ok(true)
 }
 
 /// Seconds to wait before retry number `attempt`: exponential, capped, with
@@ -559,20 +646,27 @@ pub fn backoff_seconds(attempt: i32) -> f64 {
     base * (0.5 + 0.5 * crypto::jitter())
 }
 
-/// A provider's error text with the code blanked out, in case it echoed the
-/// message back, and cut to a sane length.
-fn scrub(ring: &KeyRing, message: &Message, error: &str) -> String {
-    let mut error = truncate(error, MAX_ERROR_LEN);
-    if let (Some(nonce), Some(sealed), Some(keys)) = (
-        &message.nonce,
-        &message.sealed,
-        ring.for_id(&message.key_id),
-    ) {
-        if let Ok(code) = keys.open_code(message.challenge_id, nonce, sealed) {
-            error = error.replace(code.as_str(), "[code]");
-        }
+/// A provider's text (an error, a message reference) cut to a sane length,
+/// with the message's code blanked out in case the provider echoed it. The
+/// code is recognised by its challenge's keyed hash, so this works whatever
+/// the message's state, also after its sealed code was erased; if even that
+/// cannot be checked (the challenge or its secret is gone), every run of
+/// six digits is blanked.
+fn scrub(ring: &KeyRing, message: &Message, text: &str) -> String {
+    let text = truncate(text, MAX_ERROR_LEN);
+    let hashed = message
+        .code_hash
+        .as_ref()
+        .and_then(|(hash, agent, conversation, key_id)| {
+            ring.for_id(key_id)
+                .map(|keys| (keys, hash, agent, conversation))
+        });
+    match hashed {
+        Some((keys, hash, agent, conversation)) => crypto::redact(&text, |candidate| {
+            keys.code_matches(hash, message.challenge_id, agent, conversation, candidate)
+        }),
+        None => crypto::redact(&text, |_| true),
     }
-    error
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -17,6 +17,10 @@ use crate::errors::{OtpError, Result};
 use crate::prepared;
 use crate::{clock, gucs};
 
+/// otp_purge()'s defaults, which the worker uses too.
+pub const DEFAULT_RETENTION_DAYS: i32 = 7;
+pub const DEFAULT_EVENT_RETENTION_DAYS: i32 = 90;
+
 /// How many rows one pass deleted.
 pub struct Purged {
     pub challenges: i64,
@@ -78,6 +82,34 @@ pub fn purge(
     })
 }
 
+/// One pass of the worker: the purge itself, called directly rather than by
+/// name through SQL, so that nothing planted in a schema on the worker's
+/// search_path (an `otp_purge` overload in `public`, say) can capture or
+/// break it. The statements name every schema and run under a pinned
+/// search_path all the same.
+fn purge_if_installed(client: &mut SpiClient<'_>) -> Result<()> {
+    let installed = prepared::select(
+        client,
+        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) IS NOT NULL
+            AND EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_otp')",
+        Some(1),
+        &[],
+    )?
+    .first()
+    .get_one::<bool>()?
+    .unwrap_or(false);
+    if !installed {
+        // Not installed in this database (yet): nothing to purge.
+        return Ok(());
+    }
+    purge(
+        client,
+        Some(Interval::from_days(DEFAULT_RETENTION_DAYS)),
+        Some(Interval::from_days(DEFAULT_EVENT_RETENTION_DAYS)),
+    )
+    .map(drop)
+}
+
 /// Registers the purge worker (only while PostgreSQL preloads the library).
 pub fn register_worker() {
     BackgroundWorkerBuilder::new("pg_otp purge")
@@ -110,21 +142,8 @@ pub extern "C-unwind" fn pg_otp_purge_worker_main(_arg: pg_sys::Datum) {
         }
         BackgroundWorker::transaction(|| {
             Spi::connect_mut(|client| {
-                let schema: Option<String> = client
-                    .select(
-                        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
-                           JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_otp'",
-                        Some(1),
-                        &[],
-                    )
-                    .ok()
-                    .and_then(|rows| rows.first().get_one().ok().flatten());
-                // Not installed in this database (yet): nothing to purge.
-                if let Some(schema) = schema {
-                    let sql = format!("SELECT * FROM {schema}.otp_purge()");
-                    if let Err(err) = client.update(sql.as_str(), None, &[]) {
-                        warning!("pg_otp purge worker: {err}");
-                    }
+                if let Err(err) = purge_if_installed(client) {
+                    warning!("pg_otp purge worker: {}", err.message());
                 }
             })
         });

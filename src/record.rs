@@ -6,7 +6,7 @@ use pgrx::PgSqlErrorCode;
 
 use crate::config::{check_source, Agent, Channel};
 use crate::errors::{OtpError, Result};
-use crate::prepared;
+use crate::{prepared, restricted};
 
 /// The record found for an identifier.
 #[derive(Debug)]
@@ -47,22 +47,28 @@ pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<O
         phone = quoted(agent.phone_column.as_deref()),
         email = quoted(agent.email_column.as_deref()),
     );
-    let rows = prepared::select(client, query.as_str(), None, &[identifier.into()])?;
-    if rows.len() > 1 {
+    // The relation's own code (a view's functions, a cast) runs with its
+    // owner's rights, never pg_otp's (see `restricted`).
+    let owner = restricted::owner(agent.source)?;
+    let mut found = restricted::as_owner(owner, || -> Result<Vec<Record>> {
+        prepared::select(client, query.as_str(), None, &[identifier.into()])?
+            .map(|row| {
+                Ok(Record {
+                    subject: row.get(1)?.unwrap_or_default(),
+                    phone: row.get(2)?,
+                    email: row.get(3)?,
+                })
+            })
+            .collect()
+    })?;
+    if found.len() > 1 {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_CARDINALITY_VIOLATION,
             format!("pg_otp: more than one record in {relation} has this {}", agent.id_column),
         )
         .with_hint("The id column of an agent must be unique; add a unique index or choose another column."));
     }
-    let Some(row) = rows.into_iter().next() else {
-        return Ok(None);
-    };
-    Ok(Some(Record {
-        subject: row.get(1)?.unwrap_or_default(),
-        phone: row.get(2)?,
-        email: row.get(3)?,
-    }))
+    Ok(found.pop())
 }
 
 /// Where a code goes first, and where it goes if that channel fails for good.
@@ -122,15 +128,15 @@ pub fn decoy(client: &SpiClient<'_>, agent: &Agent, seed: &[u8; 32]) -> Result<D
     let email_column = agent.email_column.as_deref().unwrap_or_default();
     let relation = check_source(agent.source, &[("email_column", email_column)])?;
     let column = pgrx::spi::quote_identifier(email_column);
-    let domain: Option<String> = prepared::select(
-        client,
-        format!("SELECT split_part({column}::text, '@', 2) FROM {relation} WHERE {column}::text LIKE '_%@_%' LIMIT 1")
-            .as_str(),
-        Some(1),
-        &[],
-    )?
-        .first()
-        .get_one()?;
+    let query = format!(
+        "SELECT split_part({column}::text, '@', 2) FROM {relation} WHERE {column}::text LIKE '_%@_%' LIMIT 1"
+    );
+    let owner = restricted::owner(agent.source)?;
+    let domain: Option<String> = restricted::as_owner(owner, || -> Result<Option<String>> {
+        Ok(prepared::select(client, query.as_str(), Some(1), &[])?
+            .first()
+            .get_one()?)
+    })?;
     let letter = char::from(b'a' + seed[2] % 26);
     let domain = domain.unwrap_or_else(|| "example.com".to_owned());
     Ok(Destination {
@@ -140,24 +146,7 @@ pub fn decoy(client: &SpiClient<'_>, agent: &Agent, seed: &[u8; 32]) -> Result<D
     })
 }
 
-/// A hint that tells the user where the code went without disclosing the
-/// address: `***78` for a phone, `j***@example.com` for an email.
-pub fn mask(channel: Channel, address: &str) -> String {
-    match channel {
-        Channel::WhatsApp => {
-            let digits: Vec<char> = address.chars().filter(char::is_ascii_digit).collect();
-            let tail: String = digits[digits.len().saturating_sub(2)..].iter().collect();
-            format!("***{tail}")
-        }
-        Channel::Email => match address.rsplit_once('@') {
-            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
-                let first: String = local.chars().take(1).collect();
-                format!("{first}***@{domain}")
-            }
-            _ => "***".to_owned(),
-        },
-    }
-}
+pub use otp_common::mask;
 
 #[cfg(test)]
 mod tests {
@@ -169,19 +158,6 @@ mod tests {
             phone: phone.map(Into::into),
             email: email.map(Into::into),
         }
-    }
-
-    #[test]
-    fn masks_phone_and_email() {
-        assert_eq!(mask(Channel::WhatsApp, "+34 600 123 478"), "***78");
-        assert_eq!(mask(Channel::WhatsApp, "7"), "***7");
-        assert_eq!(
-            mask(Channel::Email, "jane.doe@example.com"),
-            "j***@example.com"
-        );
-        assert_eq!(mask(Channel::Email, "ñu@example.com"), "ñ***@example.com");
-        assert_eq!(mask(Channel::Email, "broken"), "***");
-        assert_eq!(mask(Channel::Email, "@example.com"), "***");
     }
 
     #[test]

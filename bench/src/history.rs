@@ -99,11 +99,14 @@ fn load_history(db: &mut Client, rows: i64) -> Result<()> {
 fn deliver_all(db: &mut Client) -> Result<Vec<(String, String)>> {
     let mut delivered = Vec::new();
     for row in db.query(
-        "SELECT message_id, conversation, code FROM otp_outbox_claim(1000)",
+        "SELECT message_id, conversation, code, attempt FROM otp_outbox_claim(1000)",
         &[],
     )? {
-        let message_id: i64 = row.get(0);
-        db.execute("SELECT otp_outbox_sent($1, 'bench')", &[&message_id])?;
+        let (message_id, attempt): (i64, i32) = (row.get(0), row.get(3));
+        db.execute(
+            "SELECT otp_outbox_sent($1, $2, 'bench')",
+            &[&message_id, &attempt],
+        )?;
         delivered.push((row.get(1), row.get(2)));
     }
     Ok(delivered)

@@ -31,6 +31,44 @@ struct Args {
     /// The agent configured with otp_configure.
     #[arg(long, default_value = "payroll")]
     agent: String,
+    /// The schema pg_otp was installed in (a plain lower-case identifier).
+    #[arg(long, default_value = "public")]
+    schema: String,
+}
+
+/// The calls, as the README's "Calling pg_otp safely" says: schema-qualified,
+/// every argument typed, so no overload planted elsewhere can capture them.
+struct Calls {
+    issue: String,
+    verify: String,
+    touch: String,
+    revoke: String,
+}
+
+impl Calls {
+    fn new(schema: &str) -> Result<Self> {
+        let plain = !schema.is_empty()
+            && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        anyhow::ensure!(
+            plain,
+            "--schema {schema:?} must be a plain lower-case identifier"
+        );
+        Ok(Calls {
+            issue: format!(
+                "SELECT status, channel, destination_hint, pg_catalog.to_char(expires_at, 'HH24:MI')
+                   FROM \"{schema}\".otp_issue($1::text, $2::text, $3::text)"
+            ),
+            verify: format!(
+                "SELECT status, attempts_remaining, session_token, subject
+                   FROM \"{schema}\".otp_verify($1::text, $2::text, $3::text)"
+            ),
+            touch: format!("SELECT status FROM \"{schema}\".session_touch($1::text)"),
+            revoke: format!("SELECT \"{schema}\".session_revoke($1::text)"),
+        })
+    }
 }
 
 enum Step {
@@ -42,6 +80,7 @@ enum Step {
 
 struct Agent {
     db: Client,
+    calls: Calls,
     agent: String,
     conversation: String,
     phone: PathBuf,
@@ -63,10 +102,7 @@ impl Agent {
             Step::AskIdentifier => self.identify(line.trim()).await?,
             Step::AwaitCode => self.check_code(line).await?,
             Step::Authenticated { token, subject } => {
-                let row = self
-                    .db
-                    .query_one("SELECT status FROM session_touch($1)", &[&token])
-                    .await?;
+                let row = self.db.query_one(&self.calls.touch, &[&token]).await?;
                 let status: String = row.get(0);
                 if status != "active" {
                     say("For your security I closed our session after a while without messages. Send your employee number to start again.");
@@ -76,9 +112,7 @@ impl Agent {
                     .iter()
                     .any(|w| line.to_lowercase().contains(w))
                 {
-                    self.db
-                        .query_one("SELECT session_revoke($1)", &[&token])
-                        .await?;
+                    self.db.query_one(&self.calls.revoke, &[&token]).await?;
                     say("You're welcome. I closed the session. Goodbye!");
                     return Ok(None);
                 }
@@ -93,7 +127,7 @@ impl Agent {
         let row = self
             .db
             .query_one(
-                "SELECT status, channel, destination_hint, to_char(expires_at, 'HH24:MI') FROM otp_issue($1, $2, $3)",
+                &self.calls.issue,
                 &[&self.agent, &self.conversation, &identifier],
             )
             .await?;
@@ -143,7 +177,7 @@ impl Agent {
         let row = self
             .db
             .query_one(
-                "SELECT status, attempts_remaining, session_token, subject FROM otp_verify($1, $2, $3)",
+                &self.calls.verify,
                 &[&self.agent, &self.conversation, &typed],
             )
             .await?;
@@ -188,7 +222,8 @@ impl Agent {
         let row = self
             .db
             .query_one(
-                "SELECT full_name, to_char(net_pay, 'FM999,999,990.00') FROM hr.employees WHERE employee_no = $1",
+                "SELECT full_name, pg_catalog.to_char(net_pay, 'FM999,999,990.00') FROM hr.employees
+                  WHERE employee_no = $1::text",
                 &[&subject],
             )
             .await?;
@@ -241,6 +276,7 @@ impl Agent {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let calls = Calls::new(&args.schema)?;
     let (db, connection) = tokio_postgres::connect(&args.database_url, NoTls)
         .await
         .context("connecting to PostgreSQL")?;
@@ -248,6 +284,7 @@ async fn main() -> Result<()> {
     let conversation = format!("demo:{}", std::process::id());
     let mut agent = Agent {
         db,
+        calls,
         agent: args.agent,
         conversation,
         phone: args.phone,

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -40,8 +41,13 @@ impl From<String> for Secret {
 #[command(name = "otp-dispatcher", version)]
 pub struct Args {
     /// PostgreSQL connection string, e.g. "host=/var/run/postgresql dbname=app user=otp_sender".
+    /// A password in it is visible in `ps`: prefer --database-url-file.
     #[arg(long, env = "OTP_DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Option<String>,
+
+    /// File holding the PostgreSQL connection string (read once at start).
+    #[arg(long, env = "OTP_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    pub database_url_file: Option<PathBuf>,
 
     /// Schema the pg_otp functions were created in (CREATE EXTENSION pg_otp SCHEMA ...).
     #[arg(long, env = "OTP_SCHEMA", default_value = "public")]
@@ -59,9 +65,18 @@ pub struct Args {
     #[arg(long, env = "OTP_WHATSAPP_PHONE_NUMBER_ID")]
     pub whatsapp_phone_number_id: Option<String>,
 
-    /// Bearer token of the WhatsApp Business app.
+    /// Bearer token of the WhatsApp Business app. Visible in `ps`: prefer
+    /// --whatsapp-token-file.
     #[arg(long, env = "OTP_WHATSAPP_TOKEN", hide_env_values = true)]
     pub whatsapp_token: Option<String>,
+
+    /// File holding the bearer token of the WhatsApp Business app.
+    #[arg(
+        long,
+        env = "OTP_WHATSAPP_TOKEN_FILE",
+        conflicts_with = "whatsapp_token"
+    )]
+    pub whatsapp_token_file: Option<PathBuf>,
 
     /// Name of the approved authentication template.
     #[arg(long, env = "OTP_WHATSAPP_TEMPLATE", default_value = "otp_code")]
@@ -73,8 +88,13 @@ pub struct Args {
 
     /// SMTP server URL: smtps://user:pass@host (TLS, port 465), smtp://user:pass@host?tls=required
     /// (STARTTLS, port 587), or smtp://host:port (unencrypted: only for a relay on the same host).
+    /// A password in it is visible in `ps`: prefer --smtp-url-file.
     #[arg(long, env = "OTP_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
+
+    /// File holding the SMTP server URL.
+    #[arg(long, env = "OTP_SMTP_URL_FILE", conflicts_with = "smtp_url")]
+    pub smtp_url_file: Option<PathBuf>,
 
     /// Sender address of code emails, e.g. "Payroll assistant <no-reply@example.com>".
     #[arg(long, env = "OTP_EMAIL_FROM")]
@@ -166,9 +186,36 @@ pub struct Config {
     pub json_logs: bool,
 }
 
+/// A secret given directly or as the path of a file that holds it (the
+/// file's content without its trailing line break). The file is read here,
+/// once; errors name the flag and the path, never the content.
+fn secret(value: Option<String>, file: Option<PathBuf>, flag: &str) -> Result<Option<String>> {
+    match (value, file) {
+        (Some(value), _) => Ok(Some(value)),
+        (None, Some(path)) => {
+            let content = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading --{flag}-file {}", path.display()))?;
+            let content = content.trim_end_matches(['\n', '\r']);
+            if content.is_empty() {
+                bail!("--{flag}-file {} is empty", path.display());
+            }
+            Ok(Some(content.to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 impl Config {
     pub fn from_args(args: Args) -> Result<Self> {
-        let whatsapp = match (args.whatsapp_phone_number_id, args.whatsapp_token) {
+        let database_url = secret(args.database_url, args.database_url_file, "database-url")?
+            .context("the database is required: give --database-url-file (or --database-url)")?;
+        let whatsapp_token = secret(
+            args.whatsapp_token,
+            args.whatsapp_token_file,
+            "whatsapp-token",
+        )?;
+        let smtp_url = secret(args.smtp_url, args.smtp_url_file, "smtp-url")?;
+        let whatsapp = match (args.whatsapp_phone_number_id, whatsapp_token) {
             (Some(phone_number_id), Some(token)) => Some(WhatsAppConfig {
                 api_url: args.whatsapp_api_url.trim_end_matches('/').to_owned(),
                 phone_number_id,
@@ -177,9 +224,11 @@ impl Config {
                 language: args.whatsapp_language,
             }),
             (None, None) => None,
-            _ => bail!("WhatsApp needs both --whatsapp-phone-number-id and --whatsapp-token"),
+            _ => {
+                bail!("WhatsApp needs both --whatsapp-phone-number-id and --whatsapp-token(-file)")
+            }
         };
-        let email = match (args.smtp_url, args.email_from) {
+        let email = match (smtp_url, args.email_from) {
             (Some(smtp_url), Some(from)) => {
                 from.parse::<lettre::message::Mailbox>()
                     .with_context(|| format!("--email-from {from:?} is not an address"))?;
@@ -191,7 +240,7 @@ impl Config {
                 })
             }
             (None, None) => None,
-            _ => bail!("email needs both --smtp-url and --email-from"),
+            _ => bail!("email needs both --smtp-url(-file) and --email-from"),
         };
         if whatsapp.is_none() && email.is_none() && !args.console {
             bail!("no transport configured: give WhatsApp (--whatsapp-phone-number-id, --whatsapp-token), SMTP (--smtp-url, --email-from) or --console");
@@ -218,7 +267,7 @@ impl Config {
             );
         }
         Ok(Config {
-            database_url: args.database_url.into(),
+            database_url: database_url.into(),
             schema: format!("\"{}\"", args.schema),
             whatsapp,
             email,
@@ -260,6 +309,57 @@ mod tests {
         );
         assert!(parse(&["--console", "--schema", "x\"; DROP TABLE y; --"]).is_err());
         assert!(parse(&["--console", "--schema", "Auth"]).is_err());
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir =
+            std::env::temp_dir().join(format!("otp-dispatcher-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = dir.join("url");
+        let token = dir.join("token");
+        std::fs::write(&url, "host=/tmp user=from-file\n").unwrap();
+        std::fs::write(&token, "EAAG-from-file\r\n").unwrap();
+        let config = Config::from_args(
+            Args::try_parse_from([
+                "otp-dispatcher",
+                "--database-url-file",
+                url.to_str().unwrap(),
+                "--whatsapp-phone-number-id",
+                "1",
+                "--whatsapp-token-file",
+                token.to_str().unwrap(),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.database_url.expose(), "host=/tmp user=from-file");
+        assert_eq!(config.whatsapp.unwrap().token.expose(), "EAAG-from-file");
+        // both forms at once, or a missing file, are errors
+        assert!(Args::try_parse_from([
+            "otp-dispatcher",
+            "--database-url",
+            "x",
+            "--database-url-file",
+            url.to_str().unwrap(),
+            "--console"
+        ])
+        .is_err());
+        let missing = Config::from_args(
+            Args::try_parse_from([
+                "otp-dispatcher",
+                "--database-url-file",
+                "/nonexistent/url",
+                "--console",
+            ])
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("/nonexistent/url"),
+            "{missing:#}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

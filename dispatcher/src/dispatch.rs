@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::message::{Message, Outcome};
+use crate::message::{Delivered, Message, Outcome};
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::transport::Transports;
@@ -144,19 +144,16 @@ async fn deliver(
     _slot: OwnedSemaphorePermit,
 ) {
     let channel = message.channel.clone();
-    let outcome = if message.expires_at <= SystemTime::now() + margin {
+    let result = if message.expires_at <= SystemTime::now() + margin {
         metrics::expired_unsent(&channel);
         info!(message_id = message.id, %channel, to = %message.masked_destination(), "code expires within the margin; not sent");
-        Outcome::Expired { id: message.id }
+        Delivered::Expired
     } else {
         match transports.deliver(&message).await {
             Ok(provider_ref) => {
                 metrics::sent(&channel, message.claimed_at.elapsed());
                 info!(message_id = message.id, %channel, to = %message.masked_destination(), attempt = message.attempt, "delivered");
-                Outcome::Sent {
-                    id: message.id,
-                    provider_ref,
-                }
+                Delivered::Sent { provider_ref }
             }
             Err(err) => {
                 let detail = message.scrub(&err.detail);
@@ -171,8 +168,7 @@ async fn deliver(
                     error = %detail,
                     "delivery failed"
                 );
-                Outcome::Failed {
-                    id: message.id,
+                Delivered::Failed {
                     error: detail,
                     retryable: err.retryable,
                 }
@@ -180,5 +176,9 @@ async fn deliver(
         }
     };
     // The loop outlives every delivery task; a closed channel means it is gone.
-    let _ = done.send(outcome);
+    let _ = done.send(Outcome {
+        id: message.id,
+        attempt: message.attempt,
+        result,
+    });
 }

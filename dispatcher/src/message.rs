@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::{Instant, SystemTime};
 
+use otp_common::{mask, Channel};
+
 /// A message claimed from the outbox. `Debug` shows the id, channel and a
 /// masked destination only: the code and the full address never reach a log.
 pub struct Message {
@@ -17,28 +19,12 @@ pub struct Message {
 }
 
 impl Message {
-    /// `***78` for a phone number, `j***@example.com` for an email address.
+    /// `***78` for a phone number, `j***@example.com` for an email address:
+    /// exactly the hint the extension gave the user (`otp_common::mask`).
     pub fn masked_destination(&self) -> String {
-        match self.destination.rsplit_once('@') {
-            Some((local, domain)) if self.channel == "email" => {
-                format!(
-                    "{}***@{domain}",
-                    local.chars().next().map(String::from).unwrap_or_default()
-                )
-            }
-            _ => {
-                let digits: Vec<char> = self
-                    .destination
-                    .chars()
-                    .filter(char::is_ascii_digit)
-                    .collect();
-                format!(
-                    "***{}",
-                    digits[digits.len().saturating_sub(2)..]
-                        .iter()
-                        .collect::<String>()
-                )
-            }
+        match Channel::parse(&self.channel) {
+            Some(channel) => mask(channel, &self.destination),
+            None => "***".to_owned(),
         }
     }
 
@@ -91,22 +77,27 @@ impl DeliveryError {
     }
 }
 
-/// The result of handling one claimed message, to report to the database.
+/// The result of handling one claimed message, to report to the database
+/// with the attempt the claim returned (a report for an attempt whose lease
+/// ran out is ignored by the database).
 #[derive(Debug)]
-pub enum Outcome {
+pub struct Outcome {
+    pub id: i64,
+    pub attempt: i32,
+    pub result: Delivered,
+}
+
+#[derive(Debug)]
+pub enum Delivered {
     Sent {
-        id: i64,
         provider_ref: String,
     },
     Failed {
-        id: i64,
         error: String,
         retryable: bool,
     },
     /// Not sent: the code would expire within the safety margin.
-    Expired {
-        id: i64,
-    },
+    Expired,
 }
 
 #[cfg(test)]

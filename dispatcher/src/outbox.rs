@@ -15,7 +15,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tracing::{debug, warn};
 
 use crate::config::Secret;
-use crate::message::{Message, Outcome};
+use crate::message::{Delivered, Message, Outcome};
 
 pub const NOTIFY_CHANNEL: &str = "otp_outbox";
 
@@ -33,15 +33,27 @@ struct Statements {
 }
 
 impl Statements {
+    /// Every call names the extension's schema and the type of every
+    /// parameter: an untyped parameter lets PostgreSQL choose among
+    /// overloads, and a role with CREATE on that schema could plant one
+    /// (`otp_outbox_claim(text, interval)`) that the dispatcher would call.
     fn new(schema: &str) -> Self {
         Self {
             claim: format!(
                 "SELECT message_id, channel, destination, code, expires_at, attempt
-                   FROM {schema}.otp_outbox_claim($1, pg_catalog.make_interval(secs => $2))"
+                   FROM {schema}.otp_outbox_claim($1::pg_catalog.int4,
+                                                  pg_catalog.make_interval(secs => $2::pg_catalog.float8))"
             ),
-            sent: format!("SELECT {schema}.otp_outbox_sent($1, $2)"),
-            failed: format!("SELECT {schema}.otp_outbox_failed($1, $2, $3)"),
-            expired: format!("SELECT {schema}.otp_outbox_expired($1)"),
+            sent: format!(
+                "SELECT {schema}.otp_outbox_sent($1::pg_catalog.int8, $2::pg_catalog.int4, $3::pg_catalog.text)"
+            ),
+            failed: format!(
+                "SELECT {schema}.otp_outbox_failed($1::pg_catalog.int8, $2::pg_catalog.int4, $3::pg_catalog.text,
+                                                   $4::pg_catalog.bool)"
+            ),
+            expired: format!(
+                "SELECT {schema}.otp_outbox_expired($1::pg_catalog.int8, $2::pg_catalog.int4)"
+            ),
         }
     }
 }
@@ -148,16 +160,32 @@ async fn report_one<C: tokio_postgres::GenericClient>(
     sql: &Statements,
     outcome: &Outcome,
 ) -> Result<(), tokio_postgres::Error> {
-    match outcome {
-        Outcome::Sent { id, provider_ref } => {
-            client.execute(&sql.sent, &[id, provider_ref]).await?
+    let Outcome {
+        id,
+        attempt,
+        result,
+    } = outcome;
+    let applied: bool = match result {
+        Delivered::Sent { provider_ref } => {
+            client
+                .query_one(&sql.sent, &[id, attempt, provider_ref])
+                .await?
         }
-        Outcome::Failed {
-            id,
-            error,
-            retryable,
-        } => client.execute(&sql.failed, &[id, error, retryable]).await?,
-        Outcome::Expired { id } => client.execute(&sql.expired, &[id]).await?,
-    };
+        Delivered::Failed { error, retryable } => {
+            client
+                .query_one(&sql.failed, &[id, attempt, error, retryable])
+                .await?
+        }
+        Delivered::Expired => client.query_one(&sql.expired, &[id, attempt]).await?,
+    }
+    .get(0);
+    if !applied {
+        // Our lease ran out and the message was claimed again: the database
+        // keeps the newer attempt's outcome.
+        warn!(
+            message_id = id,
+            attempt, "report ignored: the message was claimed again after our lease ran out"
+        );
+    }
     Ok(())
 }

@@ -554,3 +554,105 @@ async fn refuses_to_start_without_a_transport() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no transport configured"), "{stderr}");
 }
+
+/// A role with CREATE on `public` plants `otp_outbox_claim(text, interval)`
+/// next to pg_otp's `(integer, interval)`. 0.2.0's dispatcher sent an
+/// untyped parameter, which PostgreSQL resolved to the planted function: it
+/// claimed nothing and no code was ever delivered. Every statement of the
+/// dispatcher now names its parameter types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_overload_planted_in_public_does_not_capture_the_claim() {
+    let (db, app) = setup().await;
+    db.batch_execute(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'it_plain') THEN CREATE ROLE it_plain LOGIN; END IF;
+         END $$;
+         DROP FUNCTION IF EXISTS public.otp_outbox_claim(text, interval);
+         GRANT CREATE ON SCHEMA public TO it_plain;",
+    )
+    .await
+    .unwrap();
+    let plain = connect("it_plain").await;
+    plain
+        .batch_execute(
+            "CREATE FUNCTION public.otp_outbox_claim(batch_size text, lease interval)
+                 RETURNS TABLE(message_id bigint, channel text, destination text, code text,
+                               expires_at timestamptz, attempt int)
+                 LANGUAGE sql AS 'SELECT NULL::bigint, NULL, NULL, NULL, NULL::timestamptz, NULL::int WHERE false'",
+        )
+        .await
+        .unwrap();
+    let server = fake_whatsapp(accepted("wamid.planted")).await;
+    let dispatcher = start(&whatsapp_args(&server)).await;
+    assert_eq!(issue_for(&app, "it", "planted", "p1").await, "code_sent");
+    let states = wait_until_final(&db, "planted").await;
+    db.batch_execute(
+        "DROP FUNCTION public.otp_outbox_claim(text, interval);
+         REVOKE CREATE ON SCHEMA public FROM it_plain;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(states, ["sent"], "{}", dispatcher.logs());
+    assert_eq!(whatsapp_requests(&server).await.len(), 1);
+}
+
+/// Secrets given on the command line are visible to every user in `ps`; the
+/// `*_FILE` variants read them from files instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_can_come_from_files_and_stay_out_of_the_command_line() {
+    let (db, app) = setup().await;
+    let server = fake_whatsapp(accepted("wamid.files")).await;
+    let smtp = SmtpSink::start().await;
+    let dir = scratch_dir("secrets");
+    let write = |name: &str, value: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{value}\n")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let database_url = write("database-url", &dispatcher_url().await);
+    let token = write("token", TOKEN);
+    let smtp_url = write("smtp-url", &smtp.url());
+    let args: Vec<String> = vec![
+        "--database-url-file".into(),
+        database_url,
+        "--whatsapp-api-url".into(),
+        format!("{}/v21.0", server.uri()),
+        "--whatsapp-phone-number-id".into(),
+        PHONE_NUMBER_ID.into(),
+        "--whatsapp-token-file".into(),
+        token,
+        "--smtp-url-file".into(),
+        smtp_url,
+        "--email-from".into(),
+        "Payroll <no-reply@example.com>".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dispatcher = Dispatcher::start_without_url(&args).await;
+    let command_line = std::fs::read(format!("/proc/{}/cmdline", dispatcher.pid())).unwrap();
+    let command_line = String::from_utf8_lossy(&command_line);
+    assert!(
+        !command_line.contains(TOKEN)
+            && !command_line.contains("user=")
+            && !command_line.contains("smtp://"),
+        "{command_line}"
+    );
+    assert_eq!(issue_for(&app, "it", "from-files", "p1").await, "code_sent");
+    assert_eq!(
+        issue_for(&app, "it", "from-files-mail", "p2").await,
+        "code_sent"
+    );
+    assert_eq!(wait_until_final(&db, "from-files").await, ["sent"]);
+    assert_eq!(wait_until_final(&db, "from-files-mail").await, ["sent"]);
+    let request = &server.received_requests().await.unwrap()[0];
+    assert_eq!(
+        request
+            .headers
+            .get("authorization")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        format!("Bearer {TOKEN}"),
+        "the token is read without its trailing newline"
+    );
+    assert_eq!(smtp.messages().len(), 1);
+}

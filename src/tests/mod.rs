@@ -607,16 +607,49 @@ mod tests {
             issue_with_wait("lockout", "t-lock-4", "5000").0,
             "code_sent"
         );
-        // when the lockout is over, codes are sent again and the count started over
-        run(
-            "UPDATE otp.subject_guard SET locked_until = clock_timestamp() - interval '1 second'
-              WHERE agent = 'lockout' AND subject = '4721'",
+        // an operator ends the lockout early (a plain UPDATE of the table
+        // would not: the attempt ledger remembers it too); codes are sent
+        // again and the count starts over
+        assert_eq!(
+            one::<bool>("SELECT otp_unlock('lockout', '4721')"),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>("SELECT otp_unlock('lockout', '4721')"),
+            Some(false)
         );
         assert_eq!(
             issue_with_wait("lockout", "t-lock-5", "4721").0,
             "code_sent"
         );
         assert_eq!(count("SELECT consecutive_failures::bigint FROM otp.subject_guard WHERE agent = 'lockout' AND subject = '4721'"), 0);
+    }
+
+    #[pg_test]
+    fn a_short_lockout_ends_for_real() {
+        fixture();
+        configure(
+            "short-lockout",
+            ", lockout_threshold => 1, lockout_duration => '200 milliseconds'",
+        );
+        issue_for("short-lockout", "t-sl-1", "4721");
+        let code = delivered_code("t-sl-1");
+        assert_eq!(
+            verify_as("short-lockout", "t-sl-1", &wrong_code(&code)).0,
+            "locked"
+        );
+        assert_eq!(
+            issue_with_wait("short-lockout", "t-sl-2", "4721").0,
+            "rate_limited"
+        );
+        // Sleeping past a fixed deadline: the outcome does not depend on timing.
+        run("SELECT pg_sleep(0.3)");
+        assert_eq!(
+            issue_with_wait("short-lockout", "t-sl-3", "4721").0,
+            "code_sent"
+        );
+        let code = delivered_code("t-sl-3");
+        assert_eq!(verify_as("short-lockout", "t-sl-3", &code).0, "verified");
     }
 
     #[pg_test]
@@ -728,19 +761,20 @@ mod tests {
         );
         // the same identifier always gets the same hint
         assert_eq!(answer("hidden", "t-hide-again", "9999"), unknown);
-        // nothing is queued for it: its message is born cancelled, without a
-        // code (the same work as a real one, but no dispatcher ever sees it)
+        // its message is queued like a real one, but has no destination and
+        // no dispatcher ever gets it (see a_decoy_delivery_looks_like_a_real_one)
         assert_eq!(count("SELECT count(*) FROM otp.outbox WHERE conversation IN ('t-hide-unknown', 't-hide-again')"), 2);
         assert_eq!(
             count("SELECT count(*) FROM otp.outbox WHERE conversation IN ('t-hide-unknown', 't-hide-again')
-                      AND (state <> 'cancelled' OR code_sealed IS NOT NULL OR finished_at IS NULL)"),
+                      AND destination <> ''"),
             0
         );
-        // and its status looks delivered
+        claim_all();
+        assert_eq!(count("SELECT count(*) FROM claimed WHERE conversation IN ('t-hide-unknown', 't-hide-again')"), 0);
         let status: Option<String> = one(
             "SELECT concat_ws('/', status, delivery, attempts_remaining) FROM otp_status('hidden', 't-hide-unknown')",
         );
-        assert_eq!(status.as_deref(), Some("pending/sent/3"));
+        assert_eq!(status.as_deref(), Some("pending/queued/3"));
         // no code verifies; guesses count down and lock as usual
         assert_eq!(
             verify_as("hidden", "t-hide-unknown", "000000"),
@@ -1030,13 +1064,9 @@ mod tests {
         configure("audited-2", "");
         issue_for("audited-2", "t-audit-d", "4721");
         let id = claim_id("t-audit-d").unwrap();
-        Spi::run_with_args(
-            "SELECT otp_outbox_failed($1, '131026', false)",
-            &[id.into()],
-        )
-        .unwrap();
+        report_failed(id, "131026", false);
         let email = claim_id("t-audit-d").unwrap();
-        Spi::run_with_args("SELECT otp_outbox_sent($1, 'smtp:250')", &[email.into()]).unwrap();
+        report_sent(email, "smtp:250");
         issue_for("audited-2", "t-audit-d", "4721"); // supersedes
         assert_eq!(
             events("audited-2", "4721"),
@@ -1188,6 +1218,31 @@ mod tests {
         .unwrap()
     }
 
+    /// A dispatcher's reports on message `id`, for the attempt it is at.
+    fn report_sent(id: i64, provider_ref: &str) {
+        Spi::run_with_args(
+            "SELECT otp_outbox_sent($1, (SELECT attempt FROM otp.outbox WHERE id = $1), $2)",
+            &[id.into(), provider_ref.into()],
+        )
+        .unwrap();
+    }
+
+    fn report_failed(id: i64, error: &str, retryable: bool) {
+        Spi::run_with_args(
+            "SELECT otp_outbox_failed($1, (SELECT attempt FROM otp.outbox WHERE id = $1), $2, $3)",
+            &[id.into(), error.into(), retryable.into()],
+        )
+        .unwrap();
+    }
+
+    fn report_expired(id: i64) {
+        Spi::run_with_args(
+            "SELECT otp_outbox_expired($1, (SELECT attempt FROM otp.outbox WHERE id = $1))",
+            &[id.into()],
+        )
+        .unwrap();
+    }
+
     /// Claims every due message; the id of the one for `conversation`, if any.
     fn claim_id(conversation: &str) -> Option<i64> {
         Spi::get_one_with_args::<i64>(
@@ -1287,8 +1342,8 @@ mod tests {
         fixture();
         issue("t-sent", "4721");
         let id = claim_id("t-sent").unwrap();
-        Spi::run_with_args("SELECT otp_outbox_sent($1, 'wamid.1')", &[id.into()]).unwrap();
-        Spi::run_with_args("SELECT otp_outbox_sent($1, 'wamid.1')", &[id.into()]).unwrap();
+        report_sent(id, "wamid.1");
+        report_sent(id, "wamid.1");
         assert_eq!(message_field("t-sent", "state").as_deref(), Some("sent"));
         assert_eq!(
             message_field("t-sent", "provider_ref").as_deref(),
@@ -1306,11 +1361,7 @@ mod tests {
         fixture();
         issue("t-retry", "4721");
         let id = claim_id("t-retry").unwrap();
-        Spi::run_with_args(
-            "SELECT otp_outbox_failed($1, 'HTTP 503', true)",
-            &[id.into()],
-        )
-        .unwrap();
+        report_failed(id, "HTTP 503", true);
         let requeued: Option<String> = Spi::get_one_with_args(
             "SELECT state || ':' || (available_at > clock_timestamp()) || ':' || (available_at < expires_at)
                     || ':' || (code_sealed IS NOT NULL) || ':' || last_error
@@ -1334,11 +1385,7 @@ mod tests {
             "UPDATE otp.outbox SET expires_at = clock_timestamp() + interval '100 milliseconds'
               WHERE conversation = 't-retry-late'",
         );
-        Spi::run_with_args(
-            "SELECT otp_outbox_failed($1, 'timeout', true)",
-            &[id.into()],
-        )
-        .unwrap();
+        report_failed(id, "timeout", true);
         assert_eq!(
             message_field("t-retry-late", "state").as_deref(),
             Some("expired")
@@ -1365,11 +1412,7 @@ mod tests {
         });
         // a provider echoing the message back must not put the code in a table
         let error = format!("131026: recipient cannot receive message with code {code}");
-        Spi::run_with_args(
-            "SELECT otp_outbox_failed($1, $2, false)",
-            &[id.into(), error.as_str().into()],
-        )
-        .unwrap();
+        report_failed(id, &error, false);
         assert_eq!(message_field("t-perm", "state").as_deref(), Some("failed"));
         assert_eq!(message_field("t-perm", "code_sealed"), None);
         let stored_error = message_field("t-perm", "last_error").unwrap();
@@ -1406,11 +1449,7 @@ mod tests {
                 row.get::<String>(2).unwrap().unwrap(),
             )
         });
-        Spi::run_with_args(
-            "SELECT otp_outbox_failed($1, '131026: not a WhatsApp user', false)",
-            &[id.into()],
-        )
-        .unwrap();
+        report_failed(id, "131026: not a WhatsApp user", false);
         assert_eq!(
             status_of("t-fallback"),
             "pending/email/a***@example.com/queued/3"
@@ -1421,11 +1460,7 @@ mod tests {
         assert_eq!(emailed, Some(format!("email:ana@example.com:{code}")));
         let email_id: i64 =
             one("SELECT max(id) FROM otp.outbox WHERE conversation = 't-fallback'").unwrap();
-        Spi::run_with_args(
-            "SELECT otp_outbox_sent($1, 'smtp-queued')",
-            &[email_id.into()],
-        )
-        .unwrap();
+        report_sent(email_id, "smtp-queued");
         assert_eq!(
             status_of("t-fallback"),
             "pending/email/a***@example.com/sent/3"
@@ -1441,11 +1476,7 @@ mod tests {
         fixture();
         issue("t-nofallback", "5000"); // email only
         let id = claim_id("t-nofallback").unwrap();
-        Spi::run_with_args(
-            "SELECT otp_outbox_failed($1, '550 no such user', false)",
-            &[id.into()],
-        )
-        .unwrap();
+        report_failed(id, "550 no such user", false);
         assert_eq!(
             status_of("t-nofallback"),
             "pending/email/b***@example.com/failed/3"
@@ -1454,11 +1485,7 @@ mod tests {
         issue("t-late-fallback", "4721");
         let id = claim_id("t-late-fallback").unwrap();
         run("UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-late-fallback'");
-        Spi::run_with_args(
-            "SELECT otp_outbox_failed($1, 'rejected', false)",
-            &[id.into()],
-        )
-        .unwrap();
+        report_failed(id, "rejected", false);
         let messages: Option<i64> =
             one("SELECT count(*) FROM otp.outbox WHERE conversation = 't-late-fallback'");
         assert_eq!(messages, Some(1));
@@ -1471,12 +1498,12 @@ mod tests {
         let queued: i64 =
             one("SELECT id FROM otp.outbox WHERE conversation = 't-decline'").unwrap();
         assert_eq!(
-            sqlstate(&format!("SELECT otp_outbox_expired({queued})")),
+            sqlstate(&format!("SELECT otp_outbox_expired({queued}, 1)")),
             "55000"
         );
         let id = claim_id("t-decline").unwrap();
-        Spi::run_with_args("SELECT otp_outbox_expired($1)", &[id.into()]).unwrap();
-        Spi::run_with_args("SELECT otp_outbox_expired($1)", &[id.into()]).unwrap();
+        report_expired(id);
+        report_expired(id);
         assert_eq!(
             message_field("t-decline", "state").as_deref(),
             Some("expired")
@@ -1517,16 +1544,23 @@ mod tests {
         issue("t-proto", "4721");
         let id: i64 = one("SELECT id FROM otp.outbox WHERE conversation = 't-proto'").unwrap();
         assert_eq!(
-            sqlstate(&format!("SELECT otp_outbox_sent({id}, 'x')")),
+            sqlstate(&format!("SELECT otp_outbox_sent({id}, 1, 'x')")),
             "55000"
         );
         assert_eq!(
-            sqlstate(&format!("SELECT otp_outbox_failed({id}, 'x', true)")),
+            sqlstate(&format!("SELECT otp_outbox_failed({id}, 1, 'x', true)")),
             "55000"
         );
-        assert_eq!(sqlstate("SELECT otp_outbox_sent(-1, 'x')"), "P0002");
-        assert_eq!(sqlstate("SELECT otp_outbox_sent(NULL, 'x')"), "22004");
-        assert_eq!(sqlstate("SELECT otp_outbox_failed(1, 'x', NULL)"), "22004");
+        assert_eq!(sqlstate("SELECT otp_outbox_sent(-1, 1, 'x')"), "P0002");
+        assert_eq!(sqlstate("SELECT otp_outbox_sent(NULL, 1, 'x')"), "22004");
+        assert_eq!(
+            sqlstate(&format!("SELECT otp_outbox_sent({id}, NULL, 'x')")),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT otp_outbox_failed(1, 1, 'x', NULL)"),
+            "22004"
+        );
         assert_eq!(sqlstate("SELECT * FROM otp_outbox_claim(0)"), "22023");
         assert_eq!(
             sqlstate("SELECT * FROM otp_outbox_claim(10, '0 seconds')"),
@@ -1540,7 +1574,7 @@ mod tests {
         issue("t-race", "4721");
         let id = claim_id("t-race").unwrap();
         issue("t-race", "4721"); // supersedes while the dispatcher is sending
-        Spi::run_with_args("SELECT otp_outbox_sent($1, 'wamid.late')", &[id.into()]).unwrap();
+        report_sent(id, "wamid.late");
         let row: Option<String> = Spi::get_one_with_args(
             "SELECT state || ':' || provider_ref || ':' || (sent_at IS NOT NULL) FROM otp.outbox WHERE id = $1",
             &[id.into()],
@@ -1755,5 +1789,326 @@ mod tests {
             "42501"
         );
         run("RESET ROLE");
+    }
+
+    // ---- findings of the attack on 0.2.0 --------------------------------------
+
+    /// Decoy state is keyed on the agent and on the identifier exactly as it
+    /// was compared: neither another spelling nor another hiding agent can
+    /// tell an unknown identifier from a real one through the send limits.
+    #[pg_test]
+    fn decoys_are_scoped_to_the_agent_and_the_exact_identifier() {
+        fixture();
+        run("INSERT INTO public.employees VALUES ('e-77', 'Eve Ito', '+34 600 000 077', NULL, 1000)");
+        // default limits: a 30-second cooldown per person and per destination
+        for agent in ["hide-a", "hide-b"] {
+            run(&format!(
+                "SELECT otp_configure(agent => '{agent}', source => 'public.employees', id_column => 'employee_no',
+                                      phone_column => 'whatsapp', reveal_unknown => false)"
+            ));
+        }
+        // spellings: E-77 is unknown, e-77 real; E-99 and e-99 both unknown
+        assert!(answer("hide-a", "t-sp-1", "E-77").starts_with("code_sent/"));
+        assert!(answer("hide-a", "t-sp-2", "e-77").starts_with("code_sent/"));
+        assert!(answer("hide-a", "t-sp-3", "E-99").starts_with("code_sent/"));
+        let second_unknown = answer("hide-a", "t-sp-4", "e-99");
+        assert!(second_unknown.starts_with("code_sent/"), "{second_unknown}");
+        // agents: priming Z-1 in one hiding agent says nothing in another
+        assert!(answer("hide-a", "t-ag-1", "Z-1").starts_with("code_sent/"));
+        let other_agent = answer("hide-b", "t-ag-2", "Z-1");
+        assert!(other_agent.starts_with("code_sent/"), "{other_agent}");
+        // within one agent and spelling, the decoy is limited like a person
+        assert!(answer("hide-a", "t-ag-3", "Z-1").starts_with("rate_limited"));
+    }
+
+    /// Makes `code` the code of the conversation's pending challenge (as if
+    /// it had been drawn), under the current secret.
+    fn force_code(agent: &str, conversation: &str, code: &str) {
+        let keys = crate::gucs::keys().unwrap().current;
+        let challenge_id: i64 = Spi::get_one_with_args(
+            "SELECT id FROM otp.challenge WHERE agent = $1 AND conversation = $2 AND state = 'pending'",
+            &[agent.into(), conversation.into()],
+        )
+        .unwrap()
+        .unwrap();
+        let hash = keys.code_hash(challenge_id, agent, conversation, code);
+        Spi::run_with_args(
+            "UPDATE otp.challenge SET code_hash = $2, key_id = $3 WHERE id = $1",
+            &[
+                challenge_id.into(),
+                hash.to_vec().into(),
+                keys.id.to_vec().into(),
+            ],
+        )
+        .unwrap();
+    }
+
+    /// A decoy has a code like any challenge, but it never verifies: not for
+    /// an unknown identifier (another spelling of a real one, say), and not
+    /// for a real person without a channel. The attempt still counts and the
+    /// answers look the same as for a wrong code.
+    #[pg_test]
+    fn a_decoy_never_verifies_even_with_its_own_code() {
+        fixture();
+        configure("hidden-verify", ", reveal_unknown => false");
+        for (conversation, identifier) in [("t-dv-unknown", "04721"), ("t-dv-nochannel", "6000")] {
+            assert!(answer("hidden-verify", conversation, identifier).starts_with("code_sent/"));
+            force_code("hidden-verify", conversation, "424242");
+            assert_eq!(
+                verify_as("hidden-verify", conversation, "424242"),
+                ("incorrect".into(), Some(2)),
+                "{identifier}"
+            );
+            force_code("hidden-verify", conversation, "434343");
+            assert_eq!(
+                verify_as("hidden-verify", conversation, "434343"),
+                ("incorrect".into(), Some(1))
+            );
+            assert_eq!(
+                count(&format!(
+                    "SELECT count(*) FROM otp.session WHERE conversation = '{conversation}'"
+                )),
+                0
+            );
+        }
+    }
+
+    /// A real code and a decoy, side by side: the same delivery lifecycle
+    /// through otp_status and otp_events (queued until a dispatcher claims,
+    /// then sent, with a `delivered` event), and no dispatcher ever gets the
+    /// decoy.
+    #[pg_test]
+    fn a_decoy_delivery_looks_like_a_real_one() {
+        fixture();
+        configure("hidden-life", ", reveal_unknown => false");
+        let delivery = |conversation: &str| -> String {
+            one::<String>(&format!(
+                "SELECT concat_ws('/', status, delivery) FROM otp_status('hidden-life', '{conversation}')"
+            ))
+            .unwrap()
+        };
+        issue_for("hidden-life", "t-life-real", "4721");
+        issue_for("hidden-life", "t-life-decoy", "8888");
+        assert_eq!(delivery("t-life-real"), "pending/queued");
+        assert_eq!(delivery("t-life-decoy"), "pending/queued");
+
+        // a dispatcher claims: only the real message reaches it
+        claim_all();
+        assert_eq!(
+            count("SELECT count(*) FROM claimed WHERE conversation = 't-life-decoy'"),
+            0
+        );
+        let real = one::<i64>("SELECT message_id FROM claimed WHERE conversation = 't-life-real'")
+            .unwrap();
+        report_sent(real, "wamid.test");
+        // the decoy's simulated send ends; the next claim finishes it
+        run(
+            "UPDATE otp.outbox SET available_at = clock_timestamp() - interval '1 second'
+              WHERE conversation = 't-life-decoy'",
+        );
+        claim_all();
+        assert_eq!(
+            count("SELECT count(*) FROM claimed WHERE conversation = 't-life-decoy'"),
+            0
+        );
+        assert_eq!(delivery("t-life-real"), "pending/sent");
+        assert_eq!(delivery("t-life-decoy"), "pending/sent");
+        assert_eq!(
+            events("hidden-life", "4721"),
+            ["issued@t-life-real", "delivered@t-life-real"]
+        );
+        assert_eq!(
+            events("hidden-life", "8888"),
+            ["issued@t-life-decoy", "delivered@t-life-decoy"]
+        );
+        // the decoy's message never held a destination
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation = 't-life-decoy' AND destination <> ''"),
+            0
+        );
+    }
+
+    /// Codes sent to a destination under the previous secret (before a
+    /// rotation) still count against its limit under the new one.
+    #[pg_test]
+    fn a_destination_at_its_limit_stays_limited_across_a_rotation() {
+        fixture();
+        configure("rot-limit", ", max_codes => 2, resend_cooldown => '0'");
+        assert_eq!(
+            issue_with_wait("rot-limit", "t-rl-1", "4721").0,
+            "code_sent"
+        );
+        assert_eq!(
+            issue_with_wait("rot-limit", "t-rl-2", "4721").0,
+            "code_sent"
+        );
+        // as if both had been issued before the rotation
+        let previous =
+            crate::crypto::Keys::derive(&hex::decode(crate::TEST_PREVIOUS_SECRET).unwrap());
+        let old_key = previous.destination_key("whatsapp", "+34 600 123 478");
+        Spi::run_with_args(
+            "UPDATE otp.challenge SET destination_key = $1 WHERE agent = 'rot-limit'",
+            &[old_key.to_vec().into()],
+        )
+        .unwrap();
+        // 7000 shares the phone: only the per-destination limit applies
+        assert_eq!(
+            issue_with_wait("rot-limit", "t-rl-3", "7000").0,
+            "rate_limited"
+        );
+    }
+
+    /// Dispatcher A's lease runs out and B claims the same message (attempt
+    /// 2). A's late report is ignored, and says so; B's report counts.
+    #[pg_test]
+    fn reports_from_an_expired_lease_are_ignored() {
+        fixture();
+        issue("t-fence", "4721");
+        claim_all();
+        let message =
+            one::<i64>("SELECT message_id FROM claimed WHERE conversation = 't-fence'").unwrap();
+        run(&format!("UPDATE otp.outbox SET available_at = clock_timestamp() - interval '1 second' WHERE id = {message}"));
+        claim_all();
+        assert_eq!(message_field("t-fence", "attempt").as_deref(), Some("2"));
+        // A (attempt 1): a stale retryable failure, a stale expiry
+        let applied: Option<bool> = one(&format!(
+            "SELECT otp_outbox_failed({message}, 1, 'timeout', true)"
+        ));
+        assert_eq!(applied, Some(false));
+        let applied: Option<bool> = one(&format!("SELECT otp_outbox_expired({message}, 1)"));
+        assert_eq!(applied, Some(false));
+        assert_eq!(
+            message_field("t-fence", "state").as_deref(),
+            Some("sending")
+        );
+        // B (attempt 2): sent
+        let applied: Option<bool> =
+            one(&format!("SELECT otp_outbox_sent({message}, 2, 'wamid.b')"));
+        assert_eq!(applied, Some(true));
+        assert_eq!(message_field("t-fence", "state").as_deref(), Some("sent"));
+        // and A's stale 'sent' cannot overwrite B's reference
+        let applied: Option<bool> =
+            one(&format!("SELECT otp_outbox_sent({message}, 1, 'wamid.a')"));
+        assert_eq!(applied, Some(false));
+        assert_eq!(
+            message_field("t-fence", "provider_ref").as_deref(),
+            Some("wamid.b")
+        );
+    }
+
+    /// A provider that echoes the code: reports that arrive after the message
+    /// ended (its sealed code already erased) are scrubbed too, the provider
+    /// reference included.
+    #[pg_test]
+    fn late_reports_are_scrubbed_of_the_code() {
+        fixture();
+        issue("t-late", "4721");
+        let code = delivered_code("t-late");
+        let message =
+            one::<i64>("SELECT message_id FROM claimed WHERE conversation = 't-late'").unwrap();
+        // the user starts over while the message is on its way: it is cancelled
+        issue("t-late", "4721");
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT state FROM otp.outbox WHERE id = {message}"
+            ))
+            .as_deref(),
+            Some("cancelled")
+        );
+        run(&format!(
+            "SELECT otp_outbox_failed({message}, 1, 'rejected: your code is {code} (code {code})', false)"
+        ));
+        run(&format!(
+            "SELECT otp_outbox_sent({message}, 1, 'ref-{code}-x')"
+        ));
+        let stored: Option<String> = one(&format!(
+            "SELECT concat_ws(' | ', last_error, provider_ref) FROM otp.outbox WHERE id = {message}"
+        ));
+        let stored = stored.unwrap();
+        assert!(!stored.contains(&code), "{stored}");
+        assert!(
+            stored.contains("[code]"),
+            "the text is kept, the code blanked: {stored}"
+        );
+    }
+
+    /// Delegated configuration: writing agents needs both INSERT and UPDATE on
+    /// otp.agent, and reading every configured column of the source; system
+    /// catalogs are never sources, whoever asks.
+    #[pg_test]
+    fn configuring_needs_both_writes_and_reading_the_source() {
+        fixture();
+        fixture_sqlstate_helper();
+        run("CREATE ROLE otp_test_inserter NOLOGIN; CREATE ROLE otp_test_writer NOLOGIN;
+             GRANT USAGE ON SCHEMA otp TO otp_test_inserter, otp_test_writer;
+             GRANT SELECT, INSERT ON otp.agent TO otp_test_inserter;
+             GRANT SELECT, INSERT, UPDATE ON otp.agent TO otp_test_writer;
+             GRANT EXECUTE ON FUNCTION pg_temp.sqlstate_of(text) TO otp_test_inserter, otp_test_writer;
+             GRANT EXECUTE ON FUNCTION otp_configure TO otp_test_inserter, otp_test_writer;");
+        let configure_as =
+            |role: &str, agent: &str, source: &str, id: &str, phone: &str| -> String {
+                run(&format!("SET LOCAL ROLE {role}"));
+                let state = sqlstate(&format!(
+                "SELECT otp_configure('{agent}', '{source}', '{id}', phone_column => '{phone}')"
+            ));
+                run("RESET ROLE");
+                state
+            };
+        assert_eq!(
+            configure_as(
+                "otp_test_inserter",
+                "delegated",
+                "public.employees",
+                "employee_no",
+                "whatsapp"
+            ),
+            "42501"
+        );
+        // may write agents, may not read the employees
+        assert_eq!(
+            configure_as(
+                "otp_test_writer",
+                "delegated",
+                "public.employees",
+                "employee_no",
+                "whatsapp"
+            ),
+            "42501"
+        );
+        run("GRANT SELECT (employee_no) ON public.employees TO otp_test_writer");
+        assert_eq!(
+            configure_as(
+                "otp_test_writer",
+                "delegated",
+                "public.employees",
+                "employee_no",
+                "whatsapp"
+            ),
+            "42501"
+        );
+        run("GRANT SELECT (whatsapp) ON public.employees TO otp_test_writer");
+        assert_eq!(
+            configure_as(
+                "otp_test_writer",
+                "delegated",
+                "public.employees",
+                "employee_no",
+                "whatsapp"
+            ),
+            "ok"
+        );
+        // catalogs: refused even to a superuser, and to a delegate who can read them
+        assert_eq!(sqlstate("SELECT otp_configure('cat', 'pg_authid', 'rolname', phone_column => 'rolpassword')"), "42809");
+        assert_eq!(
+            configure_as(
+                "otp_test_writer",
+                "cat",
+                "pg_catalog.pg_class",
+                "relname",
+                "relname"
+            ),
+            "42809"
+        );
+        assert_eq!(sqlstate("SELECT otp_configure('cat', 'information_schema.tables', 'table_name', phone_column => 'table_name')"), "42809");
     }
 }

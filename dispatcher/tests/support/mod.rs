@@ -151,10 +151,17 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub async fn start(args: &[&str]) -> Self {
         let url = dispatcher_url().await;
+        let mut with_url = vec!["--database-url", url.as_str()];
+        with_url.extend_from_slice(args);
+        Self::start_without_url(&with_url).await
+    }
+
+    /// Starts it with `args` only (which must say where the database is).
+    pub async fn start_without_url(args: &[&str]) -> Self {
+        // (the connection fixture must exist before the dispatcher connects)
+        dispatcher_url().await;
         let dir = scratch_dir("dispatcher");
         let child = Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"))
-            .arg("--database-url")
-            .arg(url)
             .args(["--poll-interval-ms", "200"])
             .args(args)
             .env_remove("OTP_DATABASE_URL")

@@ -237,3 +237,134 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Where the PostgreSQL server binaries are (initdb, pg_ctl).
+pub fn pg_bin() -> std::path::PathBuf {
+    std::env::var_os("PG_OTP_TEST_BINDIR")
+        .map(Into::into)
+        .unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into())
+}
+
+/// A cluster of a test's own, for settings the shared cluster must not have
+/// (no preloaded library, a variable in the postmaster's environment).
+/// Runs as postgres with its socket in its directory under /tmp and no TCP;
+/// stopped and removed when dropped.
+pub struct Cluster {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    /// initdb, `conf` appended to postgresql.conf, started with `env` added
+    /// to the postmaster's environment (and RUST_BACKTRACE removed unless
+    /// `env` sets it).
+    pub fn start(name: &str, port: u16, conf: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let dir = std::path::PathBuf::from(format!("/tmp/pg_otp-it-{name}"));
+        let cluster = Cluster { dir, port };
+        cluster.stop();
+        let _ = std::fs::remove_dir_all(&cluster.dir);
+        std::fs::create_dir_all(&cluster.dir).unwrap();
+        run_as_postgres(
+            std::process::Command::new("chown").args(["postgres:", cluster.dir.to_str().unwrap()]),
+            false,
+        );
+        let data = cluster.dir.join("data");
+        run_as_postgres(
+            std::process::Command::new(pg_bin().join("initdb"))
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&data),
+            true,
+        );
+        let mut lines = vec![
+            format!("port = {port}"),
+            "listen_addresses = ''".to_owned(),
+            format!("unix_socket_directories = '{}'", cluster.dir.display()),
+        ];
+        lines.extend(conf.iter().map(|line| (*line).to_owned()));
+        let config = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("\n# --- test cluster ---\n");
+        text.push_str(&lines.join("\n"));
+        text.push('\n');
+        std::fs::write(&config, text).unwrap();
+        let mut start = std::process::Command::new(pg_bin().join("pg_ctl"));
+        start
+            .args(["-w", "-t", "60", "-l"])
+            .arg(cluster.dir.join("server.log"))
+            .arg("-D")
+            .arg(&data)
+            .arg("start")
+            .env_remove("RUST_BACKTRACE");
+        for (name, value) in env {
+            start.env(name, value);
+        }
+        run_as_postgres(&mut start, true);
+        cluster
+    }
+
+    pub fn connect(&self, user: &str, dbname: &str) -> Client {
+        let config = format!(
+            "host={} port={} user={user} dbname={dbname} application_name=pg_otp_it",
+            self.dir.display(),
+            self.port
+        );
+        Client::connect(&config, NoTls).unwrap_or_else(|err| panic!("connect as {user}: {err}"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn stop(&self) {
+        let data = self.dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            run_as_postgres(
+                std::process::Command::new(pg_bin().join("pg_ctl"))
+                    .args(["-m", "immediate", "-w", "-D"])
+                    .arg(&data)
+                    .arg("stop"),
+                true,
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `command` as the postgres user (PostgreSQL refuses root), or as is
+/// when `as_postgres` is false; panics when it fails.
+fn run_as_postgres(command: &mut std::process::Command, as_postgres: bool) {
+    let status = if as_postgres {
+        let mut wrapped = std::process::Command::new("runuser");
+        wrapped
+            .args(["-u", "postgres", "--"])
+            .arg(command.get_program())
+            .args(command.get_args());
+        for (name, value) in command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(name, value),
+                None => wrapped.env_remove(name),
+            };
+        }
+        wrapped.stdout(std::process::Stdio::null()).status()
+    } else {
+        command.stdout(std::process::Stdio::null()).status()
+    }
+    .expect("running a PostgreSQL program");
+    assert!(status.success(), "{command:?} failed");
+}

@@ -65,13 +65,16 @@ fn a_flow_never_scans_history_tables_after_a_million_codes() {
     assert_eq!(status, "code_sent");
     let row = tx
         .query_one(
-            "SELECT message_id, code FROM otp_outbox_claim(16) WHERE conversation = $1",
+            "SELECT message_id, code, attempt FROM otp_outbox_claim(16) WHERE conversation = $1",
             &[&conversation],
         )
         .unwrap();
-    let (message_id, code): (i64, String) = (row.get(0), row.get(1));
-    tx.execute("SELECT otp_outbox_sent($1, 'ref')", &[&message_id])
-        .unwrap();
+    let (message_id, code, attempt): (i64, String, i32) = (row.get(0), row.get(1), row.get(2));
+    tx.execute(
+        "SELECT otp_outbox_sent($1, $2, 'ref')",
+        &[&message_id, &attempt],
+    )
+    .unwrap();
     let wrong = other_code(&code, 0);
     tx.query_one(
         "SELECT status FROM otp_verify('it', $1, $2)",

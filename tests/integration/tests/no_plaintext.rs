@@ -111,10 +111,10 @@ fn no_plaintext_code_in_tables_server_log_or_wal() {
     for flow in 0..FLOWS {
         let conversation = conversation(&format!("plain-{flow}"));
         assert_eq!(issue(&mut app, &conversation), "code_sent");
-        let (message_id, code): (i64, String) = {
+        let (message_id, attempt, code): (i64, i32, String) = {
             let rows = sender
                 .query(
-                    "SELECT message_id, conversation, code FROM otp_outbox_claim(1000)",
+                    "SELECT message_id, conversation, code, attempt FROM otp_outbox_claim(1000)",
                     &[],
                 )
                 .unwrap();
@@ -122,26 +122,30 @@ fn no_plaintext_code_in_tables_server_log_or_wal() {
                 .iter()
                 .find(|r| r.get::<_, String>(1) == conversation)
                 .expect("claimed");
-            (row.get(0), row.get(2))
+            (row.get(0), row.get(3), row.get(2))
         };
         codes.push(code.clone());
         match flow % 4 {
+            // a provider echoing the code in its message reference
             0 => sender
-                .execute("SELECT otp_outbox_sent($1, 'wamid.x')", &[&message_id])
+                .execute(
+                    "SELECT otp_outbox_sent($1, $2, $3)",
+                    &[&message_id, &attempt, &format!("wamid.{code}")],
+                )
                 .map(drop)
                 .unwrap(),
-            // a provider echoing the code in its error text
+            // ... and in its error text
             1 => sender
                 .execute(
-                    "SELECT otp_outbox_failed($1, $2, true)",
-                    &[&message_id, &format!("echo: {code}")],
+                    "SELECT otp_outbox_failed($1, $2, $3, true)",
+                    &[&message_id, &attempt, &format!("echo: {code}")],
                 )
                 .map(drop)
                 .unwrap(),
             2 => sender
                 .execute(
-                    "SELECT otp_outbox_failed($1, $2, false)",
-                    &[&message_id, &format!("code {code} refused")],
+                    "SELECT otp_outbox_failed($1, $2, $3, false)",
+                    &[&message_id, &attempt, &format!("code {code} refused")],
                 )
                 .map(drop)
                 .unwrap(),
@@ -175,6 +179,20 @@ fn no_plaintext_code_in_tables_server_log_or_wal() {
                 .get(0);
             assert_eq!(touched, "active");
         }
+        // Late reports, after the message ended (its sealed code is gone):
+        // the provider echoes the code again.
+        sender
+            .execute(
+                "SELECT otp_outbox_failed($1, $2, $3, false)",
+                &[&message_id, &attempt, &format!("late: {code} bounced")],
+            )
+            .unwrap();
+        sender
+            .execute(
+                "SELECT otp_outbox_sent($1, $2, $3)",
+                &[&message_id, &attempt, &format!("late-ref-{code}")],
+            )
+            .unwrap();
     }
     db.batch_execute("CHECKPOINT").unwrap();
     let wal_end = wal_position(&mut db);

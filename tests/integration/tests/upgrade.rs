@@ -1,15 +1,24 @@
-//! Upgrading from the last release: a database with pg_otp 0.1.0 (the frozen
-//! install script in sql/released/, which scripts/test.sh installs next to
-//! the current version) and work in flight is updated with ALTER EXTENSION
-//! UPDATE. Codes issued before keep working, queued messages are still
-//! delivered, sessions stay active, and the updated schema is exactly the
-//! schema a fresh CREATE EXTENSION makes.
+//! Upgrading from every release: a database with an earlier pg_otp (its
+//! frozen install script in sql/released/, which scripts/test.sh installs
+//! next to the current version) and work in flight runs on the current
+//! library, as it does between the restart and the update, then is updated
+//! with ALTER EXTENSION UPDATE. Codes issued before keep working, queued
+//! messages are still delivered, sessions stay active, and the updated
+//! schema is exactly the schema a fresh CREATE EXTENSION makes.
 
 use pg_otp_integration::*;
 
-const OLD_VERSION: &str = "0.1.0";
-const UPGRADED: &str = "pg_otp_upgraded";
 const FRESH: &str = "pg_otp_fresh";
+
+#[test]
+fn update_from_0_1_0() {
+    update_from("0.1.0", "pg_otp_upgraded_010");
+}
+
+#[test]
+fn update_from_0_2_0() {
+    update_from("0.2.0", "pg_otp_upgraded_020");
+}
 
 /// A new, empty database `name` (dropped first if a previous run left it).
 fn recreate(name: &str) -> Client {
@@ -57,18 +66,20 @@ fn schema_fingerprint(db: &mut Client) -> Vec<String> {
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'otp' AND NOT t.tgisinternal
              UNION ALL
-             SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' acl ' || coalesce(c.relacl::text, '-')
+             SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' owner ' || c.relowner::regrole::text
+                    || ' acl ' || coalesce(c.relacl::text, '-')
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'otp'
              UNION ALL
-             SELECT 'function ' || p.oid::regprocedure::text || ' acl ' || coalesce(p.proacl::text, '-')
+             SELECT 'function ' || p.oid::regprocedure::text || ' owner ' || p.proowner::regrole::text
+                    || ' acl ' || coalesce(p.proacl::text, '-')
                     || ' ' || pg_catalog.pg_get_functiondef(p.oid)
                FROM pg_catalog.pg_depend dep
                JOIN pg_catalog.pg_extension e ON e.oid = dep.refobjid AND e.extname = 'pg_otp'
                JOIN pg_catalog.pg_proc p ON p.oid = dep.objid
               WHERE dep.classid = 'pg_catalog.pg_proc'::regclass AND dep.deptype = 'e'
              UNION ALL
-             SELECT 'schema otp acl ' || coalesce(nspacl::text, '-')
+             SELECT 'schema otp owner ' || nspowner::regrole::text || ' acl ' || coalesce(nspacl::text, '-')
                FROM pg_catalog.pg_namespace WHERE nspname = 'otp'
              ORDER BY 1",
             &[],
@@ -133,13 +144,14 @@ fn verify(db: &mut Client, conversation: &str, code: &str) -> (String, Option<St
     (row.get(0), row.get(1))
 }
 
-#[test]
-fn update_from_the_last_release_keeps_work_in_flight_and_matches_a_fresh_install() {
-    let mut db = recreate(UPGRADED);
-    install(&mut db, Some(OLD_VERSION));
-    assert_eq!(extension_version(&mut db), OLD_VERSION);
+/// Work in flight under `old`, the update, and the schema compared with a
+/// fresh install's.
+fn update_from(old: &str, database: &str) {
+    let mut db = recreate(database);
+    install(&mut db, Some(old));
+    assert_eq!(extension_version(&mut db), old);
 
-    // Work in flight under 0.1.0: a code whose message was already sent, a
+    // Work in flight under the old schema: a code whose message was already sent, a
     // code whose message is still queued, and an active session.
     issue_for(&mut db, "sent-before", "p1");
     issue_for(&mut db, "session-before", "p2");
@@ -160,16 +172,13 @@ fn update_from_the_last_release_keeps_work_in_flight_and_matches_a_fresh_install
     assert_eq!(status, "verified");
     let token = token.expect("a session token");
     issue_for(&mut db, "queued-before", "p1");
-    // Rejected guesses count under 0.1.0 and keep counting after the update.
+    // Rejected guesses count under the old schema and keep counting after the update.
     let wrong = other_code(&code_of("sent-before"), 7);
     assert_eq!(verify(&mut db, "sent-before", &wrong).0, "incorrect");
 
     db.batch_execute("ALTER EXTENSION pg_otp UPDATE").unwrap();
     let new_version = extension_version(&mut db);
-    assert_ne!(
-        new_version, OLD_VERSION,
-        "ALTER EXTENSION UPDATE did nothing"
-    );
+    assert_ne!(new_version, old, "ALTER EXTENSION UPDATE did nothing");
 
     // The session is still active.
     let touched: String = db
@@ -177,7 +186,7 @@ fn update_from_the_last_release_keeps_work_in_flight_and_matches_a_fresh_install
         .unwrap()
         .get(0);
     assert_eq!(touched, "active");
-    // The message queued under 0.1.0 is delivered, and its code verifies.
+    // The message queued before the update is delivered, and its code verifies.
     let queued = claim_all(&mut db);
     assert_eq!(
         queued
@@ -187,7 +196,7 @@ fn update_from_the_last_release_keeps_work_in_flight_and_matches_a_fresh_install
         ["queued-before"]
     );
     assert_eq!(verify(&mut db, "queued-before", &queued[0].2).0, "verified");
-    // The code sent under 0.1.0 still has its attempts counted, and verifies.
+    // The code sent before still has its attempts counted, and verifies.
     let (status, _) = verify(
         &mut db,
         "sent-before",

@@ -16,7 +16,7 @@ SET ROLE otp_sender;
 SELECT message_id, code AS delivered_code, destination, channel, attempt
   FROM otp_outbox_claim() WHERE conversation = 'wa:34600123478' \gset
 SELECT :'destination' AS destination, :'channel' AS channel, :attempt AS attempt;
-SELECT otp_outbox_sent(:message_id, 'wamid.HBgLMzQ2MDAxMjM0NzgVAgARGBI');
+SELECT otp_outbox_sent(:message_id, :attempt, 'wamid.HBgLMzQ2MDAxMjM0NzgVAgARGBI');
 
 -- The agent can check where the code stands ("did it arrive?").
 SET ROLE chat_app;

@@ -17,7 +17,12 @@ SELECT (SELECT destination_hint FROM otp_issue('discreet', 'hide:again', '0000')
 SELECT status, attempts_remaining FROM otp_verify('discreet', 'hide:nobody', '123456');
 SELECT status, delivery, attempts_remaining FROM otp_status('discreet', 'hide:nobody');
 RESET ROLE;
--- Only the real one was queued for delivery. The unknown number's messages
--- were born cancelled, without a code: the same work, nothing to send.
-SELECT conversation, state, code_sealed IS NOT NULL AS has_code
+-- Every code was queued, with the same work; the unknown number's messages
+-- have no destination, and a dispatcher only ever gets the real one. The
+-- others are "sent" by the claim itself after a simulated send, so that
+-- otp_status shows them the way it shows a real delivery.
+SELECT conversation, state, code_sealed IS NOT NULL AS has_code, destination = '' AS decoy
   FROM otp.outbox WHERE agent = 'discreet' ORDER BY id;
+SET ROLE otp_sender;
+SELECT conversation FROM otp_outbox_claim(batch_size => 1000) WHERE conversation LIKE 'hide:%';
+RESET ROLE;

@@ -38,3 +38,22 @@ SELECT p.oid::regprocedure AS function,
   JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_otp'
  ORDER BY p.proname;
+
+-- Everything of pg_otp belongs to otp_owner, a role that cannot log in and
+-- has no members: the SECURITY DEFINER functions run with its rights, which
+-- reach pg_otp's own tables and nothing else.
+SELECT rolname, rolcanlogin, rolsuper, rolcreaterole, rolbypassrls,
+       (SELECT count(*) FROM pg_auth_members m WHERE m.roleid = r.oid) AS members
+  FROM pg_roles r WHERE rolname = 'otp_owner';
+SELECT 'function' AS kind, pg_get_userbyid(p.proowner) AS owner, count(*)
+  FROM pg_proc p
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_otp'
+ GROUP BY 1, 2
+UNION ALL
+SELECT 'table', pg_get_userbyid(c.relowner), count(*)
+  FROM pg_class c WHERE c.relnamespace = 'otp'::regnamespace AND c.relkind IN ('r', 'S')
+ GROUP BY 1, 2
+UNION ALL
+SELECT 'schema', pg_get_userbyid(nspowner), 1 FROM pg_namespace WHERE nspname = 'otp'
+ ORDER BY 1;

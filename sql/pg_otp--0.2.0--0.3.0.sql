@@ -1,0 +1,124 @@
+-- pg_otp 0.2.0 -> 0.3.0: the fixes of an attack on 0.2.0 (see README,
+-- Security model). Run by ALTER EXTENSION pg_otp UPDATE TO '0.3.0'. Nothing
+-- here rewrites a row: pending codes, queued messages and sessions carry on.
+\echo Use "ALTER EXTENSION pg_otp UPDATE TO '0.3.0'" to load this file. \quit
+
+-- Delivery reports name the attempt the claim returned, so that a
+-- dispatcher whose lease ran out cannot overwrite the outcome of a later
+-- claim; they say whether they were applied. (The library keeps the old
+-- entry points: the 0.2.0 functions kept working until this update.)
+DROP FUNCTION @extschema@.otp_outbox_sent(bigint, text);
+DROP FUNCTION @extschema@.otp_outbox_failed(bigint, text, boolean);
+DROP FUNCTION @extschema@.otp_outbox_expired(bigint);
+
+CREATE FUNCTION @extschema@."otp_outbox_sent"(
+    "message_id" bigint,
+    "attempt" INT,
+    "provider_ref" TEXT
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_outbox_sent_fenced_wrapper';
+
+CREATE FUNCTION @extschema@."otp_outbox_failed"(
+    "message_id" bigint,
+    "attempt" INT,
+    "error" TEXT,
+    "retryable" bool
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_outbox_failed_fenced_wrapper';
+
+CREATE FUNCTION @extschema@."otp_outbox_expired"(
+    "message_id" bigint,
+    "attempt" INT
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_outbox_expired_fenced_wrapper';
+
+-- An operator's way to end a lockout early (it also clears the attempt
+-- ledger, which no UPDATE reaches).
+CREATE FUNCTION @extschema@."otp_unlock"(
+    "agent" TEXT,
+    "subject" TEXT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_unlock_wrapper';
+
+REVOKE EXECUTE ON FUNCTION
+    @extschema@.otp_outbox_sent(bigint, integer, text),
+    @extschema@.otp_outbox_failed(bigint, integer, text, boolean),
+    @extschema@.otp_outbox_expired(bigint, integer),
+    @extschema@.otp_unlock(text, text)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.otp_outbox_sent(bigint, integer, text),
+    @extschema@.otp_outbox_failed(bigint, integer, text, boolean),
+    @extschema@.otp_outbox_expired(bigint, integer)
+TO otp_dispatcher;
+ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, integer, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, integer, text, boolean) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_expired(bigint, integer) SET plan_cache_mode = force_generic_plan;
+
+-- pg_otp's state and SECURITY DEFINER functions now belong to otp_owner, a
+-- role without login, members or attributes, instead of the superuser who
+-- ran CREATE EXTENSION (see sql/privileges.sql).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_owner') THEN
+        CREATE ROLE otp_owner NOLOGIN;
+        COMMENT ON ROLE otp_owner IS 'pg_otp: owns schema otp and runs the SECURITY DEFINER functions; never grant it to anyone';
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_roles
+                   WHERE rolname = 'otp_owner'
+                     AND (rolcanlogin OR rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls))
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
+                   WHERE r.rolname = 'otp_owner') THEN
+        RAISE EXCEPTION 'pg_otp: role otp_owner already exists and can log in, has attributes or has members'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Whoever can act as otp_owner could read and change all of pg_otp''s state. '
+                         'Drop the role (or remove its members and attributes) before CREATE EXTENSION.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_app') THEN
+        CREATE ROLE otp_app NOLOGIN;
+        COMMENT ON ROLE otp_app IS 'pg_otp: may call otp_issue, otp_verify, otp_status, otp_events, session_touch, session_revoke';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_dispatcher') THEN
+        CREATE ROLE otp_dispatcher NOLOGIN;
+        COMMENT ON ROLE otp_dispatcher IS 'pg_otp: may use the outbox protocol (otp_outbox_*) only';
+    END IF;
+END
+$roles$;
+
+-- Everything of pg_otp belongs to otp_owner (see above).
+DO $owner$
+DECLARE
+    member record;
+BEGIN
+    ALTER SCHEMA otp OWNER TO otp_owner;
+    FOR member IN
+        SELECT pg_catalog.format('ALTER %s %s OWNER TO otp_owner',
+                   CASE d.classid WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN 'FUNCTION'
+                                  ELSE 'TABLE'   -- with its indexes and sequences
+                   END,
+                   CASE d.classid WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.objid::pg_catalog.regprocedure::text
+                                  ELSE d.objid::pg_catalog.regclass::text
+                   END) AS statement
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_otp'
+          LEFT JOIN pg_catalog.pg_class c ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.oid = d.objid
+         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND d.deptype = 'e'
+           AND (d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                OR (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.relkind = 'r'))
+    LOOP
+        EXECUTE member.statement;
+    END LOOP;
+END
+$owner$;

@@ -1,0 +1,214 @@
+//! The ledger's storage: a PostgreSQL shared hash table (dynahash, as
+//! pg_stat_statements uses) of fixed size, created at server start and
+//! guarded by one LWLock. Everything unsafe about it is in this file.
+
+use std::ffi::CStr;
+use std::mem::size_of;
+use std::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::{Key, State};
+
+const NAME: &CStr = c"pg_otp attempt ledger";
+
+/// One entry: what the ledger knows of a challenge or a person.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Entry {
+    key: Key,
+    pub state: State,
+}
+
+// Where the table lives in shared memory, and its lock: set in the
+// postmaster at start-up (again after a crash restart, which makes shared
+// memory anew) and inherited by every backend it starts.
+static TABLE: AtomicPtr<pg_sys::HTAB> = AtomicPtr::new(std::ptr::null_mut());
+static LOCK: AtomicPtr<pg_sys::LWLock> = AtomicPtr::new(std::ptr::null_mut());
+static CAPACITY: AtomicI64 = AtomicI64::new(0);
+static mut PREVIOUS_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREVIOUS_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+/// Asks PostgreSQL for the table at server start (from _PG_init, while the
+/// library is being preloaded).
+pub fn request(capacity: i64) {
+    // SAFETY: _PG_init runs once, in the postmaster, before any other
+    // process exists; the previous hooks are chained.
+    unsafe {
+        CAPACITY.store(capacity, Ordering::Relaxed);
+        PREVIOUS_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(on_request);
+        PREVIOUS_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(on_startup);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_request() {
+    // SAFETY: called by the postmaster while shared memory is being sized.
+    unsafe {
+        if let Some(previous) = PREVIOUS_REQUEST_HOOK {
+            previous();
+        }
+        let capacity = CAPACITY.load(Ordering::Relaxed);
+        pg_sys::RequestAddinShmemSpace(pg_sys::hash_estimate_size(capacity, size_of::<Entry>()));
+        pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), 1);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_startup() {
+    // SAFETY: called by the postmaster once shared memory exists (again after
+    // a crash restart), under AddinShmemInitLock as every add-in does.
+    unsafe {
+        if let Some(previous) = PREVIOUS_STARTUP_HOOK {
+            previous();
+        }
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut info = pg_sys::HASHCTL {
+            keysize: size_of::<Key>(),
+            entrysize: size_of::<Entry>(),
+            ..Default::default()
+        };
+        let capacity = CAPACITY.load(Ordering::Relaxed);
+        let table = pg_sys::ShmemInitHash(
+            NAME.as_ptr(),
+            capacity,
+            capacity,
+            &mut info,
+            (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as i32,
+        );
+        TABLE.store(table, Ordering::Relaxed);
+        LOCK.store(
+            &raw mut (*pg_sys::GetNamedLWLockTranche(NAME.as_ptr())).lock,
+            Ordering::Relaxed,
+        );
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+/// Whether the table exists (the library was preloaded).
+pub fn available() -> bool {
+    !TABLE.load(Ordering::Relaxed).is_null()
+}
+
+/// The table, locked for the life of this value. Nothing that can raise an
+/// ERROR may run while it is held: the lock is released on drop (and by
+/// PostgreSQL's LWLockReleaseAll should an ERROR happen anyway).
+pub struct Locked {
+    table: *mut pg_sys::HTAB,
+    lock: *mut pg_sys::LWLock,
+    capacity: i64,
+}
+
+impl Locked {
+    pub fn exclusive() -> Self {
+        Self::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE)
+    }
+
+    pub fn shared() -> Self {
+        Self::acquire(pg_sys::LWLockMode::LW_SHARED)
+    }
+
+    fn acquire(mode: pg_sys::LWLockMode::Type) -> Self {
+        let (table, lock) = (TABLE.load(Ordering::Relaxed), LOCK.load(Ordering::Relaxed));
+        assert!(
+            !table.is_null(),
+            "the pg_otp ledger is not in shared memory"
+        );
+        // SAFETY: a valid LWLock of our tranche, set with the table.
+        unsafe { pg_sys::LWLockAcquire(lock, mode) };
+        Locked {
+            table,
+            lock,
+            capacity: CAPACITY.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn get(&mut self, key: &Key) -> Option<&mut Entry> {
+        // SAFETY: a key of the table's key size; the entry lives in shared
+        // memory for as long as it is not removed, and we hold the lock.
+        unsafe {
+            let entry = pg_sys::hash_search(
+                self.table,
+                std::ptr::from_ref(key).cast(),
+                pg_sys::HASHACTION::HASH_FIND,
+                std::ptr::null_mut(),
+            );
+            entry.cast::<Entry>().as_mut()
+        }
+    }
+
+    /// The entry for `key`, made with `initial` if there was none; None when
+    /// the table is full.
+    pub fn get_or_insert(&mut self, key: &Key, initial: State) -> Option<&mut Entry> {
+        if self.get(key).is_none() && self.len() >= self.capacity {
+            return None;
+        }
+        let mut found = false;
+        // SAFETY: as in `get`; HASH_ENTER_NULL returns NULL instead of
+        // raising an ERROR when out of memory.
+        let entry = unsafe {
+            pg_sys::hash_search(
+                self.table,
+                std::ptr::from_ref(key).cast(),
+                pg_sys::HASHACTION::HASH_ENTER_NULL,
+                &mut found,
+            )
+            .cast::<Entry>()
+            .as_mut()?
+        };
+        if !found {
+            entry.state = initial;
+        }
+        Some(entry)
+    }
+
+    pub fn remove(&mut self, key: &Key) {
+        // SAFETY: as in `get`.
+        unsafe {
+            pg_sys::hash_search(
+                self.table,
+                std::ptr::from_ref(key).cast(),
+                pg_sys::HASHACTION::HASH_REMOVE,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+
+    pub fn len(&self) -> i64 {
+        // SAFETY: a valid table.
+        unsafe { pg_sys::hash_get_num_entries(self.table) }
+    }
+
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+
+    /// Removes every entry for which `forget` is true.
+    pub fn remove_where(&mut self, mut forget: impl FnMut(&Key, &State) -> bool) {
+        // SAFETY: dynahash allows removing the element a sequential scan
+        // has just returned.
+        unsafe {
+            let mut scan = std::mem::MaybeUninit::<pg_sys::HASH_SEQ_STATUS>::uninit();
+            pg_sys::hash_seq_init(scan.as_mut_ptr(), self.table);
+            loop {
+                let entry = pg_sys::hash_seq_search(scan.as_mut_ptr()).cast::<Entry>();
+                let Some(entry) = entry.as_ref() else { break };
+                if forget(&entry.key, &entry.state) {
+                    let key = entry.key;
+                    self.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: acquired in `acquire`.
+        unsafe { pg_sys::LWLockRelease(self.lock) };
+    }
+}
