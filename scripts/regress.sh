@@ -7,4 +7,4 @@ PG_BIN=/usr/lib/postgresql/15/bin
 "$(dirname "$("$PG_BIN/pg_config" --pgxs)")/../test/regress/pg_regress" \
     --bindir="$PG_BIN" --host="$1" --port="$2" --user=postgres \
     --dbname=pg_otp_regress --inputdir=tests/pg_regress --outputdir=tests/pg_regress \
-    setup conversation expiry limits hiding privileges escalation errors purge rotation upgrade
+    setup conversation expiry limits hiding privileges escalation data_access errors purge rotation upgrade

@@ -1,6 +1,9 @@
 -- pg_otp 0.2.0 -> 0.3.0: the fixes of an attack on 0.2.0 (see README,
--- Security model). Run by ALTER EXTENSION pg_otp UPDATE TO '0.3.0'. Nothing
--- here rewrites a row: pending codes, queued messages and sessions carry on.
+-- Security model), and sessions that guard the data (README, Sessions and
+-- your data). Run by ALTER EXTENSION pg_otp UPDATE TO '0.3.0'. Nothing here
+-- rewrites a row: pending codes, queued messages and sessions carry on
+-- (sessions started before have no fingerprint: only the person's presence
+-- in the source is checked for them).
 \echo Use "ALTER EXTENSION pg_otp UPDATE TO '0.3.0'" to load this file. \quit
 
 -- Delivery reports name the attempt the claim returned, so that a
@@ -66,6 +69,124 @@ TO otp_dispatcher;
 ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, integer, text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, integer, text, boolean) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_expired(bigint, integer) SET plan_cache_mode = force_generic_plan;
+
+-- An agent may name the role whose members alone act for it.
+ALTER TABLE otp.agent ADD COLUMN app_role regrole;
+
+-- A session is tied to the address its code went to (a keyed fingerprint,
+-- no plaintext) and ends when the person's record changes.
+ALTER TABLE otp.session
+    ADD COLUMN channel text CHECK (channel IN ('whatsapp', 'email')),
+    ADD COLUMN destination_key bytea CHECK (length(destination_key) = 32),
+    ADD COLUMN key_id bytea CHECK (length(key_id) = 8),
+    ADD COLUMN record_changed_at timestamptz,
+    ADD CONSTRAINT session_check1
+        CHECK ((channel IS NULL) = (destination_key IS NULL) AND (channel IS NULL) = (key_id IS NULL));
+CREATE INDEX session_by_subject ON otp.session (agent, subject);
+
+-- The new word for a code or session whose record changed.
+ALTER TABLE otp.challenge DROP CONSTRAINT challenge_state_check,
+    ADD CONSTRAINT challenge_state_check
+        CHECK (state IN ('pending', 'verified', 'locked', 'superseded', 'expired', 'record_changed'));
+ALTER TABLE otp.event DROP CONSTRAINT event_event_check,
+    ADD CONSTRAINT event_event_check CHECK (event IN (
+        'issued', 'delivered', 'delivery_failed', 'verified', 'incorrect', 'locked',
+        'expired', 'superseded', 'rate_limited', 'session_started', 'session_expired',
+        'session_revoked', 'record_changed'));
+
+-- otp_configure takes app_role. (The library keeps the old entry point, so
+-- the 0.2.0 function kept working until now.)
+DROP FUNCTION @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
+                                        interval, text, integer, interval, interval, integer, interval, boolean);
+CREATE FUNCTION @extschema@."otp_configure"(
+	"agent" TEXT,
+	"source" regclass,
+	"id_column" TEXT,
+	"phone_column" TEXT DEFAULT NULL,
+	"email_column" TEXT DEFAULT NULL,
+	"require_otp" bool DEFAULT true,
+	"code_ttl" interval DEFAULT '5 minutes',
+	"max_attempts" INT DEFAULT 3,
+	"idle_timeout" interval DEFAULT '30 minutes',
+	"absolute_timeout" interval DEFAULT '24 hours',
+	"preferred_channel" TEXT DEFAULT 'whatsapp',
+	"max_codes" INT DEFAULT 5,
+	"code_window" interval DEFAULT '15 minutes',
+	"resend_cooldown" interval DEFAULT '30 seconds',
+	"lockout_threshold" INT DEFAULT 20,
+	"lockout_duration" interval DEFAULT '1 hour',
+	"reveal_unknown" bool DEFAULT true,
+	"app_role" TEXT DEFAULT NULL
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_configure_with_role_wrapper';
+
+-- Binding a transaction to a session; listing and ending a person's sessions.
+CREATE FUNCTION @extschema@."session_use"(
+	"session_token" TEXT
+) RETURNS TABLE (
+	"status" TEXT, 
+	"agent" TEXT, 
+	"conversation" TEXT, 
+	"subject" TEXT, 
+	"idle_expires_at" timestamp with time zone, 
+	"expires_at" timestamp with time zone 
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'session_use_wrapper';
+
+CREATE FUNCTION @extschema@."otp_subject"(
+	"agent" TEXT
+) RETURNS TEXT
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_subject_wrapper';
+
+CREATE FUNCTION @extschema@."otp_sessions"(
+	"agent" TEXT,
+	"subject" TEXT
+) RETURNS TABLE (
+	"conversation" TEXT, 
+	"started_at" timestamp with time zone, 
+	"last_used_at" timestamp with time zone, 
+	"idle_expires_at" timestamp with time zone, 
+	"expires_at" timestamp with time zone 
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_sessions_wrapper';
+
+CREATE FUNCTION @extschema@."session_revoke_all"(
+	"agent" TEXT,
+	"subject" TEXT
+) RETURNS INT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'session_revoke_all_wrapper';
+
+REVOKE EXECUTE ON FUNCTION
+    @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
+                              interval, text, integer, interval, interval, integer, interval, boolean, text),
+    @extschema@.session_use(text),
+    @extschema@.otp_subject(text),
+    @extschema@.otp_sessions(text, text),
+    @extschema@.session_revoke_all(text, text)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.session_use(text),
+    @extschema@.otp_subject(text),
+    @extschema@.otp_sessions(text, text),
+    @extschema@.session_revoke_all(text, text)
+TO otp_app;
+ALTER FUNCTION @extschema@.session_use(text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_sessions(text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.session_revoke_all(text, text) SET plan_cache_mode = force_generic_plan;
 
 -- pg_otp's state and SECURITY DEFINER functions now belong to otp_owner, a
 -- role without login, members or attributes, instead of the superuser who

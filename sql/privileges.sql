@@ -45,7 +45,7 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_app') THEN
         CREATE ROLE otp_app NOLOGIN;
-        COMMENT ON ROLE otp_app IS 'pg_otp: may call otp_issue, otp_verify, otp_status, otp_events, session_touch, session_revoke';
+        COMMENT ON ROLE otp_app IS 'pg_otp: may call the conversation and session functions (otp_issue, otp_verify, session_use, ...)';
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_dispatcher') THEN
         CREATE ROLE otp_dispatcher NOLOGIN;
@@ -61,7 +61,11 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.otp_status(text, text),
     @extschema@.otp_events(text, text, interval, integer),
     @extschema@.session_touch(text),
-    @extschema@.session_revoke(text)
+    @extschema@.session_use(text),
+    @extschema@.otp_subject(text),
+    @extschema@.otp_sessions(text, text),
+    @extschema@.session_revoke(text),
+    @extschema@.session_revoke_all(text, text)
 TO otp_app;
 GRANT EXECUTE ON FUNCTION
     @extschema@.otp_outbox_claim(integer, interval),
@@ -107,6 +111,9 @@ ALTER FUNCTION @extschema@.otp_verify(text, text, text) SET plan_cache_mode = fo
 ALTER FUNCTION @extschema@.otp_status(text, text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.session_touch(text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.session_revoke(text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.session_use(text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_sessions(text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.session_revoke_all(text, text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, integer, text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, integer, text, boolean) SET plan_cache_mode = force_generic_plan;

@@ -31,6 +31,9 @@ CREATE TABLE otp.agent (
     reveal_unknown    boolean NOT NULL,
     created_at        timestamptz NOT NULL,
     updated_at        timestamptz NOT NULL,
+    -- the role that may act for this agent (its members); NULL: any member
+    -- of otp_app (see src/config.rs, may_act_for)
+    app_role          regrole,
     CHECK (phone_column IS NOT NULL OR email_column IS NOT NULL),
     CHECK (idle_timeout <= absolute_timeout)
 );
@@ -47,14 +50,16 @@ CREATE TABLE otp.challenge (
     subject          text NOT NULL,
     channel          text NOT NULL CHECK (channel IN ('whatsapp', 'email')),
     destination_hint text NOT NULL,
-    -- keyed hash of channel and address: per-destination send limits
-    -- without a second copy of the address
+    -- keyed hash of channel and address (of the fallback once the code went
+    -- there): per-destination send limits, and the check that the address is
+    -- still on the record, without a second copy of the address
     destination_key  bytea NOT NULL CHECK (length(destination_key) = 32),
     code_hash        bytea NOT NULL CHECK (length(code_hash) = 32),
     -- which otp.secret_key the hash was made with (see crypto::Keys::id)
     key_id           bytea NOT NULL CHECK (length(key_id) = 8),
     state            text NOT NULL DEFAULT 'pending'
-                     CHECK (state IN ('pending', 'verified', 'locked', 'superseded', 'expired')),
+                     CHECK (state IN ('pending', 'verified', 'locked', 'superseded', 'expired',
+                                      'record_changed')),
     attempts_used    integer NOT NULL DEFAULT 0 CHECK (attempts_used BETWEEN 0 AND max_attempts),
     max_attempts     integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 10),
     -- what became of the message carrying the code (mirrors otp.outbox)
@@ -144,8 +149,19 @@ CREATE TABLE otp.session (
     revoked_at      timestamptz,
     -- when a touch first found the session timed out (for the audit trail)
     ended_at        timestamptz,
-    CHECK (idle_expires_at <= expires_at)
+    -- a session started by a code is tied to the address the code went to:
+    -- its channel and keyed fingerprint, made under the secret key_id names
+    channel         text CHECK (channel IN ('whatsapp', 'email')),
+    destination_key bytea CHECK (length(destination_key) = 32),
+    key_id          bytea CHECK (length(key_id) = 8),
+    -- when a touch found the person gone from the source or that address
+    -- gone from their record: the session is over for good
+    record_changed_at timestamptz,
+    CHECK (idle_expires_at <= expires_at),
+    CHECK ((channel IS NULL) = (destination_key IS NULL) AND (channel IS NULL) = (key_id IS NULL))
 );
+-- otp_sessions and session_revoke_all: a person's sessions.
+CREATE INDEX session_by_subject ON otp.session (agent, subject);
 
 -- Audit trail: what happened, to whom, when, through which channel. Never a
 -- code. Append-only: rows are never updated, only purged when old.
@@ -158,7 +174,7 @@ CREATE TABLE otp.event (
     event            text NOT NULL CHECK (event IN (
                          'issued', 'delivered', 'delivery_failed', 'verified', 'incorrect', 'locked',
                          'expired', 'superseded', 'rate_limited', 'session_started', 'session_expired',
-                         'session_revoked')),
+                         'session_revoked', 'record_changed')),
     channel          text,
     destination_hint text
 );

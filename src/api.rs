@@ -18,15 +18,16 @@ use pgrx::prelude::*;
 
 use crate::config::AgentSettings;
 use crate::errors::OrRaise;
-use crate::{audit, challenge, config, gucs, limits, outbox, purge, session};
+use crate::{audit, binding, challenge, config, gucs, limits, outbox, purge, session};
 
 /// Creates or replaces an agent's "Authenticate conversation" settings.
 /// Runs with the caller's rights: only the extension owner or a superuser
-/// may write agent settings.
-#[pg_extern(volatile, parallel_unsafe)]
+/// may write agent settings. `app_role`, when given, names the role whose
+/// members alone may act for the agent.
+#[pg_extern(name = "otp_configure", volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
-fn otp_configure(
+fn otp_configure_with_role(
     agent: Option<&str>,
     source: Option<pgrx::PgRelation>,
     id_column: Option<&str>,
@@ -44,6 +45,7 @@ fn otp_configure(
     lockout_threshold: default!(Option<i32>, 20),
     lockout_duration: default!(Option<Interval>, "'1 hour'"),
     reveal_unknown: default!(Option<bool>, true),
+    app_role: default!(Option<&str>, "NULL"),
 ) {
     let settings = AgentSettings {
         agent,
@@ -63,8 +65,55 @@ fn otp_configure(
         lockout_threshold,
         lockout_duration,
         reveal_unknown,
+        app_role,
     };
     Spi::connect_mut(|client| config::configure(client, settings)).or_raise()
+}
+
+/// otp_configure of pg_otp 0.3.0 and before (no app_role): its C entry
+/// point stays so that the older schema keeps working with this library
+/// until ALTER EXTENSION pg_otp UPDATE (see `schema`).
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn otp_configure(
+    agent: Option<&str>,
+    source: Option<pgrx::PgRelation>,
+    id_column: Option<&str>,
+    phone_column: Option<&str>,
+    email_column: Option<&str>,
+    require_otp: Option<bool>,
+    code_ttl: Option<Interval>,
+    max_attempts: Option<i32>,
+    idle_timeout: Option<Interval>,
+    absolute_timeout: Option<Interval>,
+    preferred_channel: Option<&str>,
+    max_codes: Option<i32>,
+    code_window: Option<Interval>,
+    resend_cooldown: Option<Interval>,
+    lockout_threshold: Option<i32>,
+    lockout_duration: Option<Interval>,
+    reveal_unknown: Option<bool>,
+) {
+    otp_configure_with_role(
+        agent,
+        source,
+        id_column,
+        phone_column,
+        email_column,
+        require_otp,
+        code_ttl,
+        max_attempts,
+        idle_timeout,
+        absolute_timeout,
+        preferred_channel,
+        max_codes,
+        code_window,
+        resend_cooldown,
+        lockout_threshold,
+        lockout_duration,
+        reveal_unknown,
+        None,
+    )
 }
 
 /// Finds the person with `identifier` and sends them a code (or, when the
@@ -173,6 +222,7 @@ fn otp_events(
 > {
     let events = Spi::connect(|client| {
         let agent = config::load(client, config::agent_name(agent)?)?;
+        config::check_caller(&agent)?;
         audit::recent(client, &agent.name, subject, since, max_rows)
     })
     .or_raise();
@@ -200,7 +250,7 @@ fn session_touch(
         name!(expires_at, Option<TimestampWithTimeZone>),
     ),
 > {
-    let touch = Spi::connect_mut(|client| session::touch(client, session_token)).or_raise();
+    let touch = Spi::connect_mut(|client| session::touch(client, session_token, false)).or_raise();
     TableIterator::once((
         touch.status.as_str().to_owned(),
         touch.agent,
@@ -209,6 +259,93 @@ fn session_touch(
         touch.idle_expires_at,
         touch.expires_at,
     ))
+}
+
+/// session_touch, and when the session is active, the rest of the current
+/// transaction acts for its person: otp_subject(agent) returns the subject
+/// until the transaction ends (see `binding`). When it is not active, the
+/// transaction acts for nobody of that agent.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn session_use(
+    session_token: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(agent, Option<String>),
+        name!(conversation, Option<String>),
+        name!(subject, Option<String>),
+        name!(idle_expires_at, Option<TimestampWithTimeZone>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let touch = Spi::connect_mut(|client| session::touch(client, session_token, true)).or_raise();
+    TableIterator::once((
+        touch.status.as_str().to_owned(),
+        touch.agent,
+        touch.conversation,
+        touch.subject,
+        touch.idle_expires_at,
+        touch.expires_at,
+    ))
+}
+
+/// The subject this transaction acts for with `agent` (session_use), NULL
+/// when none. For row-level security policies:
+/// `USING (employee_no = (SELECT otp_subject('payroll')))`. Stable within a
+/// statement; parallel restricted, since the binding lives in the leader's
+/// memory (a parallel plan evaluates it there once and hands the value on).
+#[pg_extern(stable, parallel_restricted)]
+fn otp_subject(agent: Option<&str>) -> Option<String> {
+    agent.and_then(binding::subject)
+}
+
+/// A person's active sessions with an agent, newest first: never a token
+/// or its hash.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_sessions(
+    agent: Option<&str>,
+    subject: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(conversation, String),
+        name!(started_at, TimestampWithTimeZone),
+        name!(last_used_at, TimestampWithTimeZone),
+        name!(idle_expires_at, TimestampWithTimeZone),
+        name!(expires_at, TimestampWithTimeZone),
+    ),
+> {
+    let sessions = Spi::connect(|client| {
+        let agent = config::load(client, config::agent_name(agent)?)?;
+        config::check_caller(&agent)?;
+        session::list(client, &agent, subject)
+    })
+    .or_raise();
+    TableIterator::new(sessions.into_iter().map(|s| {
+        (
+            s.conversation,
+            s.started_at,
+            s.last_used_at,
+            s.idle_expires_at,
+            s.expires_at,
+        )
+    }))
+}
+
+/// Ends every active session of a person with an agent (the employee left,
+/// the phone was stolen); each ending is an audit event. Returns how many.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn session_revoke_all(agent: Option<&str>, subject: Option<&str>) -> i32 {
+    Spi::connect_mut(|client| {
+        let agent = config::load(client, config::agent_name(agent)?)?;
+        config::check_caller(&agent)?;
+        session::revoke_all(client, &agent, subject)
+    })
+    .or_raise()
 }
 
 /// Ends a session now. True when this call revoked it.

@@ -23,6 +23,9 @@ pub enum Event {
     SessionStarted,
     SessionExpired,
     SessionRevoked,
+    /// The person left the source, or the address a code went to left their
+    /// record: the pending code, or the session, ended.
+    RecordChanged,
 }
 
 impl Event {
@@ -40,6 +43,7 @@ impl Event {
             Event::SessionStarted => "session_started",
             Event::SessionExpired => "session_expired",
             Event::SessionRevoked => "session_revoked",
+            Event::RecordChanged => "record_changed",
         }
     }
 }

@@ -14,11 +14,12 @@ use pgrx::spi::SpiClient;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Event};
-use crate::config;
+use crate::config::{self, Channel};
 use crate::crypto::{self, Code, CODE_DIGITS};
 use crate::errors::{OtpError, Result};
 use crate::prepared;
-use crate::{clock, gucs, ledger, limits, locks, outbox, record, session};
+use crate::record::{Fingerprint, Still};
+use crate::{clock, gucs, ledger, limits, locks, outbox, record, schema, session};
 
 /// Result words of otp_issue. The spelling is the SQL contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +52,7 @@ pub enum VerifyStatus {
     Expired,
     NoChallenge,
     InvalidFormat,
+    RecordChanged,
 }
 
 impl VerifyStatus {
@@ -62,6 +64,7 @@ impl VerifyStatus {
             VerifyStatus::Expired => "expired",
             VerifyStatus::NoChallenge => "no_challenge",
             VerifyStatus::InvalidFormat => "invalid_format",
+            VerifyStatus::RecordChanged => "record_changed",
         }
     }
 }
@@ -119,6 +122,7 @@ pub fn issue(
     let ring = gucs::keys()?;
     let keys = &ring.current;
     let agent = config::load(client, agent_name)?;
+    config::check_caller(&agent)?;
 
     // One issue at a time per conversation: concurrent ones leave exactly
     // one pending challenge.
@@ -141,7 +145,15 @@ pub fn issue(
         let Some(person) = found else {
             return Ok(Issued::bare(IssueStatus::NotFound));
         };
-        let token = session::start(client, &agent, conversation, &person.subject, None, now)?;
+        let token = session::start(
+            client,
+            &agent,
+            conversation,
+            &person.subject,
+            None,
+            None,
+            now,
+        )?;
         return Ok(Issued {
             session_token: Some(token),
             ..Issued::bare(IssueStatus::Authenticated)
@@ -284,6 +296,7 @@ pub fn status(
     let agent_name = config::agent_name(agent)?;
     let conversation = config::conversation_id(conversation)?;
     let agent = config::load(client, agent_name)?;
+    config::check_caller(&agent)?;
     let now = clock::now();
     let row = prepared::select(
         client,
@@ -349,6 +362,7 @@ pub fn verify(
     let submitted = code.ok_or_else(|| OtpError::null_argument("code"))?;
     let ring = gucs::keys()?;
     let agent = config::load(client, agent_name)?;
+    config::check_caller(&agent)?;
     let Some(submitted) = normalize_code(submitted) else {
         // A typo is not a guess: it costs no attempt.
         return Ok(Verified::bare(VerifyStatus::InvalidFormat));
@@ -358,7 +372,8 @@ pub fn verify(
     // attempts and state its predecessors committed.
     let row = prepared::update(
         client,
-        "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at, key_id, decoy
+        "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at, key_id, decoy,
+                channel, destination_key
                FROM otp.challenge
               WHERE agent = $1 AND conversation = $2 AND state = 'pending'
                 FOR UPDATE",
@@ -377,6 +392,12 @@ pub fn verify(
     let expires_at: TimestampWithTimeZone = row.get(6)?.expect("NOT NULL column");
     let key_id: Vec<u8> = row.get(7)?.unwrap_or_default();
     let decoy: bool = row.get(8)?.unwrap_or(false);
+    let fingerprint = Fingerprint {
+        channel: Channel::parse(&row.get::<String>(9)?.unwrap_or_default())
+            .unwrap_or(Channel::WhatsApp),
+        key: row.get(10)?.unwrap_or_default(),
+        key_id: key_id.clone(),
+    };
     // One guess at a time per person, across all their conversations.
     let guard = limits::lock_guard(client, &agent, &subject)?;
     let now = clock::now(); // after waiting for the locks
@@ -387,6 +408,21 @@ pub fn verify(
         end_challenge(client, challenge_id, Ending::Expired, now)?;
         return Ok(Verified::bare(VerifyStatus::Expired));
     };
+    // A code works only while the person is in the source and the address
+    // it went to is still on their record: a code sent to an old number
+    // must not authenticate the new one. No attempt is used. (A decoy has
+    // no record; it never verifies anyway. Before ALTER EXTENSION UPDATE
+    // there is no word for this: see `schema`.)
+    if !decoy
+        && schema::installed().records_and_roles
+        && !matches!(
+            record::still(client, &agent, &subject, Some((&fingerprint, &ring)))?,
+            Still::Same(_)
+        )
+    {
+        end_challenge(client, challenge_id, Ending::RecordChanged, now)?;
+        return Ok(Verified::bare(VerifyStatus::RecordChanged));
+    }
 
     // The guess is counted where no rollback reaches before it is compared
     // (see `ledger`); the tables get the same outcome below.
@@ -450,6 +486,7 @@ pub fn verify(
                 conversation,
                 &subject,
                 Some(challenge_id),
+                (!decoy).then_some(&fingerprint),
                 now,
             )?;
             Ok(Verified {
@@ -575,6 +612,7 @@ enum Ending {
     Locked,
     Expired,
     Superseded,
+    RecordChanged,
 }
 
 impl Ending {
@@ -584,6 +622,7 @@ impl Ending {
             Ending::Locked => "locked",
             Ending::Expired => "expired",
             Ending::Superseded => "superseded",
+            Ending::RecordChanged => "record_changed",
         }
     }
 
@@ -605,6 +644,7 @@ impl Ending {
             Ending::Locked => Event::Locked,
             Ending::Expired => Event::Expired,
             Ending::Superseded => Event::Superseded,
+            Ending::RecordChanged => Event::RecordChanged,
         }
     }
 }

@@ -7,14 +7,14 @@
 
 use std::ffi::{CStr, CString};
 
-use pgrx::datum::Interval;
+use pgrx::datum::{DatumWithOid, Interval};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgRelation;
 use pgrx::PgSqlErrorCode;
 
 use crate::errors::{OtpError, Result};
-use crate::prepared;
+use crate::{prepared, schema};
 
 /// Limits on identifiers the application passes in (bytes).
 pub const MAX_AGENT_LEN: usize = 128;
@@ -40,6 +40,9 @@ pub struct Agent {
     /// Whether otp_issue may say `not_found` / `no_channel`; when false, a
     /// decoy challenge answers as if a code had been sent.
     pub reveal_unknown: bool,
+    /// Only members of this role may act for the agent (None: any caller
+    /// allowed to execute the functions, i.e. any member of otp_app).
+    pub app_role: Option<pg_sys::Oid>,
 }
 
 /// Abuse resistance settings of an agent (see `limits`).
@@ -77,6 +80,8 @@ pub struct AgentSettings<'a> {
     pub lockout_threshold: Option<i32>,
     pub lockout_duration: Option<Interval>,
     pub reveal_unknown: Option<bool>,
+    /// A role name, or None for no restriction.
+    pub app_role: Option<&'a str>,
 }
 
 /// Checks an agent name argument: present, non-empty, bounded.
@@ -138,6 +143,48 @@ fn optional_column(value: Option<&str>) -> Option<&str> {
     value.filter(|c| !c.is_empty())
 }
 
+/// The upsert of an agent's row, with `$column` and `$value` added to the
+/// insert (an optional column of a newer schema).
+macro_rules! agent_upsert {
+    ($column:literal, $value:literal) => {
+        concat!(
+            "INSERT INTO otp.agent AS a (name, source, id_column, phone_column, email_column, require_otp, code_ttl,
+                                     max_attempts, idle_timeout, absolute_timeout, preferred_channel,
+                                     max_codes, code_window, resend_cooldown, lockout_threshold,
+                                     lockout_duration, reveal_unknown, created_at, updated_at",
+            $column,
+            ")
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp()",
+            $value,
+            ")
+         ON CONFLICT (name) DO UPDATE SET
+             source = EXCLUDED.source, id_column = EXCLUDED.id_column, phone_column = EXCLUDED.phone_column,
+             email_column = EXCLUDED.email_column, require_otp = EXCLUDED.require_otp, code_ttl = EXCLUDED.code_ttl,
+             max_attempts = EXCLUDED.max_attempts, idle_timeout = EXCLUDED.idle_timeout,
+             absolute_timeout = EXCLUDED.absolute_timeout, preferred_channel = EXCLUDED.preferred_channel,
+             max_codes = EXCLUDED.max_codes, code_window = EXCLUDED.code_window,
+             resend_cooldown = EXCLUDED.resend_cooldown, lockout_threshold = EXCLUDED.lockout_threshold,
+             lockout_duration = EXCLUDED.lockout_duration, reveal_unknown = EXCLUDED.reveal_unknown,
+             updated_at = EXCLUDED.updated_at"
+        )
+    };
+}
+
+/// An agent's row, with `$app_role` for the app_role column.
+macro_rules! agent_select {
+    ($app_role:literal) => {
+        concat!(
+            "SELECT source::oid, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
+                    idle_timeout, absolute_timeout, preferred_channel,
+                    max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration,
+                    reveal_unknown, ",
+            $app_role,
+            " FROM otp.agent WHERE name = $1"
+        )
+    };
+}
+
 /// Validates and stores an agent's settings (create or replace).
 pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Result<()> {
     let name = agent_name(settings.agent)?;
@@ -194,46 +241,96 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     check_may_write_agents(client)?;
     check_source(source.oid(), &columns)?;
     check_may_read(client, source.oid(), &columns)?;
+    let app_role = settings.app_role.map(role_oid).transpose()?;
+    if app_role.is_some() && !schema::installed().records_and_roles {
+        return Err(not_updated("app_role"));
+    }
 
-    prepared::update(
-        client,
-        "INSERT INTO otp.agent AS a (name, source, id_column, phone_column, email_column, require_otp, code_ttl,
-                                     max_attempts, idle_timeout, absolute_timeout, preferred_channel,
-                                     max_codes, code_window, resend_cooldown, lockout_threshold,
-                                     lockout_duration, reveal_unknown, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp())
-         ON CONFLICT (name) DO UPDATE SET
-             source = EXCLUDED.source, id_column = EXCLUDED.id_column, phone_column = EXCLUDED.phone_column,
-             email_column = EXCLUDED.email_column, require_otp = EXCLUDED.require_otp, code_ttl = EXCLUDED.code_ttl,
-             max_attempts = EXCLUDED.max_attempts, idle_timeout = EXCLUDED.idle_timeout,
-             absolute_timeout = EXCLUDED.absolute_timeout, preferred_channel = EXCLUDED.preferred_channel,
-             max_codes = EXCLUDED.max_codes, code_window = EXCLUDED.code_window,
-             resend_cooldown = EXCLUDED.resend_cooldown, lockout_threshold = EXCLUDED.lockout_threshold,
-             lockout_duration = EXCLUDED.lockout_duration, reveal_unknown = EXCLUDED.reveal_unknown,
-             updated_at = EXCLUDED.updated_at",
-        None,
-        &[
-            name.into(),
-            source.oid().into(),
-            id_column.into(),
-            phone_column.into(),
-            email_column.into(),
-            require_otp.into(),
-            code_ttl.into(),
-            max_attempts.into(),
-            idle_timeout.into(),
-            absolute_timeout.into(),
-            preferred.as_str().into(),
-            limits.max_codes.into(),
-            limits.code_window.into(),
-            limits.resend_cooldown.into(),
-            limits.lockout_threshold.into(),
-            limits.lockout_duration.into(),
-            reveal_unknown.into(),
-        ],
-    )?;
+    // Until ALTER EXTENSION pg_otp UPDATE, the table has no app_role column
+    // (see `schema`); naming a role was refused above.
+    let insert = if schema::installed().records_and_roles {
+        concat!(
+            agent_upsert!(", app_role", ", $18"),
+            ", app_role = EXCLUDED.app_role"
+        )
+    } else {
+        agent_upsert!("", "")
+    };
+    let mut args: Vec<DatumWithOid<'_>> = vec![
+        name.into(),
+        source.oid().into(),
+        id_column.into(),
+        phone_column.into(),
+        email_column.into(),
+        require_otp.into(),
+        code_ttl.into(),
+        max_attempts.into(),
+        idle_timeout.into(),
+        absolute_timeout.into(),
+        preferred.as_str().into(),
+        limits.max_codes.into(),
+        limits.code_window.into(),
+        limits.resend_cooldown.into(),
+        limits.lockout_threshold.into(),
+        limits.lockout_duration.into(),
+        reveal_unknown.into(),
+    ];
+    if schema::installed().records_and_roles {
+        args.push(app_role.into());
+    }
+    prepared::update(client, insert, None, &args)?;
     Ok(())
+}
+
+/// The OID of a role named in otp_configure (42704 when there is none).
+fn role_oid(name: &str) -> Result<pg_sys::Oid> {
+    let Ok(cname) = CString::new(name) else {
+        return Err(OtpError::invalid_argument(
+            "app_role",
+            "contains a NUL byte",
+        ));
+    };
+    // SAFETY: a NUL-terminated name; missing_ok returns InvalidOid.
+    let oid = unsafe { pg_sys::get_role_oid(cname.as_ptr(), true) };
+    if oid == pg_sys::InvalidOid {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("pg_otp: role \"{name}\" does not exist"),
+        ));
+    }
+    Ok(oid)
+}
+
+/// A feature of a newer schema asked for before the update ran.
+pub fn not_updated(what: &str) -> OtpError {
+    OtpError::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("pg_otp: {what} needs the current version of pg_otp's schema in this database"),
+    )
+    .with_hint("Run ALTER EXTENSION pg_otp UPDATE;")
+}
+
+/// Whether the role this session acts as (current_user outside any
+/// SECURITY DEFINER function: the login role, or the one SET ROLE chose)
+/// may act for `agent`: a member of its app_role, when it has one.
+pub fn may_act_for(agent: &Agent) -> bool {
+    match agent.app_role {
+        None => true,
+        // SAFETY: plain catalog lookups.
+        Some(role) => unsafe { pg_sys::is_member_of_role(pg_sys::GetOuterUserId(), role) },
+    }
+}
+
+/// Refuses (42501) a caller who may not act for `agent`.
+pub fn check_caller(agent: &Agent) -> Result<()> {
+    if may_act_for(agent) {
+        return Ok(());
+    }
+    Err(OtpError::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("pg_otp: this role may not act for agent \"{}\"", agent.name),
+    )
+    .with_hint("The agent's app_role (otp_configure) names the role whose members may act for it."))
 }
 
 /// Who may configure an agent: a role that may both INSERT and UPDATE
@@ -292,17 +389,13 @@ fn check_may_read(
 
 /// Loads an agent, or fails with 42704 when it was never configured.
 pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
-    let row = prepared::select(
-        client,
-        "SELECT source::oid, id_column, phone_column, email_column, require_otp, code_ttl, max_attempts,
-                idle_timeout, absolute_timeout, preferred_channel,
-                max_codes, code_window, resend_cooldown, lockout_threshold, lockout_duration,
-                reveal_unknown
-           FROM otp.agent WHERE name = $1",
-        Some(1),
-        &[name.into()],
-    )?
-        .first();
+    // Until ALTER EXTENSION pg_otp UPDATE, there is no app_role column.
+    let query = if schema::installed().records_and_roles {
+        agent_select!("app_role::oid")
+    } else {
+        agent_select!("NULL::oid")
+    };
+    let row = prepared::select(client, query, Some(1), &[name.into()])?.first();
     if row.is_empty() {
         return Err(OtpError::unknown_agent(name));
     }
@@ -327,6 +420,7 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
             lockout_duration: row.get(15)?.expect("NOT NULL column"),
         },
         reveal_unknown: row.get(16)?.unwrap_or(true),
+        app_role: row.get(17)?,
     })
 }
 

@@ -12,6 +12,9 @@
 //! - `locks`     — locks that serialise code issue, out of reach of SQL
 //! - `restricted`— running a source's SQL with its owner's rights only
 //! - `session`   — authenticated conversation sessions
+//! - `binding`   — the person a transaction acts for (session_use, otp_subject)
+//! - `xact`      — transaction ends, for the ledger and the binding
+//! - `schema`    — what the installed schema offers (upgrades)
 //! - `outbox`    — messages for the delivery process and its claim/report protocol
 //! - `purge`     — deleting old rows (function and background worker)
 //! - `crypto`    — code generation, keyed hashes, sealing, tokens
@@ -26,6 +29,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod audit;
+mod binding;
 mod challenge;
 mod clock;
 mod config;
@@ -40,7 +44,9 @@ mod prepared;
 mod purge;
 mod record;
 mod restricted;
+mod schema;
 mod session;
+mod xact;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -70,6 +76,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init(preloading);
     if preloading {
         ledger::init(gucs::ledger_size());
+        xact::register_callbacks();
         locks::init();
         purge::register_worker();
         gucs::hide_secret_values_in_the_server_log();

@@ -551,11 +551,26 @@ pub fn failed(
             let hint = Channel::parse(&channel)
                 .map(|c| record::mask(c, &destination))
                 .unwrap_or_default();
+            // The code now goes to the fallback address: the challenge's
+            // destination key follows it (send limits, and the check that
+            // the address is still on the record when the code is typed).
+            let key = message
+                .code_hash
+                .as_ref()
+                .and_then(|(_, _, _, key_id)| ring.for_id(key_id))
+                .map(|keys| keys.destination_key(&channel, &destination).to_vec());
             prepared::update(
                 client,
-                "UPDATE otp.challenge SET channel = $2, destination_hint = $3, delivery = 'queued' WHERE id = $1",
+                "UPDATE otp.challenge SET channel = $2, destination_hint = $3, delivery = 'queued',
+                        destination_key = COALESCE($4, destination_key)
+                  WHERE id = $1",
                 None,
-                &[message.challenge_id.into(), channel.as_str().into(), hint.as_str().into()],
+                &[
+                    message.challenge_id.into(),
+                    channel.as_str().into(),
+                    hint.as_str().into(),
+                    key.into(),
+                ],
             )?;
             wake_dispatchers(client)?;
         }

@@ -4,7 +4,10 @@
 use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 
+use subtle::ConstantTimeEq;
+
 use crate::config::{check_source, Agent, Channel};
+use crate::crypto::KeyRing;
 use crate::errors::{OtpError, Result};
 use crate::{prepared, restricted};
 
@@ -147,6 +150,77 @@ pub fn decoy(client: &SpiClient<'_>, agent: &Agent, seed: &[u8; 32]) -> Result<D
 }
 
 pub use otp_common::mask;
+
+/// What a code, and the session a code starts, is tied to: the channel the
+/// code went through and a keyed fingerprint of the address
+/// (`crypto::Keys::destination_key`), made under the secret `key_id` names.
+/// No second copy of the address is kept.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub channel: Channel,
+    pub key: Vec<u8>,
+    pub key_id: Vec<u8>,
+}
+
+/// Whether a person's record is still what a code or session relied on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Still {
+    /// The person is in the source and, where a fingerprint was given, the
+    /// address it was made from is still on their record. When that
+    /// fingerprint was made under an older secret, the same address's
+    /// fingerprint under the current one, to keep instead (a key rotation).
+    Same(Option<Fingerprint>),
+    /// The person is gone from the source, or the address is not on their
+    /// record any more (a changed phone number is a new authenticator).
+    Changed,
+    /// The fingerprint was made under a secret no longer configured: it can
+    /// no longer be checked.
+    Unverifiable,
+}
+
+/// Looks the person up again (as the source's owner, through the same path
+/// as `find`) and compares their record with what was relied on: the
+/// fingerprint, if any, with the keys of the secrets configured.
+pub fn still(
+    client: &SpiClient<'_>,
+    agent: &Agent,
+    subject: &str,
+    fingerprint: Option<(&Fingerprint, &KeyRing)>,
+) -> Result<Still> {
+    let Some(person) = find(client, agent, subject)? else {
+        return Ok(Still::Changed);
+    };
+    let Some((fingerprint, ring)) = fingerprint else {
+        return Ok(Still::Same(None));
+    };
+    let Some(keys) = ring.for_id(&fingerprint.key_id) else {
+        return Ok(Still::Unverifiable);
+    };
+    let address = match fingerprint.channel {
+        Channel::WhatsApp => person.phone,
+        Channel::Email => person.email,
+    };
+    let Some(address) = address
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .filter(|address| {
+            let key = keys.destination_key(fingerprint.channel.as_str(), address);
+            bool::from(key.as_slice().ct_eq(&fingerprint.key))
+        })
+    else {
+        return Ok(Still::Changed);
+    };
+    let renewed = (keys.id != ring.current.id).then(|| Fingerprint {
+        channel: fingerprint.channel,
+        key: ring
+            .current
+            .destination_key(fingerprint.channel.as_str(), address)
+            .to_vec(),
+        key_id: ring.current.id.to_vec(),
+    });
+    Ok(Still::Same(renewed))
+}
 
 #[cfg(test)]
 mod tests {

@@ -2,27 +2,106 @@
 //!
 //! A session starts when a code is verified (or at once when the agent does not
 //! require a code). It ends after `idle_timeout` without a touch, after
-//! `absolute_timeout` in any case, or when revoked. The bearer token is handed
-//! out once; the table keeps only its SHA-256.
+//! `absolute_timeout` in any case, when revoked, or when a touch finds that
+//! the person's record changed: the person is gone from the source, or the
+//! phone number or email the code went to is no longer on their record (a
+//! new number is a new authenticator, NIST SP 800-63B §3.1.3.3). The bearer
+//! token is handed out once; the table keeps only its SHA-256, and of the
+//! address only a keyed fingerprint.
+//!
+//! `session_use` is a touch that also binds the rest of the transaction to
+//! the session's person (see `binding`).
 
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Event};
-use crate::clock;
-use crate::config::Agent;
+use crate::config::{self, Agent, Channel};
 use crate::crypto;
 use crate::errors::{OtpError, Result};
-use crate::prepared;
+use crate::record::{self, Fingerprint, Still};
+use crate::{binding, clock, gucs, prepared, schema};
 
-/// Result words of session_touch. The spelling is the SQL contract.
+/// The statement that starts a session and records the event, with
+/// `$columns` and `$values` added to the session's row.
+macro_rules! start_session {
+    ($columns:literal, $values:literal) => {
+        concat!(
+            "WITH started AS (
+                 INSERT INTO otp.session (token_hash, agent, conversation, subject, challenge_id, idle_timeout,
+                                          created_at, last_seen_at, idle_expires_at, expires_at",
+            $columns,
+            ")
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, LEAST($7 + $6, $7 + $8), $7 + $8",
+            $values,
+            ")
+              RETURNING agent, conversation, subject)
+             INSERT INTO otp.event (at, agent, conversation, subject, event)
+             SELECT $7, agent, conversation, subject, $9 FROM started"
+        )
+    };
+}
+
+/// The session row a touch needs, with `$newer` for the columns of a newer
+/// schema (or stand-ins).
+macro_rules! find_session {
+    ($newer:literal) => {
+        concat!(
+            "SELECT id, agent, conversation, subject, idle_expires_at, expires_at,
+                    CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+                         WHEN $2 >= expires_at THEN 'expired'
+                         WHEN $2 >= idle_expires_at THEN 'idle_timeout' END,
+                    ended_at IS NOT NULL OR revoked_at IS NOT NULL, ",
+            $newer,
+            " FROM otp.session WHERE token_hash = $1"
+        )
+    };
+}
+
+/// A person's active sessions, newest first (`$newer`: a condition of a
+/// newer schema).
+macro_rules! active_sessions {
+    ($newer:literal) => {
+        concat!(
+            "SELECT conversation, created_at, last_seen_at, idle_expires_at, expires_at
+               FROM otp.session
+              WHERE agent = $1 AND subject = $2 AND revoked_at IS NULL
+                AND $3 < expires_at AND $3 < idle_expires_at ",
+            $newer,
+            " ORDER BY created_at DESC, id DESC"
+        )
+    };
+}
+
+/// Revokes a person's active sessions (`$newer`: a condition of a newer
+/// schema) and records an event for each; returns how many.
+macro_rules! revoke_sessions {
+    ($newer:literal) => {
+        concat!(
+            "WITH revoked AS (
+                 UPDATE otp.session SET revoked_at = $3
+                  WHERE agent = $1 AND subject = $2 AND revoked_at IS NULL
+                    AND $3 < expires_at AND $3 < idle_expires_at ",
+            $newer,
+            " RETURNING agent, conversation, subject),
+             recorded AS (
+                 INSERT INTO otp.event (at, agent, conversation, subject, event)
+                 SELECT $3, agent, conversation, subject, $4 FROM revoked)
+             SELECT count(*)::integer FROM revoked"
+        )
+    };
+}
+
+/// Result words of session_touch and session_use. The spelling is the SQL
+/// contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TouchStatus {
     Active,
     IdleTimeout,
     Expired,
     Revoked,
+    RecordChanged,
     Unknown,
 }
 
@@ -33,6 +112,7 @@ impl TouchStatus {
             TouchStatus::IdleTimeout => "idle_timeout",
             TouchStatus::Expired => "expired",
             TouchStatus::Revoked => "revoked",
+            TouchStatus::RecordChanged => "record_changed",
             TouchStatus::Unknown => "unknown",
         }
     }
@@ -62,124 +142,339 @@ impl Touch {
 }
 
 /// Starts a session and returns its bearer token (shown to the caller once).
+/// `fingerprint`: what the verified code was sent to, which the session then
+/// depends on; None for a session started without a code.
 pub fn start(
     client: &mut SpiClient<'_>,
     agent: &Agent,
     conversation: &str,
     subject: &str,
     challenge_id: Option<i64>,
+    fingerprint: Option<&Fingerprint>,
     now: TimestampWithTimeZone,
 ) -> Result<Zeroizing<String>> {
     let (token, token_hash) = crypto::new_session_token()?;
-    // The session and its audit event in one statement.
-    prepared::update(
-        client,
-        "WITH started AS (
-             INSERT INTO otp.session (token_hash, agent, conversation, subject, challenge_id, idle_timeout,
-                                      created_at, last_seen_at, idle_expires_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, LEAST($7 + $6, $7 + $8), $7 + $8)
-          RETURNING agent, conversation, subject)
-         INSERT INTO otp.event (at, agent, conversation, subject, event)
-         SELECT $7, agent, conversation, subject, $9 FROM started",
-        None,
-        &[
-            token_hash.to_vec().into(),
-            agent.name.as_str().into(),
-            conversation.into(),
-            subject.into(),
-            challenge_id.into(),
-            agent.idle_timeout.into(),
-            now.into(),
-            agent.absolute_timeout.into(),
-            Event::SessionStarted.as_str().into(),
-        ],
-    )?;
+    let mut args = vec![
+        token_hash.to_vec().into(),
+        agent.name.as_str().into(),
+        conversation.into(),
+        subject.into(),
+        challenge_id.into(),
+        agent.idle_timeout.into(),
+        now.into(),
+        agent.absolute_timeout.into(),
+        Event::SessionStarted.as_str().into(),
+    ];
+    // The session and its audit event in one statement. Until ALTER
+    // EXTENSION pg_otp UPDATE there is nowhere to keep the fingerprint.
+    let sql = if schema::installed().records_and_roles {
+        args.extend([
+            fingerprint.map(|f| f.channel.as_str()).into(),
+            fingerprint.map(|f| f.key.clone()).into(),
+            fingerprint.map(|f| f.key_id.clone()).into(),
+        ]);
+        start_session!(", channel, destination_key, key_id", ", $10, $11, $12")
+    } else {
+        start_session!("", "")
+    };
+    prepared::update(client, sql, None, &args)?;
     Ok(token)
 }
 
-/// Extends an active session's idle deadline (never past its absolute one),
-/// or says why the session is not active.
-pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<Touch> {
-    let token = token.ok_or_else(|| OtpError::null_argument("session_token"))?;
+/// A session as a touch finds it.
+struct Found {
+    id: i64,
+    agent: String,
+    conversation: Option<String>,
+    subject: String,
+    idle_expires_at: TimestampWithTimeZone,
+    expires_at: TimestampWithTimeZone,
+    /// Why it is over already, if it is (revoked, record_changed, expired,
+    /// idle_timeout), judged at `now`.
+    over: Option<TouchStatus>,
+    /// Whether the first touch after a timeout has been recorded.
+    end_recorded: bool,
+    fingerprint: Option<Fingerprint>,
+}
+
+impl Found {
+    fn touch(self, status: TouchStatus) -> Touch {
+        Touch {
+            status,
+            agent: Some(self.agent),
+            conversation: self.conversation,
+            subject: Some(self.subject),
+            idle_expires_at: Some(self.idle_expires_at),
+            expires_at: Some(self.expires_at),
+        }
+    }
+}
+
+/// The session behind a token, if any.
+fn find(client: &SpiClient<'_>, token: &str, now: TimestampWithTimeZone) -> Result<Option<Found>> {
     let token_hash = crypto::session_token_hash(token).to_vec();
-    let now = clock::now();
-    // The common case, an active session, is one statement.
-    let active = prepared::update(
-        client,
-        "UPDATE otp.session
-            SET last_seen_at = $2, idle_expires_at = LEAST($2 + idle_timeout, expires_at)
-          WHERE token_hash = $1 AND revoked_at IS NULL AND $2 < expires_at AND $2 < idle_expires_at
-      RETURNING agent, conversation, subject, idle_expires_at, expires_at",
-        None,
-        &[token_hash.clone().into(), now.into()],
-    )?
-    .first();
-    if !active.is_empty() {
-        return Ok(Touch {
-            status: TouchStatus::Active,
-            agent: active.get(1)?,
-            conversation: active.get(2)?,
-            subject: active.get(3)?,
-            idle_expires_at: active.get(4)?,
-            expires_at: active.get(5)?,
-        });
-    }
-    let ended = prepared::select(
-        client,
-        "SELECT agent, conversation, subject, idle_expires_at, expires_at,
-                    CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
-                         WHEN $2 >= expires_at THEN 'expired'
-                         ELSE 'idle_timeout' END,
-                    id, revoked_at IS NULL AND ended_at IS NULL
-               FROM otp.session WHERE token_hash = $1",
-        Some(1),
-        &[token_hash.into(), now.into()],
-    )?
-    .first();
-    if ended.is_empty() {
-        return Ok(Touch::unknown());
-    }
-    if ended.get::<bool>(8)?.unwrap_or(false) {
-        // The first touch after a timeout records it, once.
-        let session_id: i64 = ended.get(7)?.expect("NOT NULL column");
-        prepared::update(
-            client,
-            "UPDATE otp.session SET ended_at = $2 WHERE id = $1",
-            None,
-            &[session_id.into(), now.into()],
-        )?;
-        audit::session_event(client, session_id, Event::SessionExpired, now)?;
-    }
-    let status = match ended.get::<String>(6)?.as_deref() {
-        Some("revoked") => TouchStatus::Revoked,
-        Some("expired") => TouchStatus::Expired,
-        _ => TouchStatus::IdleTimeout,
+    // Until ALTER EXTENSION pg_otp UPDATE there is no fingerprint and no
+    // record_changed_at (see `schema`).
+    let sql = if schema::installed().records_and_roles {
+        find_session!("record_changed_at IS NOT NULL, channel, destination_key, key_id")
+    } else {
+        find_session!("false, NULL::text, NULL::bytea, NULL::bytea")
     };
-    Ok(Touch {
-        status,
-        agent: ended.get(1)?,
-        conversation: ended.get(2)?,
-        subject: ended.get(3)?,
-        idle_expires_at: ended.get(4)?,
-        expires_at: ended.get(5)?,
-    })
+    let row = prepared::select(client, sql, Some(1), &[token_hash.into(), now.into()])?.first();
+    if row.is_empty() {
+        return Ok(None);
+    }
+    let over = match row.get::<String>(7)?.as_deref() {
+        Some("revoked") => Some(TouchStatus::Revoked),
+        _ if row.get::<bool>(9)?.unwrap_or(false) => Some(TouchStatus::RecordChanged),
+        Some("expired") => Some(TouchStatus::Expired),
+        Some("idle_timeout") => Some(TouchStatus::IdleTimeout),
+        _ => None,
+    };
+    let fingerprint = match (
+        row.get::<String>(10)?,
+        row.get::<Vec<u8>>(11)?,
+        row.get::<Vec<u8>>(12)?,
+    ) {
+        (Some(channel), Some(key), Some(key_id)) => {
+            Channel::parse(&channel).map(|channel| Fingerprint {
+                channel,
+                key,
+                key_id,
+            })
+        }
+        _ => None,
+    };
+    Ok(Some(Found {
+        id: row.get(1)?.expect("NOT NULL column"),
+        agent: row.get(2)?.unwrap_or_default(),
+        conversation: row.get(3)?,
+        subject: row.get(4)?.unwrap_or_default(),
+        idle_expires_at: row.get(5)?.expect("NOT NULL column"),
+        expires_at: row.get(6)?.expect("NOT NULL column"),
+        over,
+        end_recorded: row.get::<bool>(8)?.unwrap_or(true),
+        fingerprint,
+    }))
+}
+
+/// Extends an active session's idle deadline (never past its absolute one),
+/// or says why the session is not active. With `bind`, the rest of the
+/// transaction is bound to the session's person when it is active, and to
+/// nobody (for its agent) when it is not.
+pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>, bind: bool) -> Result<Touch> {
+    let token = token.ok_or_else(|| OtpError::null_argument("session_token"))?;
+    let now = clock::now();
+    let Some(found) = find(client, token, now)? else {
+        return Ok(Touch::unknown());
+    };
+    // A session of an agent this caller may not act for, or of an agent
+    // removed since, is none of its business.
+    let agent = match config::load(client, &found.agent) {
+        Ok(agent) if config::may_act_for(&agent) => agent,
+        _ => return Ok(Touch::unknown()),
+    };
+    let status = match found.over {
+        Some(over) => {
+            if matches!(over, TouchStatus::Expired | TouchStatus::IdleTimeout)
+                && !found.end_recorded
+            {
+                // The first touch after a timeout records it, once.
+                end(client, found.id, None, Event::SessionExpired, now)?;
+            }
+            over
+        }
+        None => match still_valid(client, &agent, &found)? {
+            Still::Same(renewed) => {
+                // During a key rotation, a touch moves the session's
+                // fingerprint to the current secret.
+                let row = match renewed {
+                    None => prepared::update(
+                        client,
+                        "UPDATE otp.session
+                            SET last_seen_at = $2, idle_expires_at = LEAST($2 + idle_timeout, expires_at)
+                          WHERE id = $1
+                      RETURNING idle_expires_at",
+                        None,
+                        &[found.id.into(), now.into()],
+                    )?,
+                    Some(renewed) => prepared::update(
+                        client,
+                        "UPDATE otp.session
+                            SET last_seen_at = $2, idle_expires_at = LEAST($2 + idle_timeout, expires_at),
+                                destination_key = $3, key_id = $4
+                          WHERE id = $1
+                      RETURNING idle_expires_at",
+                        None,
+                        &[found.id.into(), now.into(), renewed.key.into(), renewed.key_id.into()],
+                    )?,
+                }
+                .first();
+                let idle_expires_at: TimestampWithTimeZone =
+                    row.get_one()?.expect("NOT NULL column");
+                if bind {
+                    binding::bind(&agent.name, Some(&found.subject));
+                }
+                return Ok(Touch {
+                    idle_expires_at: Some(idle_expires_at),
+                    ..found.touch(TouchStatus::Active)
+                });
+            }
+            Still::Changed => {
+                end(
+                    client,
+                    found.id,
+                    Some("record_changed_at"),
+                    Event::RecordChanged,
+                    now,
+                )?;
+                TouchStatus::RecordChanged
+            }
+            // The secret its fingerprint was made under is gone: as for a
+            // code of such a secret, the session has expired.
+            Still::Unverifiable => {
+                end(
+                    client,
+                    found.id,
+                    Some("expires_at"),
+                    Event::SessionExpired,
+                    now,
+                )?;
+                TouchStatus::Expired
+            }
+        },
+    };
+    if bind {
+        binding::bind(&agent.name, None);
+    }
+    Ok(found.touch(status))
+}
+
+/// Whether an active session's person is still who it was started for
+/// (checked once the schema has fingerprints; see `schema`). A session
+/// started by a code needs the secret to check its fingerprint: without a
+/// usable one this fails closed (55000), like every function that does.
+fn still_valid(client: &SpiClient<'_>, agent: &Agent, found: &Found) -> Result<Still> {
+    if !schema::installed().records_and_roles {
+        return Ok(Still::Same(None));
+    }
+    let ring = match &found.fingerprint {
+        Some(_) => Some(gucs::keys()?),
+        None => None,
+    };
+    let fingerprint = found.fingerprint.as_ref().zip(ring.as_ref());
+    record::still(client, agent, &found.subject, fingerprint)
+}
+
+/// Ends a session now: `column` (revoked_at, record_changed_at, or
+/// expires_at to move its absolute deadline) set to `now`, or only the end
+/// recorded; and the audit event, once.
+fn end(
+    client: &mut SpiClient<'_>,
+    session_id: i64,
+    column: Option<&str>,
+    event: Event,
+    now: TimestampWithTimeZone,
+) -> Result<()> {
+    let sql = match column {
+        None => "UPDATE otp.session SET ended_at = $2 WHERE id = $1",
+        Some("record_changed_at") => {
+            "UPDATE otp.session SET record_changed_at = $2, ended_at = $2 WHERE id = $1"
+        }
+        Some("expires_at") => {
+            "UPDATE otp.session SET expires_at = $2, idle_expires_at = LEAST(idle_expires_at, $2), ended_at = $2
+              WHERE id = $1"
+        }
+        Some(other) => unreachable!("no session column {other}"),
+    };
+    prepared::update(client, sql, None, &[session_id.into(), now.into()])?;
+    audit::session_event(client, session_id, event, now)?;
+    Ok(())
 }
 
 /// Revokes a session. True when this call revoked it; false when the token is
-/// unknown or the session was revoked before.
+/// unknown (or belongs to an agent the caller may not act for) or the
+/// session was revoked before.
 pub fn revoke(client: &mut SpiClient<'_>, token: Option<&str>) -> Result<bool> {
     let token = token.ok_or_else(|| OtpError::null_argument("session_token"))?;
     let now = clock::now();
-    let revoked = prepared::update(
-        client,
-        "UPDATE otp.session SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
-        None,
-        &[crypto::session_token_hash(token).to_vec().into(), now.into()],
-    )?;
-    let Some(row) = revoked.into_iter().next() else {
+    let Some(found) = find(client, token, now)? else {
         return Ok(false);
     };
-    let session_id: i64 = row.get(1)?.expect("RETURNING id");
-    audit::session_event(client, session_id, Event::SessionRevoked, now)?;
+    match config::load(client, &found.agent) {
+        Ok(agent) if config::may_act_for(&agent) => {}
+        _ => return Ok(false),
+    }
+    let revoked = prepared::update(
+        client,
+        "UPDATE otp.session SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING id",
+        None,
+        &[found.id.into(), now.into()],
+    )?;
+    if revoked.is_empty() {
+        return Ok(false);
+    }
+    audit::session_event(client, found.id, Event::SessionRevoked, now)?;
     Ok(true)
+}
+
+/// One of a person's active sessions, as otp_sessions lists it: never a
+/// token or its hash.
+pub struct Listed {
+    pub conversation: String,
+    pub started_at: TimestampWithTimeZone,
+    pub last_used_at: TimestampWithTimeZone,
+    pub idle_expires_at: TimestampWithTimeZone,
+    pub expires_at: TimestampWithTimeZone,
+}
+
+/// A person's active sessions with an agent, newest first.
+pub fn list(client: &SpiClient<'_>, agent: &Agent, subject: Option<&str>) -> Result<Vec<Listed>> {
+    let subject = subject.ok_or_else(|| OtpError::null_argument("subject"))?;
+    let now = clock::now();
+    let sql = if schema::installed().records_and_roles {
+        active_sessions!("AND record_changed_at IS NULL")
+    } else {
+        active_sessions!("")
+    };
+    prepared::select(
+        client,
+        sql,
+        None,
+        &[agent.name.as_str().into(), subject.into(), now.into()],
+    )?
+    .map(|row| {
+        Ok(Listed {
+            conversation: row.get(1)?.unwrap_or_default(),
+            started_at: row.get(2)?.expect("NOT NULL column"),
+            last_used_at: row.get(3)?.expect("NOT NULL column"),
+            idle_expires_at: row.get(4)?.expect("NOT NULL column"),
+            expires_at: row.get(5)?.expect("NOT NULL column"),
+        })
+    })
+    .collect()
+}
+
+/// Ends every active session of a person with an agent (the employee left,
+/// the phone was stolen), each with its audit event. Returns how many.
+pub fn revoke_all(client: &mut SpiClient<'_>, agent: &Agent, subject: Option<&str>) -> Result<i32> {
+    let subject = subject.ok_or_else(|| OtpError::null_argument("subject"))?;
+    let now = clock::now();
+    let sql = if schema::installed().records_and_roles {
+        revoke_sessions!("AND record_changed_at IS NULL")
+    } else {
+        revoke_sessions!("")
+    };
+    let revoked = prepared::update(
+        client,
+        sql,
+        None,
+        &[
+            agent.name.as_str().into(),
+            subject.into(),
+            now.into(),
+            Event::SessionRevoked.as_str().into(),
+        ],
+    )?;
+    Ok(revoked.first().get_one::<i32>()?.unwrap_or(0))
 }

@@ -1,7 +1,9 @@
 //! otp-demo: the payroll agent of the example conversation, in a terminal.
 //!
 //! It calls pg_otp exactly as a chat application would (otp_issue,
-//! otp_verify, session_touch, session_revoke, as a member of otp_app). The
+//! otp_verify, session_touch, session_use, session_revoke, as a member of
+//! otp_app), and reads pay stubs through a row-level security policy that
+//! shows it only the verified person's row. The
 //! code travels the real way: the outbox, then otp-dispatcher with the
 //! console transport, which writes it to the "phone" file this demo shows.
 //!
@@ -19,7 +21,8 @@ use tokio_postgres::{Client, NoTls};
 #[derive(Parser)]
 #[command(name = "otp-demo")]
 struct Args {
-    /// Connection string of a role in otp_app that may read hr.employees.
+    /// Connection string of a role in otp_app that may read hr.employees
+    /// (through its row-level security policy: see tests/pg_regress/sql/setup.sql).
     #[arg(long)]
     database_url: String,
     /// The file otp-dispatcher --console writes deliveries to (the phone).
@@ -42,6 +45,7 @@ struct Calls {
     issue: String,
     verify: String,
     touch: String,
+    use_session: String,
     revoke: String,
 }
 
@@ -66,6 +70,7 @@ impl Calls {
                    FROM \"{schema}\".otp_verify($1::text, $2::text, $3::text)"
             ),
             touch: format!("SELECT status FROM \"{schema}\".session_touch($1::text)"),
+            use_session: format!("SELECT status FROM \"{schema}\".session_use($1::text)"),
             revoke: format!("SELECT \"{schema}\".session_revoke($1::text)"),
         })
     }
@@ -116,7 +121,10 @@ impl Agent {
                     say("You're welcome. I closed the session. Goodbye!");
                     return Ok(None);
                 }
-                self.pay_stub(&subject, "Anything else?").await?;
+                if !self.pay_stub(&token, "Anything else?").await? {
+                    say("For your security I closed our session. Send your employee number to start again.");
+                    return Ok(Some(Step::AskIdentifier));
+                }
                 Step::Authenticated { token, subject }
             }
         }))
@@ -185,7 +193,7 @@ impl Agent {
         Ok(match status.as_str() {
             "verified" => {
                 let (token, subject): (String, String) = (row.get(2), row.get(3));
-                self.pay_stub(&subject, "Is there anything else I can help with?")
+                self.pay_stub(&token, "Is there anything else I can help with?")
                     .await?;
                 Step::Authenticated { token, subject }
             }
@@ -218,20 +226,33 @@ impl Agent {
         })
     }
 
-    async fn pay_stub(&self, subject: &str, then: &str) -> Result<()> {
-        let row = self
-            .db
-            .query_one(
-                "SELECT full_name, pg_catalog.to_char(net_pay, 'FM999,999,990.00') FROM hr.employees
-                  WHERE employee_no = $1::text",
-                &[&subject],
+    /// Shows the pay stub of the session's person, in a transaction bound
+    /// to the session (session_use): hr.employees has a row-level security
+    /// policy on otp_subject('payroll'), so this role sees that person's row
+    /// and no other, whatever the query asks. False when the session is over.
+    async fn pay_stub(&mut self, token: &str, then: &str) -> Result<bool> {
+        let transaction = self.db.transaction().await?;
+        let status: String = transaction
+            .query_one(&self.calls.use_session, &[&token])
+            .await?
+            .get(0);
+        if status != "active" {
+            transaction.rollback().await?;
+            return Ok(false);
+        }
+        let rows = transaction
+            .query(
+                "SELECT full_name, pg_catalog.to_char(net_pay, 'FM999,999,990.00') FROM hr.employees",
+                &[],
             )
             .await?;
-        let (name, pay): (String, String) = (row.get(0), row.get(1));
+        transaction.commit().await?;
+        anyhow::ensure!(rows.len() == 1, "the policy showed {} rows", rows.len());
+        let (name, pay): (String, String) = (rows[0].get(0), rows[0].get(1));
         say(&format!(
             "Thanks, {name}. Your latest pay stub: net pay {pay}. {then}"
         ));
-        Ok(())
+        Ok(true)
     }
 
     /// Shows what the phone received since `before`: the dispatcher's

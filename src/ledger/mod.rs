@@ -36,7 +36,9 @@ use sha2::{Digest, Sha256};
 use crate::errors::{OtpError, Result};
 use table::Locked;
 
-pub use settle::register_callbacks;
+pub use settle::{
+    subtransaction_aborted, subtransaction_committed, transaction_aborted, transaction_committed,
+};
 
 /// Which rows of the tables an entry stands for.
 #[repr(u32)]
@@ -319,7 +321,7 @@ pub fn forget_person(agent: &str, subject: &str) -> bool {
 }
 
 /// Sets up the ledger in shared memory; from _PG_init while preloading.
+/// (Its per-transaction part runs from `xact`'s callbacks.)
 pub fn init(size: i64) {
     table::request(size);
-    register_callbacks();
 }

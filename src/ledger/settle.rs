@@ -13,7 +13,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use super::table::Locked;
 use super::{Key, State};
@@ -48,77 +47,57 @@ pub fn expect(key: Key, expect: Expect) {
     });
 }
 
-/// Registers the (sub)transaction callbacks; from _PG_init, in the
-/// postmaster, so that every backend has them.
-pub fn register_callbacks() {
-    // SAFETY: plain registrations, once, before any backend exists.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_end), std::ptr::null_mut());
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subtransaction_end(
-    event: pg_sys::SubXactEvent::Type,
-    level: pg_sys::SubTransactionId,
-    parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
+/// A subtransaction rolled back: the writes of `level` (and of what it
+/// contained) are undone, and so are the expectations; the entries keep
+/// what they know.
+pub fn subtransaction_aborted(level: pg_sys::SubTransactionId) {
     PENDING.with(|pending| {
         let mut pending = pending.borrow_mut();
         if pending.is_empty() {
             return;
         }
-        match event {
-            // The writes of `level` (and of what it contained) are undone:
-            // so are the expectations; the entries keep what they know.
-            pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
-                for stack in pending.values_mut() {
-                    while stack.last().is_some_and(|(top, _)| *top >= level) {
-                        stack.pop();
-                    }
-                }
-                pending.retain(|_, stack| !stack.is_empty());
+        for stack in pending.values_mut() {
+            while stack.last().is_some_and(|(top, _)| *top >= level) {
+                stack.pop();
             }
-            // The writes of `level` now belong to its parent.
-            pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
-                for stack in pending.values_mut() {
-                    if let Some((top, expect)) = stack.pop() {
-                        if top < level {
-                            stack.push((top, expect));
-                            continue;
-                        }
-                        if stack.last().is_some_and(|(below, _)| *below == parent) {
-                            stack.pop();
-                        }
-                        stack.push((parent, expect));
-                    }
+        }
+        pending.retain(|_, stack| !stack.is_empty());
+    });
+}
+
+/// A subtransaction committed: the writes of `level` now belong to its parent.
+pub fn subtransaction_committed(level: pg_sys::SubTransactionId, parent: pg_sys::SubTransactionId) {
+    PENDING.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        for stack in pending.values_mut() {
+            if let Some((top, expect)) = stack.pop() {
+                if top < level {
+                    stack.push((top, expect));
+                    continue;
                 }
+                if stack.last().is_some_and(|(below, _)| *below == parent) {
+                    stack.pop();
+                }
+                stack.push((parent, expect));
             }
-            _ => {}
         }
     });
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_transaction_end(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::XactEvent::*;
-    let committed = match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => true,
-        // An aborted or prepared transaction: its writes are not (yet) in
-        // the tables, so the entries stay.
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => false,
-        _ => return,
-    };
+/// The transaction rolled back (or was prepared): its writes are not in
+/// the tables, so the entries stay.
+pub fn transaction_aborted() {
+    PENDING.with(|pending| pending.borrow_mut().clear());
+}
+
+/// The transaction committed: every entry still equal to what its writes
+/// put in the tables is forgotten. Runs after commit, where nothing may
+/// raise an ERROR: only shared-memory work.
+pub fn transaction_committed() {
     let pending = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
-    if !committed || pending.is_empty() || !super::table::available() {
+    if pending.is_empty() || !super::table::available() {
         return;
     }
-    // After commit nothing may raise an ERROR: only shared-memory work here.
     let mut ledger = Locked::exclusive();
     for (key, stack) in pending {
         let Some(&(_, expect)) = stack.last() else {

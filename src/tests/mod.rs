@@ -847,12 +847,21 @@ mod tests {
         .unwrap();
         let hash = keys.code_hash(challenge_id, "payroll", conversation, code);
         let sealed = keys.seal_code(challenge_id, code).unwrap();
+        // the fixture's people get codes by WhatsApp
+        let phone: String = Spi::get_one_with_args(
+            "SELECT e.whatsapp FROM otp.challenge c JOIN public.employees e ON e.employee_no = c.subject
+              WHERE c.id = $1",
+            &[challenge_id.into()],
+        )
+        .unwrap()
+        .unwrap();
         Spi::run_with_args(
-            "UPDATE otp.challenge SET code_hash = $2, key_id = $3 WHERE id = $1;",
+            "UPDATE otp.challenge SET code_hash = $2, key_id = $3, destination_key = $4 WHERE id = $1;",
             &[
                 challenge_id.into(),
                 hash.to_vec().into(),
                 keys.id.to_vec().into(),
+                keys.destination_key("whatsapp", &phone).to_vec().into(),
             ],
         )
         .unwrap();
@@ -2110,5 +2119,366 @@ mod tests {
             "42809"
         );
         assert_eq!(sqlstate("SELECT otp_configure('cat', 'information_schema.tables', 'table_name', phone_column => 'table_name')"), "42809");
+    }
+
+    // ---- sessions that guard the data ----------------------------------------
+
+    /// session_use's status for a token (it binds the rest of the transaction).
+    fn use_session(token: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT status FROM session_use($1)", &[token.into()])
+            .unwrap()
+            .unwrap()
+    }
+
+    fn subject_for(agent: &str) -> Option<String> {
+        Spi::get_one_with_args::<String>("SELECT otp_subject($1)", &[agent.into()]).unwrap()
+    }
+
+    #[pg_test]
+    fn session_use_binds_the_transaction_to_the_person_of_its_agent_only() {
+        fixture();
+        assert_eq!(
+            subject_for("payroll"),
+            None,
+            "nothing bound before session_use"
+        );
+        let token = session_for("t-bind");
+        assert_eq!(use_session(&token), "active");
+        assert_eq!(subject_for("payroll").as_deref(), Some("4721"));
+        // another agent's namespace is separate
+        assert_eq!(subject_for("benefits"), None);
+        configure("benefits", ", require_otp => false");
+        let benefits = issue_for("benefits", "t-bind-b", "5000").token.unwrap();
+        assert_eq!(use_session(&benefits), "active");
+        assert_eq!(subject_for("benefits").as_deref(), Some("5000"));
+        assert_eq!(
+            subject_for("payroll").as_deref(),
+            Some("4721"),
+            "two agents in one transaction"
+        );
+        // an unknown token binds nothing and unbinds nothing
+        assert_eq!(use_session("no-such-token"), "unknown");
+        assert_eq!(subject_for("payroll").as_deref(), Some("4721"));
+        // a session that is over unbinds its agent: fail closed
+        run(
+            "UPDATE otp.session SET idle_expires_at = clock_timestamp() - interval '1 second'
+              WHERE conversation = 't-bind'",
+        );
+        assert_eq!(use_session(&token), "idle_timeout");
+        assert_eq!(subject_for("payroll"), None);
+        assert_eq!(subject_for("benefits").as_deref(), Some("5000"));
+        // no setting can make a binding
+        assert_eq!(
+            sqlstate("SET otp.subject = '4721'"),
+            "42602",
+            "otp. is reserved"
+        );
+        run("SELECT set_config('otp_subject.payroll', '4721', true)");
+        assert_eq!(subject_for("payroll"), None);
+    }
+
+    #[pg_test]
+    fn a_binding_made_in_a_rolled_back_subtransaction_is_gone() {
+        fixture();
+        let token = session_for("t-bind-sub");
+        // PL/pgSQL exception blocks are subtransactions
+        run(&format!(
+            "DO $$ BEGIN
+                 BEGIN
+                     PERFORM session_use('{token}');
+                     IF otp_subject('payroll') IS DISTINCT FROM '4721' THEN RAISE EXCEPTION 'not bound'; END IF;
+                     RAISE EXCEPTION USING ERRCODE = 'P0005';
+                 EXCEPTION WHEN SQLSTATE 'P0005' THEN NULL;
+                 END;
+             END $$"
+        ));
+        assert_eq!(
+            subject_for("payroll"),
+            None,
+            "rolled back with its subtransaction"
+        );
+        // one that commits stays, and one made before survives a later rollback
+        run(&format!(
+            "DO $$ BEGIN
+                 BEGIN
+                     PERFORM session_use('{token}');
+                 END;
+                 BEGIN
+                     PERFORM 1 / 0;
+                 EXCEPTION WHEN division_by_zero THEN NULL;
+                 END;
+             END $$"
+        ));
+        assert_eq!(subject_for("payroll").as_deref(), Some("4721"));
+    }
+
+    /// The README's policy, on a table large enough for a parallel plan,
+    /// read by a role that is not its owner.
+    #[pg_test]
+    fn a_policy_with_otp_subject_filters_parallel_and_definer_queries() {
+        fixture();
+        run("CREATE ROLE otp_test_reader NOLOGIN;
+             GRANT otp_app TO otp_test_reader;
+             CREATE TABLE public.payslips (employee_no text, month int, net numeric);
+             INSERT INTO public.payslips SELECT (4000 + n % 2000)::text, n, n FROM generate_series(1, 200000) n;
+             ANALYZE public.payslips;
+             ALTER TABLE public.payslips ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY own_payslips ON public.payslips FOR SELECT TO otp_test_reader
+                 USING (employee_no = (SELECT otp_subject('payroll')));
+             GRANT SELECT ON public.payslips TO otp_test_reader;
+             -- an application's SECURITY DEFINER function reads through the binding too
+             CREATE FUNCTION public.my_payslip_count() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+                 SET search_path = pg_catalog AS 'SELECT count(*) FROM public.payslips';
+             ALTER FUNCTION public.my_payslip_count() OWNER TO otp_test_reader;");
+        let token = session_for("t-policy");
+        run("SET LOCAL ROLE otp_test_reader");
+        assert_eq!(
+            count("SELECT count(*) FROM public.payslips"),
+            0,
+            "nothing before session_use"
+        );
+        assert_eq!(use_session(&token), "active");
+        run("SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0;
+             SET LOCAL min_parallel_table_scan_size = 0; SET LOCAL max_parallel_workers_per_gather = 2");
+        let plan: String = Spi::connect(|c| {
+            c.select(
+                "EXPLAIN (COSTS OFF) SELECT count(*) FROM public.payslips",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|row| row.get::<String>(1).unwrap().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+        });
+        assert!(plan.contains("Gather"), "a parallel plan: {plan}");
+        assert_eq!(
+            count("SELECT count(*) FROM public.payslips"),
+            100,
+            "only 4721's rows, in parallel"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM public.payslips WHERE employee_no = '4722'"),
+            0
+        );
+        assert_eq!(count("SELECT public.my_payslip_count()"), 100);
+        run("RESET ROLE");
+    }
+
+    #[pg_test]
+    fn a_code_does_not_verify_once_its_address_left_the_record() {
+        fixture();
+        // on the table itself, and through a view
+        run("CREATE VIEW public.staff AS SELECT employee_no AS id, whatsapp AS phone, email FROM public.employees");
+        configure("changes", "");
+        run("SELECT otp_configure(agent => 'changes-view', source => 'public.staff', id_column => 'id',
+                                  phone_column => 'phone', email_column => 'email',
+                                  max_codes => 1000000, resend_cooldown => '0')");
+        for agent in ["changes", "changes-view"] {
+            // the phone number changes between issue and verify
+            issue_for(agent, "t-chg-phone", "4721");
+            let code = delivered_code("t-chg-phone");
+            run("UPDATE public.employees SET whatsapp = '+34 699 999 999' WHERE employee_no = '4721'");
+            assert_eq!(
+                verify_as(agent, "t-chg-phone", &code),
+                ("record_changed".into(), None),
+                "{agent}"
+            );
+            assert_eq!(verify_as(agent, "t-chg-phone", &code).0, "no_challenge");
+            run("UPDATE public.employees SET whatsapp = '+34 600 123 478' WHERE employee_no = '4721'");
+            // formatting changes are not changes: the same number, written differently
+            issue_for(agent, "t-chg-format", "4721");
+            let code = delivered_code("t-chg-format");
+            run("UPDATE public.employees SET whatsapp = '+34600123478' WHERE employee_no = '4721'");
+            assert_eq!(
+                verify_as(agent, "t-chg-format", &code).0,
+                "verified",
+                "{agent}"
+            );
+            run("UPDATE public.employees SET whatsapp = '+34 600 123 478' WHERE employee_no = '4721'");
+            // the person leaves the source
+            issue_for(agent, "t-chg-gone", "5000");
+            let code = delivered_code("t-chg-gone");
+            run("UPDATE public.employees SET employee_no = '5000-left' WHERE employee_no = '5000'");
+            assert_eq!(
+                verify_as(agent, "t-chg-gone", &code).0,
+                "record_changed",
+                "{agent}"
+            );
+            run("UPDATE public.employees SET employee_no = '5000' WHERE employee_no = '5000-left'");
+        }
+        assert!(events("changes", "4721").contains(&"record_changed@t-chg-phone".to_owned()));
+        assert_eq!(
+            challenge_field("t-chg-gone", "state").as_deref(),
+            Some("record_changed")
+        );
+    }
+
+    #[pg_test]
+    fn a_session_ends_when_the_person_or_the_address_leaves_the_record() {
+        fixture();
+        run("CREATE VIEW public.staff AS SELECT employee_no AS id, whatsapp AS phone, email FROM public.employees");
+        run("SELECT otp_configure(agent => 'payroll-view', source => 'public.staff', id_column => 'id',
+                                  phone_column => 'phone', email_column => 'email',
+                                  max_codes => 1000000, resend_cooldown => '0')");
+        // email changed during a session started by an email code (5000 has only email)
+        for agent in ["payroll", "payroll-view"] {
+            issue_for(agent, "t-sess-mail", "5000");
+            let code = delivered_code("t-sess-mail");
+            let token: String = Spi::get_one_with_args(
+                "SELECT session_token FROM otp_verify($1, 't-sess-mail', $2)",
+                &[agent.into(), code.as_str().into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(touch_status(&token), "active");
+            run("UPDATE public.employees SET email = 'bo.new@example.com' WHERE employee_no = '5000'");
+            assert_eq!(touch_status(&token), "record_changed", "{agent}");
+            run("UPDATE public.employees SET email = 'bo@example.com' WHERE employee_no = '5000'");
+            assert_eq!(
+                touch_status(&token),
+                "record_changed",
+                "over for good, {agent}"
+            );
+            assert_eq!(use_session(&token), "record_changed");
+            assert_eq!(subject_for(agent), None);
+        }
+        // the person deleted during a session, also one started without a code
+        configure("no-code", ", require_otp => false");
+        let token = issue_for("no-code", "t-sess-gone", "7000").token.unwrap();
+        assert_eq!(touch_status(&token), "active");
+        run("DELETE FROM public.employees WHERE employee_no = '7000'");
+        assert_eq!(touch_status(&token), "record_changed");
+        assert_eq!(
+            events("no-code", "7000").last().map(String::as_str),
+            Some("record_changed@t-sess-gone")
+        );
+        // the session keeps a keyed fingerprint of the address, never the address
+        assert_eq!(
+            count("SELECT count(*) FROM otp.session s WHERE s::text LIKE '%example.com%' OR s::text LIKE '%600%'"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn a_persons_sessions_are_listed_and_revoked_together() {
+        fixture();
+        let first = session_for("t-list-1");
+        let second = session_for("t-list-2");
+        let listed: Option<String> = one(
+            "SELECT string_agg(conversation, ',' ORDER BY conversation) FROM otp_sessions('payroll', '4721')",
+        );
+        assert_eq!(listed.as_deref(), Some("t-list-1,t-list-2"));
+        // the listing has no token or hash in it
+        let columns: Option<String> = one(
+            "SELECT array_to_string(proargnames, ',') FROM pg_proc WHERE proname = 'otp_sessions'",
+        );
+        let columns = columns.unwrap();
+        assert!(
+            columns.contains("conversation") && !columns.contains("token"),
+            "{columns}"
+        );
+        assert_eq!(
+            one::<i32>("SELECT session_revoke_all('payroll', '4721')"),
+            Some(2)
+        );
+        assert_eq!(touch_status(&first), "revoked");
+        assert_eq!(touch_status(&second), "revoked");
+        assert_eq!(
+            count("SELECT count(*) FROM otp_sessions('payroll', '4721')"),
+            0
+        );
+        assert_eq!(
+            one::<i32>("SELECT session_revoke_all('payroll', '4721')"),
+            Some(0)
+        );
+        let revoked = events("payroll", "4721")
+            .iter()
+            .filter(|e| e.starts_with("session_revoked"))
+            .count();
+        assert_eq!(revoked, 2);
+    }
+
+    #[pg_test]
+    fn an_agent_with_an_app_role_refuses_other_callers() {
+        fixture();
+        fixture_sqlstate_helper();
+        run(
+            "CREATE ROLE otp_test_hr NOLOGIN; CREATE ROLE otp_test_other NOLOGIN;
+             GRANT otp_app TO otp_test_hr, otp_test_other;
+             GRANT EXECUTE ON FUNCTION pg_temp.sqlstate_of(text) TO otp_test_hr, otp_test_other;",
+        );
+        configure(
+            "scoped",
+            ", app_role => 'otp_test_hr', require_otp => false",
+        );
+        assert_eq!(sqlstate("SELECT otp_configure('bad', 'public.employees', 'employee_no', 'whatsapp', app_role => 'no_such_role')"), "42704");
+        // a member may act for it
+        run("SET LOCAL ROLE otp_test_hr");
+        let token = issue_for("scoped", "t-scoped", "4721").token.unwrap();
+        assert_eq!(touch_status(&token), "active");
+        run("RESET ROLE");
+        // another caller may not: errors where it names the agent, unknown for tokens
+        run("SET LOCAL ROLE otp_test_other");
+        for call in [
+            "SELECT * FROM otp_issue('scoped', 't-other', '4721')",
+            "SELECT * FROM otp_verify('scoped', 't-scoped', '123456')",
+            "SELECT * FROM otp_status('scoped', 't-scoped')",
+            "SELECT * FROM otp_events('scoped', '4721')",
+            "SELECT * FROM otp_sessions('scoped', '4721')",
+            "SELECT session_revoke_all('scoped', '4721')",
+        ] {
+            assert_eq!(sqlstate(call), "42501", "{call}");
+        }
+        assert_eq!(touch_status(&token), "unknown");
+        assert_eq!(use_session(&token), "unknown");
+        assert_eq!(subject_for("scoped"), None);
+        assert_eq!(
+            one::<bool>(&format!("SELECT session_revoke('{token}')")),
+            Some(false)
+        );
+        run("RESET ROLE");
+        assert_eq!(
+            touch_status(&token),
+            "active",
+            "the other role's revoke did nothing"
+        );
+        // agents without an app_role stay open to every member of otp_app
+        run("SET LOCAL ROLE otp_test_other");
+        assert_eq!(issue("t-open", "4721").status, "code_sent");
+        run("RESET ROLE");
+    }
+
+    /// A session's fingerprint made under the previous secret moves to the
+    /// current one at the next touch; one made under a secret no longer
+    /// configured can no longer be checked: the session has expired.
+    #[pg_test]
+    fn a_touch_during_a_rotation_moves_the_session_to_the_new_secret() {
+        fixture();
+        let refingerprint =
+            |conversation: &str, secret: &str| {
+                let keys = crate::crypto::Keys::derive(&hex::decode(secret).unwrap());
+                Spi::run_with_args(
+                "UPDATE otp.session SET key_id = $2, destination_key = $3 WHERE conversation = $1",
+                &[
+                    conversation.into(),
+                    keys.id.to_vec().into(),
+                    keys.destination_key("whatsapp", "+34 600 123 478").to_vec().into(),
+                ],
+            )
+            .unwrap();
+            };
+        let current = crate::gucs::keys().unwrap().current.id.to_vec();
+        let token = session_for("t-rot-session");
+        refingerprint("t-rot-session", crate::TEST_PREVIOUS_SECRET);
+        assert_eq!(touch_status(&token), "active");
+        let key_id: Option<Vec<u8>> =
+            one("SELECT key_id FROM otp.session WHERE conversation = 't-rot-session'");
+        assert_eq!(key_id, Some(current), "moved to the current secret");
+        assert_eq!(touch_status(&token), "active");
+        let gone = session_for("t-rot-session-gone");
+        refingerprint("t-rot-session-gone", &"ab".repeat(32));
+        assert_eq!(touch_status(&gone), "expired");
+        assert_eq!(touch_status(&gone), "expired");
     }
 }

@@ -35,15 +35,18 @@ SELECT substr(:'delivered_code', 1, 3) || ' ' || substr(:'delivered_code', 4) AS
 SELECT status, attempts_remaining, session_token AS token, subject
   FROM otp_verify(agent => 'payroll', conversation => 'wa:34600123478', code => :'typed') \gset
 SELECT :'status' AS status, :'subject' AS subject, length(:'token') AS token_length;
--- Agent: "Thanks, Ana. Here is your latest pay stub:"
-SELECT e.full_name, e.net_pay
-  FROM session_touch(:'token') s JOIN hr.employees e ON e.employee_no = s.subject
- WHERE s.status = 'active';
+-- Agent: "Thanks, Ana. Here is your latest pay stub:" The agent's turn is a
+-- transaction bound to the session: the table shows only Ana's row.
+BEGIN;
+SELECT status FROM session_use(:'token');
+SELECT full_name, net_pay FROM hr.employees;
+COMMIT;
 
 -- The same code never works twice.
 SELECT status FROM otp_verify('payroll', 'wa:34600123478', :'delivered_code');
 
--- Later turns keep the session alive.
+-- Later turns keep the session alive (session_touch, or session_use in the
+-- turn's transaction).
 SELECT status, agent, conversation, subject, idle_expires_at <= expires_at AS idle_within_absolute
   FROM session_touch(:'token');
 

@@ -41,7 +41,12 @@ GRANT otp_app TO chat_app;
 GRANT otp_dispatcher TO otp_sender;
 RESET client_min_messages;
 
--- The application's own data stays its own business: it reads pay stubs once
--- a session says who is asking.
+-- The application reads pay stubs, and PostgreSQL itself shows it only the
+-- row of the person whose verified session its transaction uses (see
+-- data_access.sql). pg_otp reads the table as its owner, so the policy does
+-- not hide anyone from pg_otp.
 GRANT USAGE ON SCHEMA hr TO chat_app;
 GRANT SELECT ON hr.employees TO chat_app;
+ALTER TABLE hr.employees ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_record ON hr.employees FOR SELECT TO chat_app
+    USING (employee_no = (SELECT otp_subject('payroll')));
