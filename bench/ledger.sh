@@ -20,30 +20,38 @@ LIBDIR=$("$PG_CONFIG" --pkglibdir)
 bash scripts/setup.sh
 mkdir -p "$WORK"
 
-# 0.2.0's library, built from its tag (once; kept in $WORK).
+# Both libraries built as packages (nothing installed yet): 0.2.0's from its
+# tag, once, kept in $WORK; this version's from the working tree.
 if [ ! -f "$WORK/pg_otp-0.2.0.so" ]; then
     rm -rf "$WORK/v0.2.0" && mkdir -p "$WORK/v0.2.0"
     git archive v0.2.0 | tar -x -C "$WORK/v0.2.0"
     (cd "$WORK/v0.2.0" && CARGO_TARGET_DIR="$WORK/target" \
-        cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
-    cp "$LIBDIR/pg_otp.so" "$WORK/pg_otp-0.2.0.so"
+        cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$WORK/package-0.2.0" >/dev/null)
+    cp "$WORK/package-0.2.0$LIBDIR/pg_otp.so" "$WORK/pg_otp-0.2.0.so"
 fi
-# This version's library, scripts and control file (installed last, so the
-# control file is this version's), and the released install scripts.
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
-cp "$LIBDIR/pg_otp.so" "$WORK/pg_otp-current.so"
+cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$WORK/package-current" >/dev/null
+cp "$WORK/package-current$LIBDIR/pg_otp.so" "$WORK/pg_otp-current.so"
+# This version's scripts and control file, and the released install scripts.
+cp "$WORK/package-current$("$PG_CONFIG" --sharedir)"/extension/pg_otp* "$("$PG_CONFIG" --sharedir)/extension/"
 cp sql/released/pg_otp--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 cargo build --release -q -p pg_otp_bench --bin verify-bench
 
+# Swaps the library by renaming a copy over it: clusters still running
+# keep the file they mapped.
+install_library() {
+    cp "$1" "$LIBDIR/.pg_otp.so.new"
+    mv "$LIBDIR/.pg_otp.so.new" "$LIBDIR/pg_otp.so"
+}
+
 restore() {
     bash scripts/pg-cluster.sh stop "$CLUSTER"
-    cp "$WORK/pg_otp-current.so" "$LIBDIR/pg_otp.so"
+    install_library "$WORK/pg_otp-current.so"
 }
 trap restore EXIT
 : >"$WORK/results"
 for round in $(seq 1 "$ROUNDS"); do
     for build in 0.2.0 current; do
-        cp "$WORK/pg_otp-$build.so" "$LIBDIR/pg_otp.so"
+        install_library "$WORK/pg_otp-$build.so"
         bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT" >/dev/null
         version=""
         [ "$build" = 0.2.0 ] && version="VERSION '0.2.0'"

@@ -157,3 +157,34 @@ fn a_binding_ends_with_its_statement_in_autocommit() {
         .get(0);
     assert_eq!(forged, 0);
 }
+
+/// A cursor carries no binding: one declared WITH HOLD is computed at the
+/// commit of its transaction, while still bound, so it holds that person's
+/// rows and nobody else's; one declared in the next, unbound transaction
+/// sees nothing.
+#[test]
+fn a_held_cursor_keeps_only_what_its_bound_transaction_could_see() {
+    let people = setup(2);
+    let mut app = connect(APP);
+    let (person, token) = &people[0];
+    let mut tx = app.transaction().unwrap();
+    tx.query_one("SELECT status FROM session_use($1)", &[token]).unwrap();
+    tx.batch_execute("DECLARE held CURSOR WITH HOLD FOR SELECT person FROM guarded_rows")
+        .unwrap();
+    tx.commit().unwrap();
+    let rows: Vec<String> = app
+        .query("FETCH ALL FROM held", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|p| p == person), "{rows:?}");
+    app.batch_execute("CLOSE held").unwrap();
+    let mut tx = app.transaction().unwrap();
+    tx.batch_execute("DECLARE later CURSOR FOR SELECT person FROM guarded_rows")
+        .unwrap();
+    let later = tx.query("FETCH ALL FROM later", &[]).unwrap();
+    assert!(later.is_empty(), "an unbound transaction's cursor saw rows");
+    tx.rollback().unwrap();
+}
