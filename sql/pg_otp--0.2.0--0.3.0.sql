@@ -192,7 +192,11 @@ ALTER FUNCTION @extschema@.session_revoke_all(text, text) SET plan_cache_mode = 
 -- role without login, members or attributes, instead of the superuser who
 -- ran CREATE EXTENSION (see sql/privileges.sql).
 DO $roles$
+DECLARE
+    saved_path text := pg_catalog.current_setting('search_path');
 BEGIN
+    -- Resolve every name in this block in pg_catalog only (see the note above).
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_owner') THEN
         CREATE ROLE otp_owner NOLOGIN;
         COMMENT ON ROLE otp_owner IS 'pg_otp: owns schema otp and runs the SECURITY DEFINER functions; never grant it to anyone';
@@ -214,14 +218,18 @@ BEGIN
         CREATE ROLE otp_dispatcher NOLOGIN;
         COMMENT ON ROLE otp_dispatcher IS 'pg_otp: may use the outbox protocol (otp_outbox_*) only';
     END IF;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
 END
 $roles$;
 
 -- Everything of pg_otp belongs to otp_owner (see above).
 DO $owner$
 DECLARE
+    saved_path text := pg_catalog.current_setting('search_path');
     member record;
 BEGIN
+    -- Resolve every name in this block in pg_catalog only (see the note above).
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     ALTER SCHEMA otp OWNER TO otp_owner;
     FOR member IN
         SELECT pg_catalog.format('ALTER %s %s OWNER TO otp_owner',
@@ -241,5 +249,6 @@ BEGIN
     LOOP
         EXECUTE member.statement;
     END LOOP;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
 END
 $owner$;

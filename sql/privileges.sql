@@ -1,12 +1,23 @@
 -- Nothing is callable by PUBLIC. Applications get EXECUTE on the functions
 -- they need (see README "Roles and privileges"), never access to otp.*.
+--
+-- A note on names: this script runs as the superuser installing pg_otp, with
+-- search_path set to the schema pg_otp goes into, which others may be able
+-- to create objects in (public). PostgreSQL looks in pg_catalog first, but
+-- an expression without an exact match there (oid = regclass, name =
+-- unknown) could pick an operator planted in that schema. So every DO block
+-- below resolves its names in pg_catalog only, and the other statements
+-- name only pg_catalog's types and @extschema@'s functions.
 REVOKE ALL ON ALL TABLES IN SCHEMA otp FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA otp FROM PUBLIC;
 
 DO $revoke$
 DECLARE
+    saved_path text := pg_catalog.current_setting('search_path');
     member regprocedure;
 BEGIN
+    -- Resolve every name in this block in pg_catalog only (see the note above).
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     FOR member IN
         SELECT d.objid::regprocedure
           FROM pg_catalog.pg_depend d
@@ -18,6 +29,7 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', member);
     END LOOP;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
 END
 $revoke$;
 
@@ -29,7 +41,11 @@ $revoke$;
 -- functions gains pg_otp's own tables and nothing else (not the superuser
 -- who installed it). The secret is read in C, not through any privilege.
 DO $roles$
+DECLARE
+    saved_path text := pg_catalog.current_setting('search_path');
 BEGIN
+    -- Resolve every name in this block in pg_catalog only (see the note above).
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_owner') THEN
         CREATE ROLE otp_owner NOLOGIN;
         COMMENT ON ROLE otp_owner IS 'pg_otp: owns schema otp and runs the SECURITY DEFINER functions; never grant it to anyone';
@@ -51,6 +67,7 @@ BEGIN
         CREATE ROLE otp_dispatcher NOLOGIN;
         COMMENT ON ROLE otp_dispatcher IS 'pg_otp: may use the outbox protocol (otp_outbox_*) only';
     END IF;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
 END
 $roles$;
 
@@ -77,8 +94,11 @@ TO otp_dispatcher;
 -- Everything of pg_otp belongs to otp_owner (see above).
 DO $owner$
 DECLARE
+    saved_path text := pg_catalog.current_setting('search_path');
     member record;
 BEGIN
+    -- Resolve every name in this block in pg_catalog only (see the note above).
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     ALTER SCHEMA otp OWNER TO otp_owner;
     FOR member IN
         SELECT pg_catalog.format('ALTER %s %s OWNER TO otp_owner',
@@ -98,6 +118,7 @@ BEGIN
     LOOP
         EXECUTE member.statement;
     END LOOP;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
 END
 $owner$;
 

@@ -114,26 +114,41 @@ fn main() -> Result<()> {
         ensure!(status == "active", "session_touch answered {status}");
         tx.commit()?;
         let mut tx = app.transaction()?;
-        let status: String = timed(&mut used, keep, || tx.query_one(&use_session, &[token]))?.get(0);
+        let status: String =
+            timed(&mut used, keep, || tx.query_one(&use_session, &[token]))?.get(0);
         ensure!(status == "active", "session_use answered {status}");
         // Both in the bound transaction, in alternating order.
         for turn in [i % 2, 1 - i % 2] {
-            let (statement, params, latencies): (_, &[&(dyn tokio_postgres::types::ToSql + Sync)], _) = if turn == 0 {
+            let (statement, params, latencies): (
+                _,
+                &[&(dyn tokio_postgres::types::ToSql + Sync)],
+                _,
+            ) = if turn == 0 {
                 (&guarded, &[], &mut by_policy)
             } else {
                 (&literal, &[person], &mut by_literal)
             };
             let row = timed(latencies, keep, || tx.query_one(statement, params))?;
-            ensure!(row.get::<_, i64>(0) == per_person, "{} rows instead of {per_person}", row.get::<_, i64>(0));
+            ensure!(
+                row.get::<_, i64>(0) == per_person,
+                "{} rows instead of {per_person}",
+                row.get::<_, i64>(0)
+            );
         }
         tx.commit()?;
     }
 
-    println!("| one person's pay slips of {} rows | p50 | p99 |", args.rows);
+    println!(
+        "| one person's pay slips of {} rows | p50 | p99 |",
+        args.rows
+    );
     println!("|---|---|---|");
     for (what, latencies) in [
         ("policy on otp_subject(), bound by session_use", &by_policy),
-        ("the person as a literal, on a copy without the policy", &by_literal),
+        (
+            "the person as a literal, on a copy without the policy",
+            &by_literal,
+        ),
     ] {
         println!(
             "| {what} | {:.3} ms | {:.3} ms |",

@@ -53,6 +53,20 @@ pub fn connect_in(database: &str, user: &str) -> Client {
 }
 
 /// The connection string of `database` for `user`, for other programs.
+/// A new, empty database `name`, connected as the superuser (dropped first
+/// if a previous run left it).
+pub fn fresh_database(name: &str) -> Client {
+    let mut admin = connect_to("postgres", "postgres");
+    // (separate statements: neither may run in a transaction block)
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    connect_to("postgres", name)
+}
+
 pub fn connection_string(database: &str, user: &str) -> String {
     fixture(database);
     format!(

@@ -168,7 +168,8 @@ fn a_held_cursor_keeps_only_what_its_bound_transaction_could_see() {
     let mut app = connect(APP);
     let (person, token) = &people[0];
     let mut tx = app.transaction().unwrap();
-    tx.query_one("SELECT status FROM session_use($1)", &[token]).unwrap();
+    tx.query_one("SELECT status FROM session_use($1)", &[token])
+        .unwrap();
     tx.batch_execute("DECLARE held CURSOR WITH HOLD FOR SELECT person FROM guarded_rows")
         .unwrap();
     tx.commit().unwrap();

@@ -11,8 +11,11 @@ const PLAIN: &str = "it_plain";
 
 fn plain_role(db: &mut Client) {
     db.batch_execute(&format!(
+        // Tests run in parallel: another may create the role between the
+        // check and the CREATE, which is not a failure.
         "DO $$ BEGIN
              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PLAIN}') THEN CREATE ROLE {PLAIN} LOGIN; END IF;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
          END $$"
     ))
     .unwrap();
@@ -188,4 +191,62 @@ fn the_documented_call_form_is_not_captured_by_an_overload_in_public() {
         status == "incorrect" && remaining == Some(2),
         "pg_otp answered: {status} {remaining:?}"
     );
+}
+
+/// Operators a role with CREATE on `public` plants for the comparisons an
+/// install script makes without an exact match in pg_catalog (oid =
+/// regclass, name = unknown, "char" = unknown). Each records who called it.
+const PLANTED_OPERATORS: &str = "
+    CREATE TABLE public.called (by text);
+    GRANT INSERT ON public.called TO PUBLIC;
+    CREATE FUNCTION public.eq_oid_regclass(oid, regclass) RETURNS boolean LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO public.called VALUES (current_user); RETURN $1 = $2::oid; END $$;
+    CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.eq_oid_regclass);
+    CREATE FUNCTION public.eq_name_text(name, text) RETURNS boolean LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO public.called VALUES (current_user); RETURN $1::text = $2; END $$;
+    CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = text, FUNCTION = public.eq_name_text);
+    CREATE FUNCTION public.eq_char_text(\"char\", text) RETURNS boolean LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO public.called VALUES (current_user); RETURN $1::text = $2; END $$;
+    CREATE OPERATOR public.= (LEFTARG = \"char\", RIGHTARG = text, FUNCTION = public.eq_char_text);";
+
+/// A new database where `PLAIN` may create objects in `public`.
+fn open_database(name: &str) -> Client {
+    plain_role(&mut connect_to("postgres", "postgres"));
+    let mut db = fresh_database(name);
+    db.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {PLAIN}"))
+        .unwrap();
+    db
+}
+
+fn called(db: &mut Client) -> Vec<String> {
+    db.query("SELECT by FROM public.called", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// CREATE EXTENSION runs its script as the superuser with search_path set
+/// to the target schema; 0.2.0's DO blocks compared oid with regclass and so
+/// called an operator planted in `public` as the superuser.
+#[test]
+fn operators_planted_in_the_target_schema_are_never_called_by_the_install_script() {
+    let mut db = open_database("pg_otp_planted_install");
+    connect_to(PLAIN, "pg_otp_planted_install")
+        .batch_execute(PLANTED_OPERATORS)
+        .unwrap();
+    db.batch_execute("CREATE EXTENSION pg_otp").unwrap();
+    assert_eq!(called(&mut db), Vec::<String>::new());
+}
+
+#[test]
+fn operators_planted_in_the_target_schema_are_never_called_by_the_update_script() {
+    let mut db = open_database("pg_otp_planted_update");
+    db.batch_execute("CREATE EXTENSION pg_otp VERSION '0.2.0'")
+        .unwrap();
+    connect_to(PLAIN, "pg_otp_planted_update")
+        .batch_execute(PLANTED_OPERATORS)
+        .unwrap();
+    db.batch_execute("ALTER EXTENSION pg_otp UPDATE").unwrap();
+    assert_eq!(called(&mut db), Vec::<String>::new());
 }

@@ -8,8 +8,6 @@
 
 use pg_otp_integration::*;
 
-const FRESH: &str = "pg_otp_fresh";
-
 #[test]
 fn update_from_0_1_0() {
     update_from("0.1.0", "pg_otp_upgraded_010");
@@ -18,18 +16,6 @@ fn update_from_0_1_0() {
 #[test]
 fn update_from_0_2_0() {
     update_from("0.2.0", "pg_otp_upgraded_020");
-}
-
-/// A new, empty database `name` (dropped first if a previous run left it).
-fn recreate(name: &str) -> Client {
-    let mut admin = connect_to("postgres", "postgres");
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    connect_to("postgres", name)
 }
 
 /// Everything an install of pg_otp consists of, as sorted lines of text
@@ -147,7 +133,7 @@ fn verify(db: &mut Client, conversation: &str, code: &str) -> (String, Option<St
 /// Work in flight under `old`, the update, and the schema compared with a
 /// fresh install's.
 fn update_from(old: &str, database: &str) {
-    let mut db = recreate(database);
+    let mut db = fresh_database(database);
     install(&mut db, Some(old));
     assert_eq!(extension_version(&mut db), old);
 
@@ -220,7 +206,8 @@ fn update_from(old: &str, database: &str) {
     );
 
     // The updated schema is the schema of a fresh install of the new version.
-    let mut fresh = recreate(FRESH);
+    // (one per test: the tests run in parallel)
+    let mut fresh = fresh_database(&format!("{database}_fresh"));
     install(&mut fresh, None);
     assert_eq!(extension_version(&mut fresh), new_version);
     let upgraded = schema_fingerprint(&mut db);
