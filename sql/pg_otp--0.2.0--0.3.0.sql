@@ -84,6 +84,14 @@ ALTER TABLE otp.session
         CHECK ((channel IS NULL) = (destination_key IS NULL) AND (channel IS NULL) = (key_id IS NULL));
 CREATE INDEX session_by_subject ON otp.session (agent, subject);
 
+-- Decoys' messages get an index of their own: a flood of them no longer
+-- takes the places of real messages in the dispatchers' claims.
+DROP INDEX otp.outbox_due;
+CREATE INDEX outbox_due ON otp.outbox (available_at, id)
+    WHERE state IN ('queued', 'sending') AND destination <> '';
+CREATE INDEX outbox_decoys_due ON otp.outbox (available_at, id)
+    WHERE state IN ('queued', 'sending') AND destination = '';
+
 -- The new word for a code or session whose record changed.
 ALTER TABLE otp.challenge DROP CONSTRAINT challenge_state_check,
     ADD CONSTRAINT challenge_state_check

@@ -128,8 +128,12 @@ CREATE TABLE otp.outbox (
     CHECK ((fallback_channel IS NULL) = (fallback_destination IS NULL)),
     CHECK (fallback_channel IS DISTINCT FROM channel)
 );
--- The claim's scan, in the order it takes messages (so LIMIT stops it early).
-CREATE INDEX outbox_due ON otp.outbox (available_at, id) WHERE state IN ('queued', 'sending');
+-- The claim's scan, in the order it takes messages (so LIMIT stops it early);
+-- decoys have their own, so that no number of them delays a real message.
+CREATE INDEX outbox_due ON otp.outbox (available_at, id)
+    WHERE state IN ('queued', 'sending') AND destination <> '';
+CREATE INDEX outbox_decoys_due ON otp.outbox (available_at, id)
+    WHERE state IN ('queued', 'sending') AND destination = '';
 CREATE INDEX outbox_by_challenge ON otp.outbox (challenge_id);
 
 -- Authenticated conversation sessions. The bearer token is kept only as SHA-256.

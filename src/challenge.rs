@@ -186,11 +186,12 @@ pub fn issue(
             (route.primary, route.fallback, keys)
         }
         None => {
-            let seed = keys.decoy_key(&agent.name, &subject);
+            let source = (agent.source.to_u32(), agent.id_column.as_str());
+            let seed = keys.decoy_key(source, &subject);
             (
-                record::decoy(client, &agent, &seed)?,
+                record::decoy(client, &agent, &subject, &seed)?,
                 None,
-                ring.decoy_keys(&agent.name, &subject),
+                ring.decoy_keys(source, &subject),
             )
         }
     };

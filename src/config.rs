@@ -240,7 +240,11 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     columns.extend(email_column.map(|c| ("email_column", c)));
     check_may_write_agents(client)?;
     check_source(source.oid(), &columns)?;
+    check_owns_source(client, source.oid())?;
     check_may_read(client, source.oid(), &columns)?;
+    if !reveal_unknown {
+        check_exact_identifiers(client, source.oid(), id_column)?;
+    }
     let app_role = settings.app_role.map(role_oid).transpose()?;
     if app_role.is_some() && !schema::installed().records_and_roles {
         return Err(not_updated("app_role"));
@@ -355,6 +359,37 @@ fn check_may_write_agents(client: &SpiClient<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The configuring role must have the rights of the source's owner (be a
+/// member of it, or a superuser). Lookups run as that owner (see
+/// `restricted`), past the row-level security and column grants that bind
+/// everyone else; only someone who could read the whole relation anyway may
+/// point an agent at it.
+fn check_owns_source(client: &SpiClient<'_>, source: pg_sys::Oid) -> Result<()> {
+    // pg_has_role(…, 'USAGE') is PostgreSQL's ownership rule: the privileges
+    // of the owning role, by membership or as a superuser.
+    let owns = prepared::select(
+        client,
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        Some(1),
+        &[source.into()],
+    )?
+    .first()
+    .get_one::<bool>()?
+    .unwrap_or(false);
+    if owns {
+        return Ok(());
+    }
+    Err(OtpError::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        "pg_otp: only the owner of the source relation (or a member of the owning role) may configure an agent on it",
+    )
+    .with_detail(
+        "pg_otp looks people up as the source's owner, so row-level security and column privileges \
+         that bind other roles do not apply to those lookups.",
+    )
+    .with_hint("Configure the agent as the owner of the relation, or as a member of its owning role."))
+}
+
 /// The configuring role must itself be able to read every configured column
 /// of the source, since pg_otp reads them on its behalf (and hands phone
 /// numbers and addresses to the dispatcher).
@@ -383,6 +418,47 @@ fn check_may_read(
             )
             .with_hint("Configure the agent as a role that may SELECT those columns."));
         }
+    }
+    Ok(())
+}
+
+/// Hiding unknown identifiers (reveal_unknown => false) needs an id column
+/// that compares exactly. Under a nondeterministic collation "e-77" finds
+/// the person stored as "E-77", so both spellings share that person's send
+/// limits, while two spellings of an unknown identifier would not: a way to
+/// tell the two apart.
+fn check_exact_identifiers(
+    client: &SpiClient<'_>,
+    source: pg_sys::Oid,
+    id_column: &str,
+) -> Result<()> {
+    let inexact = prepared::select(
+        client,
+        "SELECT NOT co.collisdeterministic
+           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+          WHERE a.attrelid = $1 AND a.attname = $2",
+        Some(1),
+        &[source.into(), id_column.into()],
+    )?
+    .first();
+    let inexact = if inexact.is_empty() {
+        false
+    } else {
+        inexact.get_one::<bool>()?.unwrap_or(false)
+    };
+    if inexact {
+        return Err(OtpError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "pg_otp: reveal_unknown => false needs an id column with a deterministic collation; \
+                 \"{id_column}\" has a nondeterministic one"
+            ),
+        )
+        .with_detail(
+            "Under a nondeterministic collation, spellings of a real identifier share its limits while \
+             spellings of an unknown one would not, which tells the two apart.",
+        )
+        .with_hint("Configure a view that exposes the identifier normalised (lower(), say) with a deterministic collation."));
     }
     Ok(())
 }

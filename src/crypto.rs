@@ -65,10 +65,10 @@ impl KeyRing {
     }
 
     /// A decoy's key under every configured secret (see `Keys::decoy_key`).
-    pub fn decoy_keys(&self, agent: &str, identifier: &str) -> Vec<Vec<u8>> {
+    pub fn decoy_keys(&self, source: (u32, &str), identifier: &str) -> Vec<Vec<u8>> {
         std::iter::once(&self.current)
             .chain(self.previous.as_ref())
-            .map(|keys| keys.decoy_key(agent, identifier).to_vec())
+            .map(|keys| keys.decoy_key(source, identifier).to_vec())
             .collect()
     }
 
@@ -148,15 +148,18 @@ impl Keys {
     }
 
     /// The destination key of a decoy (an identifier hidden with
-    /// reveal_unknown => false): scoped to the agent and to the identifier
-    /// exactly as it was compared, so that neither another spelling of it
-    /// nor another agent shares its send limits (which would tell a real
-    /// identifier from an unknown one).
-    pub fn decoy_key(&self, agent: &str, identifier: &str) -> [u8; 32] {
+    /// reveal_unknown => false): scoped to where the identifier was looked
+    /// up (`source`, the relation's OID and id column) and to the identifier
+    /// exactly as it was compared. Agents on the same source share it, as
+    /// they share a real person's destination limits; another spelling, or
+    /// another source, does not (either would tell an unknown identifier
+    /// from a real one).
+    pub fn decoy_key(&self, source: (u32, &str), identifier: &str) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.destination.as_ref())
             .expect("HMAC takes any key length");
         mac.update(b"decoy:");
-        for field in [agent.as_bytes(), identifier.as_bytes()] {
+        mac.update(&source.0.to_be_bytes());
+        for field in [source.1.as_bytes(), identifier.as_bytes()] {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field);
         }
@@ -248,33 +251,6 @@ fn fill_random(buf: &mut [u8]) -> Result<()> {
             "the operating system's random number generator failed: {err}"
         ))
     })
-}
-
-/// `text` with every run of six ASCII digits for which `is_code` holds
-/// replaced by `[code]` (windows inside longer runs of digits included).
-/// Provider texts are scrubbed this way: the code itself may be gone (a
-/// finished message keeps none), but its keyed hash can still recognise it.
-pub fn redact(text: &str, mut is_code: impl FnMut(&str) -> bool) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
-    let mut at = 0;
-    while at + CODE_DIGITS <= bytes.len() {
-        let window = &bytes[at..at + CODE_DIGITS];
-        if window.iter().all(u8::is_ascii_digit) {
-            // ASCII digits only: the window is on character boundaries.
-            if is_code(&text[at..at + CODE_DIGITS]) {
-                out.push_str(&text[copied..at]);
-                out.push_str("[code]");
-                at += CODE_DIGITS;
-                copied = at;
-                continue;
-            }
-        }
-        at += 1;
-    }
-    out.push_str(&text[copied..]);
-    out
 }
 
 /// A fresh, uniformly random 6-digit code.
@@ -383,27 +359,14 @@ mod tests {
     }
 
     #[test]
-    fn redaction_finds_the_code_anywhere_and_nothing_else() {
-        let is_code = |w: &str| w == "091616";
-        assert_eq!(
-            redact("code 091616 rejected (131026), ref 1091616x", is_code),
-            "code [code] rejected (131026), ref 1[code]x"
-        );
-        assert_eq!(redact("ñandú 091616", is_code), "ñandú [code]");
-        assert_eq!(redact("09161", is_code), "09161");
-        assert_eq!(redact("", is_code), "");
-        let everything = redact("091616 123456", |_| true);
-        assert_eq!(everything, "[code] [code]");
-    }
-
-    #[test]
-    fn decoy_keys_depend_on_agent_and_exact_identifier() {
+    fn decoy_keys_depend_on_source_and_exact_identifier() {
         let k = keys();
-        let base = k.decoy_key("hide-a", "E-99");
-        assert_ne!(base, k.decoy_key("hide-a", "e-99"));
-        assert_ne!(base, k.decoy_key("hide-b", "E-99"));
-        assert_ne!(base, k.decoy_key("hide-aE", "-99"));
-        assert_eq!(base, k.decoy_key("hide-a", "E-99"));
+        let base = k.decoy_key((16384, "id"), "E-99");
+        assert_ne!(base, k.decoy_key((16384, "id"), "e-99"));
+        assert_ne!(base, k.decoy_key((16385, "id"), "E-99"));
+        assert_ne!(base, k.decoy_key((16384, "idE"), "-99"));
+        assert_ne!(base, k.decoy_key((16384, "no"), "E-99"));
+        assert_eq!(base, k.decoy_key((16384, "id"), "E-99"));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub static PURGE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(600);
 
 /// Entries of the attempt ledger (see `ledger`): challenges and people with
 /// guesses not yet committed. Each takes about 100 bytes of shared memory.
-pub static LEDGER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static LEDGER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(40_000);
 
 /// Smallest secret accepted, in bytes (256 bits).
 pub const MIN_SECRET_BYTES: usize = 32;

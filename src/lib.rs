@@ -43,6 +43,7 @@ mod outbox;
 mod prepared;
 mod purge;
 mod record;
+mod redact;
 mod restricted;
 mod schema;
 mod session;

@@ -22,6 +22,7 @@ use crate::crypto::{self, Code, KeyRing, Keys};
 use crate::errors::{OtpError, Result};
 use crate::prepared;
 use crate::record::{self, Destination};
+use crate::redact;
 
 /// Channel a dispatcher listens on.
 pub const NOTIFY_CHANNEL: &str = "otp_outbox";
@@ -33,6 +34,8 @@ const BACKOFF_BASE_SECS: f64 = 1.0;
 const BACKOFF_CAP_SECS: f64 = 30.0;
 /// Provider errors are kept for diagnosis, within reason.
 const MAX_ERROR_LEN: usize = 1000;
+/// How much of a provider text is scanned for codes (see `scrub`).
+const MAX_SCANNED: usize = 16 * 1024;
 
 /// A claimed message, as otp_outbox_claim returns it.
 pub struct Claimed {
@@ -130,6 +133,7 @@ pub fn claim(
         ));
     }
     let now = clock::now();
+    advance_decoys(client, now)?;
 
     let mut claimed = Vec::with_capacity(batch_size as usize);
     let mut unopenable = Vec::new();
@@ -138,24 +142,17 @@ pub fn claim(
         let room = i64::from(batch_size) - (claimed.len() + unopenable.len()) as i64;
         let mut finished_some = false;
         let mut expired = Vec::new();
-        let mut decoys_sent = Vec::new();
         for row in claim_due(client, now, room, lease)? {
             let message_id: i64 = row.get(1)?.unwrap_or_default();
             let challenge_id: i64 = row.get(2)?.unwrap_or_default();
-            let decoy: bool = row.get(13)?.unwrap_or(false);
             match row.get::<String>(3)?.as_deref() {
-                Some("sending") if !decoy => {}
+                Some("sending") => {}
                 Some("expired") => {
                     finished_some = true;
                     expired.push(challenge_id);
                     continue;
                 }
-                Some("sent") => {
-                    finished_some = true;
-                    decoys_sent.push(challenge_id);
-                    continue;
-                }
-                // a decoy now "being sent", or a message cancelled
+                // cancelled
                 _ => {
                     finished_some = true;
                     continue;
@@ -185,7 +182,6 @@ pub fn claim(
             });
         }
         mark_delivery_expired(client, expired)?;
-        mark_decoys_delivered(client, decoys_sent, now)?;
         // Undeliverable messages took places in this batch: finish the rest
         // of them at once, then fill the places with deliverable ones.
         let full = (claimed.len() + unopenable.len()) as i64 >= i64::from(batch_size);
@@ -215,10 +211,7 @@ pub fn claim(
 /// deadlock with, each other) and moves each to `sending` under a lease, or
 /// finishes it when it can no longer be sent: `expired` (the code ran out
 /// while queued) or `cancelled` (its challenge ended while a lease ran out).
-/// A decoy (empty destination) is never returned to a dispatcher: it is
-/// "sent" for as long as a
-/// provider takes (a random 0.2 to 1 second), then finished as `sent` by a
-/// later claim, as a real message would be by its report.
+/// Decoys (empty destination) are not among them (see `advance_decoys`).
 /// The scan follows the outbox_due index in its order and stops at `limit`;
 /// each message's challenge is looked up by its key.
 fn claim_due<'conn>(
@@ -234,26 +227,22 @@ fn claim_due<'conn>(
                     CASE WHEN o.expires_at <= $1 THEN 'expired'
                          WHEN (SELECT c.state FROM otp.challenge c WHERE c.id = o.challenge_id)
                               IS DISTINCT FROM 'pending' THEN 'cancelled'
-                         WHEN o.destination = '' AND o.state = 'sending' THEN 'sent'
                          ELSE 'sending' END AS next_state
                FROM otp.outbox o
-              WHERE o.state IN ('queued', 'sending') AND o.available_at <= $1
+              WHERE o.state IN ('queued', 'sending') AND o.destination <> '' AND o.available_at <= $1
               ORDER BY o.available_at, o.id
               LIMIT $2
                 FOR UPDATE SKIP LOCKED)
          UPDATE otp.outbox o
             SET state = judged.next_state,
                 attempt = CASE WHEN judged.next_state = 'sending' THEN o.attempt + 1 ELSE o.attempt END,
-                available_at = CASE WHEN judged.next_state <> 'sending' THEN o.available_at
-                                    WHEN o.destination = '' THEN $1 + pg_catalog.make_interval(secs => 0.2 + 0.8 * pg_catalog.random())
-                                    ELSE $1 + $3 END,
+                available_at = CASE WHEN judged.next_state = 'sending' THEN $1 + $3 ELSE o.available_at END,
                 code_nonce = CASE WHEN judged.next_state = 'sending' THEN o.code_nonce END,
                 code_sealed = CASE WHEN judged.next_state = 'sending' THEN o.code_sealed END,
-                sent_at = CASE WHEN judged.next_state = 'sent' THEN $1 ELSE o.sent_at END,
                 finished_at = CASE WHEN judged.next_state = 'sending' THEN NULL ELSE $1 END
            FROM judged WHERE o.id = judged.id
       RETURNING o.id, o.challenge_id, o.state, o.agent, o.conversation, o.channel, o.destination,
-                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id, o.destination = ''",
+                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id",
         None,
         &[now.into(), limit.into(), lease.into()],
     )
@@ -274,7 +263,7 @@ fn finish_undeliverable(
         "WITH undeliverable AS (
              SELECT o.id, CASE WHEN o.expires_at <= $1 THEN 'expired' ELSE 'cancelled' END AS final_state
                FROM otp.outbox o
-              WHERE o.state IN ('queued', 'sending') AND o.available_at <= $1
+              WHERE o.state IN ('queued', 'sending') AND o.destination <> '' AND o.available_at <= $1
                 AND (o.expires_at <= $1
                      OR (SELECT c.state FROM otp.challenge c WHERE c.id = o.challenge_id)
                         IS DISTINCT FROM 'pending')
@@ -292,6 +281,59 @@ fn finish_undeliverable(
     )?
     .map(|row| Ok(row.get::<i64>(1)?.unwrap_or_default()))
     .collect()
+}
+
+/// Decoys one claim moves on at most; more wait for the next claim.
+const MAX_DECOYS_PER_CLAIM: i64 = 1000;
+
+/// Moves decoys' messages through the life of a real one, without any
+/// dispatcher seeing them: due ones become `sending` for as long as a
+/// provider takes (a random 0.2 to 1 second), and at the next claim after
+/// that `sent`, as a real message would on its report; they expire or are
+/// cancelled like real ones. Decoys have their own index (outbox_decoys_due)
+/// and a bounded share of each claim, so however many an application makes,
+/// real messages are claimed as before.
+fn advance_decoys(client: &mut SpiClient<'_>, now: TimestampWithTimeZone) -> Result<()> {
+    let moved: Vec<(i64, String)> = prepared::update(
+        client,
+        "WITH due AS (
+             SELECT o.id,
+                    CASE WHEN o.expires_at <= $1 THEN 'expired'
+                         WHEN (SELECT c.state FROM otp.challenge c WHERE c.id = o.challenge_id)
+                              IS DISTINCT FROM 'pending' THEN 'cancelled'
+                         WHEN o.state = 'sending' THEN 'sent'
+                         ELSE 'sending' END AS next_state
+               FROM otp.outbox o
+              WHERE o.state IN ('queued', 'sending') AND o.destination = '' AND o.available_at <= $1
+              ORDER BY o.available_at, o.id
+              LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+         UPDATE otp.outbox o
+            SET state = due.next_state,
+                attempt = CASE WHEN due.next_state = 'sending' THEN o.attempt + 1 ELSE o.attempt END,
+                available_at = CASE WHEN due.next_state = 'sending'
+                                    THEN $1 + pg_catalog.make_interval(secs => 0.2 + 0.8 * pg_catalog.random())
+                                    ELSE o.available_at END,
+                code_nonce = CASE WHEN due.next_state = 'sending' THEN o.code_nonce END,
+                code_sealed = CASE WHEN due.next_state = 'sending' THEN o.code_sealed END,
+                sent_at = CASE WHEN due.next_state = 'sent' THEN $1 ELSE o.sent_at END,
+                finished_at = CASE WHEN due.next_state = 'sending' THEN NULL ELSE $1 END
+           FROM due WHERE o.id = due.id
+      RETURNING o.challenge_id, o.state",
+        None,
+        &[now.into(), MAX_DECOYS_PER_CLAIM.into()],
+    )?
+    .map(|row| Ok((row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or_default())))
+    .collect::<Result<_>>()?;
+    let ended = |word: &str| -> Vec<i64> {
+        moved
+            .iter()
+            .filter(|(_, state)| state == word)
+            .map(|(challenge, _)| *challenge)
+            .collect()
+    };
+    mark_delivery_expired(client, ended("expired"))?;
+    mark_decoys_delivered(client, ended("sent"), now)
 }
 
 /// Mirrors on the challenges that their message expired before delivery.
@@ -392,14 +434,17 @@ fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<M
 /// not name it (see api.rs); None for an unknown message.
 pub fn current_attempt(client: &SpiClient<'_>, message_id: Option<i64>) -> Result<Option<i32>> {
     let message_id = message_id.ok_or_else(|| OtpError::null_argument("message_id"))?;
-    Ok(prepared::select(
+    let row = prepared::select(
         client,
         "SELECT attempt FROM otp.outbox WHERE id = $1",
         Some(1),
         &[message_id.into()],
     )?
-    .first()
-    .get_one::<i32>()?)
+    .first();
+    if row.is_empty() {
+        return Ok(None);
+    }
+    Ok(row.get_one::<i32>()?)
 }
 
 /// Whether a report for `attempt` concerns the message as it is now. A
@@ -668,7 +713,10 @@ pub fn backoff_seconds(attempt: i32) -> f64 {
 /// cannot be checked (the challenge or its secret is gone), every run of
 /// six digits is blanked.
 fn scrub(ring: &KeyRing, message: &Message, text: &str) -> String {
-    let text = truncate(text, MAX_ERROR_LEN);
+    // Blank first, then cut: a cut through a code would keep part of it.
+    // The scan costs a keyed hash per window of digits; what lies beyond
+    // MAX_SCANNED bytes (far past MAX_ERROR_LEN characters) is never kept.
+    let text = prefix_bytes(text, MAX_SCANNED);
     let hashed = message
         .code_hash
         .as_ref()
@@ -676,12 +724,23 @@ fn scrub(ring: &KeyRing, message: &Message, text: &str) -> String {
             ring.for_id(key_id)
                 .map(|keys| (keys, hash, agent, conversation))
         });
-    match hashed {
-        Some((keys, hash, agent, conversation)) => crypto::redact(&text, |candidate| {
+    let blanked = match hashed {
+        Some((keys, hash, agent, conversation)) => redact::codes(text, |candidate| {
             keys.code_matches(hash, message.challenge_id, agent, conversation, candidate)
         }),
-        None => crypto::redact(&text, |_| true),
+        None => redact::codes(text, |_| true),
+    };
+    truncate(&blanked, MAX_ERROR_LEN)
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+fn prefix_bytes(text: &str, max: usize) -> &str {
+    let mut cut = text.len().min(max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
     }
+    &text[..cut]
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -28,28 +28,54 @@ pub struct Destination {
     pub hint: String,
 }
 
+/// The parts of a lookup in an agent's source, checked against the catalog.
+/// Identifiers are quoted by PostgreSQL's own quote_identifier, so column
+/// names never become SQL; values are always bound parameters.
+struct Columns {
+    /// The relation, schema-qualified and quoted.
+    relation: String,
+    /// The id column as text.
+    id: String,
+    /// The id, phone and email columns as text (NULL for a channel the agent
+    /// does not have), in the order of `Record`'s fields.
+    fields: String,
+}
+
+impl Columns {
+    fn of(agent: &Agent) -> Result<Columns> {
+        let mut columns = vec![("id_column", agent.id_column.as_str())];
+        columns.extend(agent.phone_column.as_deref().map(|c| ("phone_column", c)));
+        columns.extend(agent.email_column.as_deref().map(|c| ("email_column", c)));
+        let relation = check_source(agent.source, &columns)?;
+        let as_text = |column: Option<&str>| match column {
+            Some(c) => format!("{}::text", pgrx::spi::quote_identifier(c)),
+            None => "NULL::text".to_owned(),
+        };
+        let id = as_text(Some(&agent.id_column));
+        let fields = format!(
+            "{id}, {phone}, {email}",
+            phone = as_text(agent.phone_column.as_deref()),
+            email = as_text(agent.email_column.as_deref()),
+        );
+        Ok(Columns {
+            relation,
+            id,
+            fields,
+        })
+    }
+}
+
 /// Finds the record whose id column equals `identifier` (compared as text).
 /// More than one match is a configuration error: the id column must identify.
 pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<Option<Record>> {
-    let mut columns = vec![("id_column", agent.id_column.as_str())];
-    columns.extend(agent.phone_column.as_deref().map(|c| ("phone_column", c)));
-    columns.extend(agent.email_column.as_deref().map(|c| ("email_column", c)));
-    let relation = check_source(agent.source, &columns)?;
-
-    let quoted = |column: Option<&str>| match column {
-        Some(c) => format!("{}::text", pgrx::spi::quote_identifier(c)),
-        None => "NULL::text".to_owned(),
-    };
-    let id = quoted(Some(&agent.id_column));
-    // Identifiers are quoted by PostgreSQL's own quote_identifier: no injection
-    // through column names. The value is a bound parameter. `col::text = $1`
-    // uses a plain index on text/varchar columns; other types need an index on
-    // (col::text), as the README explains.
-    let query = format!(
-        "SELECT {id}, {phone}, {email} FROM {relation} WHERE {id} = $1 LIMIT 2",
-        phone = quoted(agent.phone_column.as_deref()),
-        email = quoted(agent.email_column.as_deref()),
-    );
+    let Columns {
+        relation,
+        id,
+        fields,
+    } = Columns::of(agent)?;
+    // `col::text = $1` uses a plain index on text/varchar columns; other
+    // types need an index on (col::text), as the README explains.
+    let query = format!("SELECT {fields} FROM {relation} WHERE {id} = $1 LIMIT 2");
     // The relation's own code (a view's functions, a cast) runs with its
     // owner's rights, never pg_otp's (see `restricted`).
     let owner = restricted::owner(agent.source)?;
@@ -113,39 +139,83 @@ pub fn route(record: &Record, preferred: Channel) -> Option<Route> {
 }
 
 /// A plausible destination for someone the agent must not reveal as unknown
-/// (reveal_unknown = false): the channel a real person would most likely
-/// get, and a hint derived from `seed` (a keyed hash of the identifier), so
-/// the same identifier always shows the same hint. Email hints use a domain
-/// the source really holds. Nothing is ever sent to it.
-pub fn decoy(client: &SpiClient<'_>, agent: &Agent, seed: &[u8; 32]) -> Result<Destination> {
-    let whatsapp = agent.phone_column.is_some()
-        && (agent.preferred_channel == Channel::WhatsApp || agent.email_column.is_none());
-    if whatsapp {
-        let digits = u16::from_be_bytes([seed[0], seed[1]]) % 100;
-        return Ok(Destination {
-            channel: Channel::WhatsApp,
-            address: String::new(),
-            hint: format!("***{digits:02}"),
-        });
-    }
-    let email_column = agent.email_column.as_deref().unwrap_or_default();
-    let relation = check_source(agent.source, &[("email_column", email_column)])?;
-    let column = pgrx::spi::quote_identifier(email_column);
+/// (reveal_unknown = false). Its channel, and an email's domain, are those
+/// of the record whose identifier follows `identifier` in the id column's
+/// order (wrapping around): a record as good as drawn at random, so decoys
+/// get WhatsApp or email, and domains, in the proportions real people do,
+/// and the same identifier always gets the same one. The rest of the hint
+/// comes from `seed` (a keyed hash of the identifier). Nothing is ever sent
+/// to it.
+pub fn decoy(
+    client: &SpiClient<'_>,
+    agent: &Agent,
+    identifier: &str,
+    seed: &[u8; 32],
+) -> Result<Destination> {
+    let neighbour = neighbour(client, agent, identifier)?;
+    let channel = neighbour
+        .as_ref()
+        .and_then(|record| route(record, agent.preferred_channel))
+        .map(|route| route.primary)
+        .map_or_else(
+            // An empty source, or a neighbour without any address: the
+            // channel the agent would pick for someone who has both.
+            || match (&agent.phone_column, &agent.email_column) {
+                (Some(_), Some(_)) => (agent.preferred_channel, None),
+                (Some(_), None) => (Channel::WhatsApp, None),
+                _ => (Channel::Email, None),
+            },
+            |primary| (primary.channel, Some(primary.address)),
+        );
+    let hint = match channel {
+        (Channel::WhatsApp, _) => {
+            let digits = u16::from_be_bytes([seed[0], seed[1]]) % 100;
+            format!("***{digits:02}")
+        }
+        (Channel::Email, address) => {
+            let letter = char::from(b'a' + seed[2] % 26);
+            let domain = address
+                .as_deref()
+                .and_then(|a| a.rsplit_once('@'))
+                .map(|(_, domain)| domain.to_owned())
+                .filter(|domain| !domain.is_empty())
+                .unwrap_or_else(|| "example.com".to_owned());
+            format!("{letter}***@{domain}")
+        }
+    };
+    Ok(Destination {
+        channel: channel.0,
+        address: String::new(),
+        hint,
+    })
+}
+
+/// The record whose identifier comes next after `identifier` in the id
+/// column's order (the first one when none does): two index probes.
+fn neighbour(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<Option<Record>> {
+    let Columns {
+        relation,
+        id,
+        fields,
+    } = Columns::of(agent)?;
     let query = format!(
-        "SELECT split_part({column}::text, '@', 2) FROM {relation} WHERE {column}::text LIKE '_%@_%' LIMIT 1"
+        "(SELECT {fields} FROM {relation} WHERE {id} > $1 ORDER BY {id} LIMIT 1)
+         UNION ALL
+         (SELECT {fields} FROM {relation} ORDER BY {id} LIMIT 1)
+         LIMIT 1"
     );
     let owner = restricted::owner(agent.source)?;
-    let domain: Option<String> = restricted::as_owner(owner, || -> Result<Option<String>> {
-        Ok(prepared::select(client, query.as_str(), Some(1), &[])?
-            .first()
-            .get_one()?)
-    })?;
-    let letter = char::from(b'a' + seed[2] % 26);
-    let domain = domain.unwrap_or_else(|| "example.com".to_owned());
-    Ok(Destination {
-        channel: Channel::Email,
-        address: String::new(),
-        hint: format!("{letter}***@{domain}"),
+    restricted::as_owner(owner, || -> Result<Option<Record>> {
+        let rows = prepared::select(client, query.as_str(), Some(1), &[identifier.into()])?;
+        let row = rows.first();
+        if row.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Record {
+            subject: row.get(1)?.unwrap_or_default(),
+            phone: row.get(2)?,
+            email: row.get(3)?,
+        }))
     })
 }
 

@@ -23,6 +23,12 @@
 //! a restart (or a failover) forgets guesses whose transactions rolled back,
 //! never committed ones; it holds `otp.ledger_size` entries, and when it is
 //! full of entries it cannot forget, verification fails closed (53400).
+//! Every entry is counted against the role that made it (in its database),
+//! which may hold at most a quarter of the ledger: an application that
+//! fills the ledger on purpose shuts out itself, not everyone. A person's
+//! failures that no committed transaction recorded are forgotten once the
+//! agent's lockout_duration has passed since the last of them, at the pace
+//! at which committed failures would have ended in a lockout and expired.
 //! A right code resets the person's failure count at once, even if its
 //! transaction then rolls back: only someone who has the code can do that.
 
@@ -46,7 +52,12 @@ pub use settle::{
 enum Kind {
     Challenge = 1,
     Person = 2,
+    /// A role, with the number of entries it made (see `table`).
+    Holder = 3,
 }
+
+/// A role may hold at most 1/SHARES of the ledger.
+const SHARES: i64 = 4;
 
 /// An entry's key: fixed size and free of padding, since the shared table
 /// compares keys as bytes.
@@ -62,7 +73,8 @@ pub struct Key {
 
 /// What the ledger knows: for a challenge, attempts used, whether a right
 /// code was used, and when the code expires (after which the entry is
-/// worthless); for a person, failures in a row and the end of a lockout.
+/// worthless); for a person, failures in a row, the end of a lockout, and
+/// when failures that never reached a lockout may be forgotten.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct State {
@@ -70,12 +82,19 @@ pub struct State {
     pub consumed: bool,
     /// Microseconds since 2000-01-01 (TimestampTz); 0 for none.
     pub until: i64,
+    /// As `until`: a person's last failure plus the lockout duration.
+    pub forget_at: i64,
 }
 
 impl Key {
+    /// A challenge, by its id and the OID of otp.challenge: ids start over
+    /// when the extension is dropped and created again, the OID does not
+    /// come back (while the server runs), so a new challenge never inherits
+    /// an old one's attempts.
     fn challenge(challenge_id: i64) -> Key {
         let mut id = [0u8; 32];
         id[..8].copy_from_slice(&challenge_id.to_be_bytes());
+        id[8..12].copy_from_slice(&challenge_table().to_u32().to_be_bytes());
         Key::new(Kind::Challenge, id)
     }
 
@@ -88,6 +107,16 @@ impl Key {
         Key::new(Kind::Person, digest.finalize().into())
     }
 
+    /// The role this session acts as: the login role or the one SET ROLE
+    /// chose, never the owner of a SECURITY DEFINER function.
+    fn holder() -> Key {
+        let mut id = [0u8; 32];
+        // SAFETY: set for the life of the session.
+        let role = unsafe { pg_sys::GetOuterUserId() };
+        id[..4].copy_from_slice(&role.to_u32().to_be_bytes());
+        Key::new(Kind::Holder, id)
+    }
+
     fn new(kind: Kind, id: [u8; 32]) -> Key {
         Key {
             // SAFETY: set for the life of the backend before any SQL runs.
@@ -96,6 +125,15 @@ impl Key {
             scope: scope(),
             id,
         }
+    }
+}
+
+/// The OID of otp.challenge in this database (InvalidOid if there is none).
+fn challenge_table() -> pg_sys::Oid {
+    // SAFETY: syscache lookups by name; both return InvalidOid when missing.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"otp".as_ptr(), true);
+        pg_sys::get_relname_relid(c"challenge".as_ptr(), schema)
     }
 }
 
@@ -129,7 +167,7 @@ pub struct Person<'a> {
     pub failures: i32,
     pub locked_until: Option<i64>,
     pub lockout_threshold: i32,
-    /// When a lockout starting now would end.
+    /// When a lockout starting now would end (now + lockout_duration).
     pub lockout_end: i64,
 }
 
@@ -173,29 +211,30 @@ pub fn guess(
 ) -> Result<Guess> {
     let challenge_key = Key::challenge(challenge.id);
     let person_key = Key::person(person.agent, person.subject);
+    let holder = Key::holder();
     let mut ledger = Locked::exclusive();
     // Both entries exist before anything is compared: a full ledger fails
     // closed here, not after an answer was computed.
     let durable_challenge = State {
         count: challenge.attempts_used,
-        consumed: false,
         until: challenge.expires_at,
+        ..State::default()
     };
     let durable_person = State {
         count: person.failures,
-        consumed: false,
         until: person.locked_until.unwrap_or(0),
+        ..State::default()
     };
-    if !make_room(&mut ledger, &[challenge_key, person_key], now) {
+    if let Err(refusal) = make_room(&mut ledger, &[challenge_key, person_key], &holder, now) {
         drop(ledger);
-        return Err(full());
+        return Err(refusal);
     }
     let mut c = ledger
-        .get_or_insert(&challenge_key, durable_challenge)
+        .get_or_insert(&challenge_key, durable_challenge, &holder)
         .map(|e| e.state)
         .expect("room was made");
     let mut p = ledger
-        .get_or_insert(&person_key, durable_person)
+        .get_or_insert(&person_key, durable_person, &holder)
         .map(|e| e.state)
         .expect("room was made");
     // Attempts only grow; a lockout only lengthens. The failure count of an
@@ -217,6 +256,7 @@ pub fn guess(
             (Judgement::Right, true)
         } else {
             p.count += 1;
+            p.forget_at = person.lockout_end;
             let locked_out = p.count >= person.lockout_threshold;
             if locked_out {
                 p.until = person.lockout_end;
@@ -232,10 +272,10 @@ pub fn guess(
             )
         }
     };
-    if let Some(entry) = ledger.get_or_insert(&challenge_key, c) {
+    if let Some(entry) = ledger.get_or_insert(&challenge_key, c, &holder) {
         entry.state = c;
     }
-    if let Some(entry) = ledger.get_or_insert(&person_key, p) {
+    if let Some(entry) = ledger.get_or_insert(&person_key, p, &holder) {
         entry.state = p;
     }
     drop(ledger);
@@ -257,30 +297,52 @@ pub fn guess(
     })
 }
 
-/// Makes sure `keys` have entries or there is room for them, forgetting
-/// entries that know nothing the tables do not: challenges whose code has
-/// expired, people without failures or a running lockout.
-fn make_room(ledger: &mut Locked, keys: &[Key], now: i64) -> bool {
+/// Makes sure `keys` have entries or there is room for them within the
+/// ledger and within `holder`'s share of it, forgetting entries that know
+/// nothing the tables do not or that have outlived their use: challenges
+/// whose code has expired, people without a running lockout whose failures
+/// are settled or older than the lockout duration.
+fn make_room(ledger: &mut Locked, keys: &[Key], holder: &Key, now: i64) -> Result<()> {
     let missing = keys.iter().filter(|key| ledger.get(key).is_none()).count() as i64;
-    if ledger.len() + missing <= ledger.capacity() {
-        return true;
+    if missing == 0 {
+        return Ok(());
+    }
+    let share = ledger.capacity() / SHARES;
+    let room = |ledger: &mut Locked| {
+        let holder_missing = i64::from(ledger.get(holder).is_none());
+        (
+            ledger.len() + missing + holder_missing <= ledger.capacity(),
+            ledger.held_by(holder) + missing <= share,
+        )
+    };
+    if room(ledger) == (true, true) {
+        return Ok(());
     }
     ledger.remove_where(|key, state| match key.kind {
         k if k == Kind::Challenge as u32 => state.until <= now,
-        _ => state.count == 0 && state.until <= now,
+        _ => state.until <= now && (state.count == 0 || state.forget_at <= now),
     });
-    ledger.len() + missing <= ledger.capacity()
+    match room(ledger) {
+        (true, true) => Ok(()),
+        (_, false) => Err(full(
+            "This role holds its share (a quarter) of the ledger: guesses it made whose transactions rolled back.",
+        )),
+        (false, true) => Err(full(
+            "The ledger remembers guesses whose transactions rolled back; it is full of ones it cannot forget yet.",
+        )),
+    }
 }
 
-fn full() -> OtpError {
+fn full(detail: &str) -> OtpError {
     OtpError::new(
         PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
         "pg_otp: the attempt ledger is full; no code can be checked until it has room",
     )
-    .with_detail(
-        "The ledger remembers guesses whose transactions rolled back; it is full of ones it cannot forget yet.",
+    .with_detail(detail)
+    .with_hint(
+        "Entries are forgotten when their code expires or after the agent's lockout_duration; \
+         otp.ledger_size (postgresql.conf, needs a restart) sets its size.",
     )
-    .with_hint("Raise otp.ledger_size in postgresql.conf and restart PostgreSQL.")
 }
 
 /// What the ledger knows of a challenge beyond its row: attempts used
@@ -289,8 +351,9 @@ pub fn challenge(challenge_id: i64) -> Option<State> {
     if !table::available() {
         return None;
     }
+    let key = Key::challenge(challenge_id);
     let mut ledger = Locked::shared();
-    ledger.get(&Key::challenge(challenge_id)).map(|e| e.state)
+    ledger.get(&key).map(|e| e.state)
 }
 
 /// The end of a lockout the ledger knows of, beyond the person's row.
@@ -298,9 +361,10 @@ pub fn locked_until(agent: &str, subject: &str) -> Option<i64> {
     if !table::available() {
         return None;
     }
+    let key = Key::person(agent, subject);
     let mut ledger = Locked::shared();
     ledger
-        .get(&Key::person(agent, subject))
+        .get(&key)
         .map(|e| e.state.until)
         .filter(|until| *until != 0)
 }

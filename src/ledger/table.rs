@@ -13,12 +13,16 @@ use super::{Key, State};
 
 const NAME: &CStr = c"pg_otp attempt ledger";
 
-/// One entry: what the ledger knows of a challenge or a person.
+/// One entry: what the ledger knows of a challenge or a person, and the
+/// holder it is counted against. A holder's own entry (whose `holder` is
+/// its own key) counts, in `held`, the entries it holds.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Entry {
     key: Key,
     pub state: State,
+    holder: Key,
+    held: i64,
 }
 
 // Where the table lives in shared memory, and its lock: set in the
@@ -141,12 +145,34 @@ impl Locked {
         }
     }
 
-    /// The entry for `key`, made with `initial` if there was none; None when
-    /// the table is full.
-    pub fn get_or_insert(&mut self, key: &Key, initial: State) -> Option<&mut Entry> {
-        if self.get(key).is_none() && self.len() >= self.capacity {
-            return None;
+    /// The entry for `key`, made with `initial` and counted against
+    /// `holder` if there was none; None when the table is full.
+    pub fn get_or_insert(&mut self, key: &Key, initial: State, holder: &Key) -> Option<&mut Entry> {
+        if self.get(key).is_none() {
+            let holder_missing = i64::from(self.get(holder).is_none());
+            if self.len() + 1 + holder_missing > self.capacity {
+                return None;
+            }
+            let counter = self.enter(holder)?;
+            if counter.0 {
+                counter.1.holder = *holder;
+                counter.1.held = 0;
+                counter.1.state = State::default();
+            }
+            counter.1.held += 1;
+            let (new, entry) = self.enter(key)?;
+            if new {
+                entry.state = initial;
+                entry.holder = *holder;
+                entry.held = 0;
+            }
         }
+        self.get(key)
+    }
+
+    /// The entry for `key`, created (uninitialised but for its key) when
+    /// missing: (created, entry).
+    fn enter(&mut self, key: &Key) -> Option<(bool, &mut Entry)> {
         let mut found = false;
         // SAFETY: as in `get`; HASH_ENTER_NULL returns NULL instead of
         // raising an ERROR when out of memory.
@@ -160,13 +186,33 @@ impl Locked {
             .cast::<Entry>()
             .as_mut()?
         };
-        if !found {
-            entry.state = initial;
-        }
-        Some(entry)
+        Some((!found, entry))
     }
 
+    /// How many entries are counted against `holder`.
+    pub fn held_by(&mut self, holder: &Key) -> i64 {
+        self.get(holder).map_or(0, |entry| entry.held)
+    }
+
+    /// Removes the entry for `key`, and its holder's entry once it holds
+    /// nothing more.
     pub fn remove(&mut self, key: &Key) {
+        let Some(holder) = self.get(key).map(|entry| entry.holder) else {
+            return;
+        };
+        self.delete(key);
+        if holder == *key {
+            return;
+        }
+        if let Some(counter) = self.get(&holder) {
+            counter.held -= 1;
+            if counter.held <= 0 {
+                self.delete(&holder);
+            }
+        }
+    }
+
+    fn delete(&mut self, key: &Key) {
         // SAFETY: as in `get`.
         unsafe {
             pg_sys::hash_search(
@@ -187,19 +233,38 @@ impl Locked {
         self.capacity
     }
 
-    /// Removes every entry for which `forget` is true.
+    /// Removes every entry (holders' own excepted) for which `forget` is
+    /// true, then the holders left holding nothing.
     pub fn remove_where(&mut self, mut forget: impl FnMut(&Key, &State) -> bool) {
-        // SAFETY: dynahash allows removing the element a sequential scan
-        // has just returned.
+        self.scan_removing(|table, entry| {
+            if entry.holder == entry.key || !forget(&entry.key, &entry.state) {
+                return false;
+            }
+            // Changing a field of another entry does not disturb the scan;
+            // removing it would, so emptied holders go in a second pass.
+            if let Some(counter) = table.get(&entry.holder) {
+                counter.held -= 1;
+            }
+            true
+        });
+        self.scan_removing(|_, entry| entry.holder == entry.key && entry.held <= 0);
+    }
+
+    /// One sequential scan that removes each entry for which `doomed` is
+    /// true (dynahash allows removing the element a scan has just returned).
+    fn scan_removing(&mut self, mut doomed: impl FnMut(&mut Self, &Entry) -> bool) {
+        // SAFETY: a sequential scan of a valid table under our lock, run to
+        // its end (which releases it); entries are copied before removal.
         unsafe {
             let mut scan = std::mem::MaybeUninit::<pg_sys::HASH_SEQ_STATUS>::uninit();
             pg_sys::hash_seq_init(scan.as_mut_ptr(), self.table);
             loop {
                 let entry = pg_sys::hash_seq_search(scan.as_mut_ptr()).cast::<Entry>();
-                let Some(entry) = entry.as_ref() else { break };
-                if forget(&entry.key, &entry.state) {
-                    let key = entry.key;
-                    self.remove(&key);
+                let Some(entry) = entry.as_ref().copied() else {
+                    break;
+                };
+                if doomed(self, &entry) {
+                    self.delete(&entry.key);
                 }
             }
         }

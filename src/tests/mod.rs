@@ -1802,17 +1802,24 @@ mod tests {
 
     // ---- findings of the attack on 0.2.0 --------------------------------------
 
-    /// Decoy state is keyed on the agent and on the identifier exactly as it
-    /// was compared: neither another spelling nor another hiding agent can
-    /// tell an unknown identifier from a real one through the send limits.
+    /// Decoy state is keyed on where the identifier is looked up (the source
+    /// and its id column) and on the identifier exactly as it was compared:
+    /// agents on one source share a decoy's send limits as they share a real
+    /// person's, and another spelling is another decoy, as it would be
+    /// another (unknown) person.
     #[pg_test]
-    fn decoys_are_scoped_to_the_agent_and_the_exact_identifier() {
+    fn decoys_are_scoped_to_the_source_and_the_exact_identifier() {
         fixture();
         run("INSERT INTO public.employees VALUES ('e-77', 'Eve Ito', '+34 600 000 077', NULL, 1000)");
+        run("CREATE TABLE public.contractors AS SELECT * FROM public.employees");
         // default limits: a 30-second cooldown per person and per destination
-        for agent in ["hide-a", "hide-b"] {
+        for (agent, source) in [
+            ("hide-a", "employees"),
+            ("hide-b", "employees"),
+            ("hide-c", "contractors"),
+        ] {
             run(&format!(
-                "SELECT otp_configure(agent => '{agent}', source => 'public.employees', id_column => 'employee_no',
+                "SELECT otp_configure(agent => '{agent}', source => 'public.{source}', id_column => 'employee_no',
                                       phone_column => 'whatsapp', reveal_unknown => false)"
             ));
         }
@@ -1822,12 +1829,108 @@ mod tests {
         assert!(answer("hide-a", "t-sp-3", "E-99").starts_with("code_sent/"));
         let second_unknown = answer("hide-a", "t-sp-4", "e-99");
         assert!(second_unknown.starts_with("code_sent/"), "{second_unknown}");
-        // agents: priming Z-1 in one hiding agent says nothing in another
+        // agents on one source: a real person primed in one is limited in the
+        // other (their phone is in its cooldown), and so is a decoy
+        assert!(answer("hide-b", "t-ag-real", "e-77").starts_with("rate_limited"));
         assert!(answer("hide-a", "t-ag-1", "Z-1").starts_with("code_sent/"));
-        let other_agent = answer("hide-b", "t-ag-2", "Z-1");
-        assert!(other_agent.starts_with("code_sent/"), "{other_agent}");
-        // within one agent and spelling, the decoy is limited like a person
-        assert!(answer("hide-a", "t-ag-3", "Z-1").starts_with("rate_limited"));
+        let same_source = answer("hide-b", "t-ag-2", "Z-1");
+        assert!(same_source.starts_with("rate_limited"), "{same_source}");
+        // another source is another namespace, for people as for decoys
+        let other_source = answer("hide-c", "t-ag-3", "Z-1");
+        assert!(other_source.starts_with("code_sent/"), "{other_source}");
+    }
+
+    /// A decoy gets the channel (and an email's domain) of a real record, the
+    /// one next to its identifier, so decoys come in the proportions real
+    /// people do; the same identifier always gets the same one. An empty
+    /// source still answers like a real code.
+    #[pg_test]
+    fn decoys_look_like_the_people_of_the_source() {
+        fixture();
+        run(
+            "CREATE TABLE public.mixed (id text PRIMARY KEY, phone text, email text);
+             INSERT INTO public.mixed VALUES ('a1', '+34 600 000 001', NULL),
+                                             ('b1', NULL, 'bea@corp.example'),
+                                             ('c1', '+34 600 000 003', 'cy@corp.example');
+             CREATE TABLE public.nobody (id text PRIMARY KEY, phone text, email text);",
+        );
+        for (agent, source) in [("mixed", "mixed"), ("nobody", "nobody")] {
+            run(&format!(
+                "SELECT otp_configure(agent => '{agent}', source => 'public.{source}', id_column => 'id',
+                                      phone_column => 'phone', email_column => 'email',
+                                      reveal_unknown => false, max_codes => 1000000, resend_cooldown => '0')"
+            ));
+        }
+        let channel_and_domain = |identifier: &str| -> String {
+            let answer = answer("mixed", "t-mixed", identifier);
+            let mut parts = answer.split('/');
+            let (status, channel, hint) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+            assert_eq!(status, Some("code_sent"), "{answer}");
+            format!(
+                "{}{}",
+                channel.unwrap_or(""),
+                hint.split_once('@')
+                    .map(|(_, d)| format!("@{d}"))
+                    .unwrap_or_default()
+            )
+        };
+        // before a1, between a1 and b1 (next: b1, email only), after c1 (wraps to a1)
+        assert_eq!(channel_and_domain("0"), "whatsapp");
+        assert_eq!(channel_and_domain("a5"), "email@corp.example");
+        assert_eq!(channel_and_domain("b5"), "whatsapp");
+        assert_eq!(channel_and_domain("zz"), "whatsapp");
+        assert_eq!(channel_and_domain("a5"), "email@corp.example");
+        let empty = answer("nobody", "t-nobody", "x");
+        assert!(empty.starts_with("code_sent/whatsapp/***"), "{empty}");
+    }
+
+    /// Hiding unknown identifiers is refused over an id column whose
+    /// collation is nondeterministic: there "e-77" finds the person stored as
+    /// "E-77" (one person, shared limits) while spellings of an unknown
+    /// identifier are different decoys, which would tell them apart.
+    #[pg_test]
+    fn hiding_needs_an_exactly_compared_id_column() {
+        fixture();
+        run("CREATE COLLATION public.otp_test_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE public.ci_people (id text COLLATE public.otp_test_ci PRIMARY KEY, phone text);");
+        let configure = |reveal: bool| {
+            sqlstate(&format!(
+                "SELECT otp_configure(agent => 'ci', source => 'public.ci_people', id_column => 'id',
+                                      phone_column => 'phone', reveal_unknown => {reveal})"
+            ))
+        };
+        assert_eq!(configure(false), "0A000");
+        assert_eq!(configure(true), "ok");
+    }
+
+    /// However many decoys an application makes, they never take the places
+    /// of real messages in a claim: a real message queued behind a flood of
+    /// them is claimed by the next dispatcher, and the decoys still move on.
+    #[pg_test]
+    fn a_flood_of_decoys_does_not_delay_real_messages() {
+        fixture();
+        configure("flood", ", reveal_unknown => false");
+        for n in 0..50 {
+            issue_for("flood", &format!("t-flood-{n}"), &format!("ghost-{n}"));
+        }
+        issue_for("flood", "t-flood-real", "4721");
+        let claimed: Vec<String> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT conversation FROM otp_outbox_claim(batch_size => 10)",
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .map(|row| row.get::<String>(1).unwrap().unwrap())
+                .collect()
+        });
+        assert_eq!(claimed, ["t-flood-real"]);
+        // and the decoys are on their way, as real messages would be
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE agent = 'flood' AND destination = '' AND state = 'sending'"),
+            50
+        );
     }
 
     /// Makes `code` the code of the conversation's pending challenge (as if
@@ -2041,9 +2144,55 @@ mod tests {
         );
     }
 
+    /// A provider that echoes the code spaced out, in fullwidth digits, or at
+    /// the very end of a long text: no stored text keeps the code or five of
+    /// its digits (the text is cut after blanking, never before).
+    #[pg_test]
+    fn reports_are_scrubbed_of_the_code_however_it_is_written() {
+        fixture();
+        issue("t-spaced", "4721");
+        let code = delivered_code("t-spaced");
+        let message =
+            one::<i64>("SELECT message_id FROM claimed WHERE conversation = 't-spaced'").unwrap();
+        let (head, tail) = code.split_at(3);
+        let fullwidth: String = code
+            .chars()
+            .map(|d| char::from_u32(0xFF10 + d.to_digit(10).unwrap()).unwrap())
+            .collect();
+        let padding = "x".repeat(995);
+        let texts = [
+            format!("param {head} {tail} rejected"),
+            format!("param {head}-{tail} rejected"),
+            format!("param {fullwidth} rejected"),
+            format!("{padding}{code}"),
+        ];
+        for text in &texts {
+            run(&format!(
+                "SELECT otp_outbox_failed({message}, 1, '{text}', true)"
+            ));
+            let stored = one::<String>(&format!(
+                "SELECT last_error FROM otp.outbox WHERE id = {message}"
+            ))
+            .unwrap();
+            assert!(
+                !stored.contains(&code[..5])
+                    && !stored.contains(&code[1..])
+                    && !stored.contains(&fullwidth)
+                    && !stored.contains(&format!("{head} {tail}"))
+                    && !stored.contains(&format!("{head}-{tail}")),
+                "{stored:?}"
+            );
+            // back to sending, for the next report
+            run(&format!(
+                "UPDATE otp.outbox SET state = 'sending' WHERE id = {message}"
+            ));
+        }
+    }
+
     /// Delegated configuration: writing agents needs both INSERT and UPDATE on
-    /// otp.agent, and reading every configured column of the source; system
-    /// catalogs are never sources, whoever asks.
+    /// otp.agent, the rights of the source's owner, and reading every
+    /// configured column of the source; system catalogs are never sources,
+    /// whoever asks.
     #[pg_test]
     fn configuring_needs_both_writes_and_reading_the_source() {
         fixture();
@@ -2095,6 +2244,8 @@ mod tests {
             ),
             "42501"
         );
+        // may read both columns, but pg_otp would look people up as the
+        // owner of the table, past any row-level security that binds the writer
         run("GRANT SELECT (whatsapp) ON public.employees TO otp_test_writer");
         assert_eq!(
             configure_as(
@@ -2103,6 +2254,21 @@ mod tests {
                 "public.employees",
                 "employee_no",
                 "whatsapp"
+            ),
+            "42501"
+        );
+        // a member of the owning role may
+        run("CREATE ROLE otp_test_hr NOLOGIN;
+             CREATE TABLE public.delegated_people (id text PRIMARY KEY, phone text);
+             ALTER TABLE public.delegated_people OWNER TO otp_test_hr;
+             GRANT otp_test_hr TO otp_test_writer;");
+        assert_eq!(
+            configure_as(
+                "otp_test_writer",
+                "delegated",
+                "public.delegated_people",
+                "id",
+                "phone"
             ),
             "ok"
         );

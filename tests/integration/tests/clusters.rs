@@ -1,6 +1,7 @@
 //! Clusters of their own, for settings the shared test cluster must not have.
 
 use pg_otp_integration::*;
+use std::time::Duration;
 
 const SECRET: &str =
     "otp.secret_key = '0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef'";
@@ -80,13 +81,47 @@ fn errors_carry_no_rust_backtrace_whatever_the_environment() {
     );
 }
 
+/// A rolled-back guess's outcome: the status, or the SQLSTATE and DETAIL of
+/// the refusal.
+type Answer = Result<String, (String, String)>;
+
+fn rolled_back_guess(db: &mut Client, agent: &str, conversation: &str, person: &str) -> Answer {
+    let status: String = db
+        .query_one(
+            "SELECT status FROM otp_issue($1, $2, $3)",
+            &[&agent, &conversation, &person],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "code_sent");
+    db.batch_execute("BEGIN").unwrap();
+    let answer = db
+        .query_one(
+            "SELECT status FROM otp_verify($1, $2, '000000')",
+            &[&agent, &conversation],
+        )
+        .map(|row| row.get(0))
+        .map_err(|err| {
+            let err = err.as_db_error().expect("an ERROR");
+            (
+                err.code().code().to_owned(),
+                err.detail().unwrap_or_default().to_owned(),
+            )
+        });
+    db.batch_execute("ROLLBACK").unwrap();
+    answer
+}
+
 /// The attempt ledger is bounded (otp.ledger_size). Committed verifications
 /// leave nothing in it, however many; entries of rolled-back guesses stay,
-/// and when they fill it, verification fails closed (53400) instead of
-/// forgetting what it counted.
+/// counted against the role that made them, which may hold a quarter of the
+/// ledger: past that its verifications fail closed (53400) instead of
+/// forgetting what was counted, while other roles' work on. Once the whole
+/// ledger is full, verification fails closed for everyone.
 #[test]
 fn a_full_ledger_fails_closed_and_committed_guesses_leave_nothing_in_it() {
     const SIZE: usize = 100;
+    const SHARE: usize = SIZE / 4;
     let cluster = Cluster::start(
         "small-ledger",
         54343,
@@ -103,65 +138,113 @@ fn a_full_ledger_fails_closed_and_committed_guesses_leave_nothing_in_it() {
          CREATE TABLE people (id text PRIMARY KEY, email text);
          INSERT INTO people SELECT 'p' || n, 'p' || n || '@example.com' FROM generate_series(1, {})  n;
          SELECT otp_configure(agent => 'small', source => 'people', id_column => 'id', email_column => 'email',
-                              max_codes => 1000000, resend_cooldown => '0');",
+                              max_codes => 1000000, resend_cooldown => '0');
+         CREATE ROLE app1 LOGIN IN ROLE otp_app; CREATE ROLE app2 LOGIN IN ROLE otp_app;
+         CREATE ROLE app3 LOGIN IN ROLE otp_app; CREATE ROLE app4 LOGIN IN ROLE otp_app;
+         CREATE ROLE app5 LOGIN IN ROLE otp_app;",
         4 * SIZE
     ))
     .unwrap();
-    let issue = |db: &mut Client, conversation: &str, person: &str| {
-        let status: String = db
-            .query_one(
-                "SELECT status FROM otp_issue('small', $1, $2)",
-                &[&conversation, &person],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(status, "code_sent");
-    };
-    let guess = |db: &mut Client, conversation: &str| -> Result<String, String> {
-        db.query_one(
-            "SELECT status FROM otp_verify('small', $1, '000000')",
-            &[&conversation],
-        )
-        .map(|row| row.get(0))
-        .map_err(|err| {
-            err.as_db_error()
-                .map(|e| e.code().code().to_owned())
-                .unwrap_or_default()
-        })
-    };
     // Four times the ledger's size of committed wrong guesses, by different
     // people: each settles when it commits.
     for n in 1..=4 * SIZE {
         let conversation = format!("committed-{n}");
-        issue(&mut db, &conversation, &format!("p{n}"));
-        let answer = guess(&mut db, &conversation);
+        let status: String = db
+            .query_one(
+                "SELECT status FROM otp_issue('small', $1, $2)",
+                &[&conversation, &format!("p{n}")],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(status, "code_sent");
+        let answer: String = db
+            .query_one(
+                "SELECT status FROM otp_verify('small', $1, '000000')",
+                &[&conversation],
+            )
+            .unwrap()
+            .get(0);
         assert!(
-            matches!(answer.as_deref(), Ok("incorrect" | "verified")),
-            "{answer:?}"
+            matches!(answer.as_str(), "incorrect" | "verified"),
+            "{answer}"
         );
     }
-    // Rolled-back guesses by as many people as the ledger holds: each leaves
-    // the person's failure behind (and the code's attempt, until it expires).
-    let mut refused = None;
-    for n in 1..=2 * SIZE {
-        let conversation = format!("rolled-back-{n}");
-        issue(&mut db, &conversation, &format!("p{n}"));
-        db.batch_execute("BEGIN").unwrap();
-        let answer = guess(&mut db, &conversation);
-        db.batch_execute("ROLLBACK").unwrap();
-        if let Err(sqlstate) = answer {
-            refused = Some((n, sqlstate));
-            break;
-        }
-    }
-    let (at, sqlstate) = refused.expect("the ledger fills up");
+    // One role's rolled-back guesses, each by another person: each leaves the
+    // person's failure behind and the code's attempt (until it expires),
+    // until the role holds its share.
+    let mut app1 = cluster.connect("app1", "postgres");
+    let fill = |db: &mut Client, role: &str, limit: usize| -> Option<(usize, (String, String))> {
+        (1..=limit).find_map(|n| {
+            rolled_back_guess(db, "small", &format!("{role}-{n}"), &format!("p{n}"))
+                .err()
+                .map(|refusal| (n, refusal))
+        })
+    };
+    let (at, (sqlstate, detail)) = fill(&mut app1, "app1", SIZE).expect("app1's share fills up");
     assert_eq!(sqlstate, "53400");
-    // Each rolled-back guess leaves two entries (the code, the person).
+    assert!(detail.contains("share"), "{detail}");
     assert!(
-        (SIZE / 3..=SIZE / 2 + 1).contains(&at),
-        "full after {at} rolled-back guesses: committed ones left entries behind?"
+        (SHARE / 2..=SHARE / 2 + 1).contains(&at),
+        "app1 refused after {at} rolled-back guesses: committed ones left entries behind?"
     );
-    // Closed for everyone until there is room: no guess is ever left uncounted.
-    issue(&mut db, "after-full", &format!("p{}", 3 * SIZE));
-    assert_eq!(guess(&mut db, "after-full"), Err("53400".to_owned()));
+    // Another application (another role) is not shut out by app1.
+    let mut app2 = cluster.connect("app2", "postgres");
+    assert_eq!(
+        rolled_back_guess(&mut app2, "small", "app2-first", "p300"),
+        Ok("incorrect".to_owned())
+    );
+    // Three roles fill the rest; then it is closed for everyone until there
+    // is room: no guess is ever left uncounted.
+    for role in ["app2", "app3", "app4"] {
+        let mut app = cluster.connect(role, "postgres");
+        let refused = fill(&mut app, role, SIZE);
+        assert_eq!(refused.map(|(_, (code, _))| code).as_deref(), Some("53400"));
+    }
+    let mut app5 = cluster.connect("app5", "postgres");
+    let refused = rolled_back_guess(&mut app5, "small", "app5-first", "p301");
+    assert!(
+        matches!(&refused, Err((code, detail)) if code == "53400" && !detail.contains("share")),
+        "{refused:?}"
+    );
+}
+
+/// Guesses at people who do not exist (decoys) leave person entries that no
+/// committed verification settles. They are forgotten, with the codes', once
+/// the agent's lockout_duration has passed since the last failure, so a role
+/// that filled its share gets it back.
+#[test]
+fn unsettled_failures_are_forgotten_after_the_lockout_duration() {
+    const SIZE: usize = 100;
+    let cluster = Cluster::start(
+        "forgetting-ledger",
+        54344,
+        &[
+            "shared_preload_libraries = 'pg_otp'",
+            SECRET,
+            "otp.ledger_size = 100",
+        ],
+        &[],
+    );
+    let mut db = cluster.connect("postgres", "postgres");
+    db.batch_execute(
+        "CREATE EXTENSION pg_otp;
+         CREATE TABLE people (id text PRIMARY KEY, email text);
+         SELECT otp_configure(agent => 'quick', source => 'people', id_column => 'id', email_column => 'email',
+                              max_codes => 1000000, resend_cooldown => '0', reveal_unknown => false,
+                              code_ttl => '1 second', lockout_duration => '2 seconds');",
+    )
+    .unwrap();
+    // Nobody exists: every code is a decoy.
+    let fill = |db: &mut Client, round: usize| {
+        (1..=SIZE).find_map(|n| {
+            rolled_back_guess(db, "quick", &format!("r{round}-{n}"), &format!("ghost-{n}")).err()
+        })
+    };
+    let refused = fill(&mut db, 1).expect("the role's share fills up");
+    assert_eq!(refused.0, "53400");
+    wait_until(
+        "the ledger forgets the decoys' failures",
+        Duration::from_secs(60),
+        || rolled_back_guess(&mut db, "quick", "again", "ghost-again").is_ok(),
+    );
 }

@@ -282,3 +282,62 @@ fn a_code_verified_in_a_rolled_back_transaction_is_used_up() {
         .get(0);
     assert_eq!(state, "verified", "recorded as used, without a session");
 }
+
+/// The ledger outlives the extension (it is the server's), but challenge ids
+/// start over when pg_otp is dropped and created again. Attempts counted
+/// against a dropped install's challenge must not count against the new
+/// install's challenge with the same id.
+#[test]
+fn a_new_install_does_not_inherit_the_attempts_of_the_old_one() {
+    let mut db = fresh_database("pg_otp_reinstalled");
+    let install = |db: &mut Client| {
+        db.batch_execute(
+            "CREATE EXTENSION pg_otp;
+             CREATE TABLE IF NOT EXISTS people (id text PRIMARY KEY, email text);
+             INSERT INTO people VALUES ('p1', 'p1@example.com') ON CONFLICT DO NOTHING;
+             SELECT otp_configure(agent => 'again', source => 'people', id_column => 'id', email_column => 'email');",
+        )
+        .unwrap();
+        db.batch_execute("SELECT otp_issue('again', 'c1', 'p1')")
+            .unwrap();
+        let id: i64 = db
+            .query_one("SELECT max(id) FROM otp.challenge", &[])
+            .unwrap()
+            .get(0);
+        let code: String = db
+            .query_one("SELECT code FROM otp_outbox_claim(batch_size => 10)", &[])
+            .unwrap()
+            .get(0);
+        (id, other_code(&code, 1))
+    };
+    let (first, wrong) = install(&mut db);
+    // Every attempt of the code used, in transactions that rolled back.
+    for _ in 0..3 {
+        db.batch_execute("BEGIN").unwrap();
+        let status: String = db
+            .query_one(
+                "SELECT status FROM otp_verify('again', 'c1', $1)",
+                &[&wrong],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            matches!(status.as_str(), "incorrect" | "locked"),
+            "{status}"
+        );
+        db.batch_execute("ROLLBACK").unwrap();
+    }
+    db.batch_execute("DROP EXTENSION pg_otp CASCADE").unwrap();
+    let (second, wrong) = install(&mut db);
+    assert_eq!(first, second, "the ids start over");
+    let row = db
+        .query_one(
+            "SELECT status, attempts_remaining FROM otp_verify('again', 'c1', $1)",
+            &[&wrong],
+        )
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, Option<i32>>(1)),
+        ("incorrect".to_owned(), Some(2))
+    );
+}
