@@ -70,8 +70,9 @@ ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, integer, text) SET plan_cache
 ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, integer, text, boolean) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_expired(bigint, integer) SET plan_cache_mode = force_generic_plan;
 
--- An agent may name the role whose members alone act for it.
-ALTER TABLE otp.agent ADD COLUMN app_role regrole;
+-- An agent may name the role whose members alone act for it; a hiding
+-- agent keeps what its decoys look like (see sql/schema.sql).
+ALTER TABLE otp.agent ADD COLUMN app_role regrole, ADD COLUMN decoy_shapes text[];
 
 -- A session is tied to the address its code went to (a keyed fingerprint,
 -- no plaintext) and ends when the person's record changes.
@@ -126,6 +127,7 @@ CREATE FUNCTION @extschema@."otp_configure"(
 	"reveal_unknown" bool DEFAULT true,
 	"app_role" TEXT DEFAULT NULL
 ) RETURNS void
+SECURITY DEFINER
 VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
@@ -226,9 +228,21 @@ BEGIN
         CREATE ROLE otp_dispatcher NOLOGIN;
         COMMENT ON ROLE otp_dispatcher IS 'pg_otp: may use the outbox protocol (otp_outbox_*) only';
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_admin') THEN
+        CREATE ROLE otp_admin NOLOGIN;
+        COMMENT ON ROLE otp_admin IS 'pg_otp: may configure agents (otp_configure) on sources its members own';
+    END IF;
     PERFORM pg_catalog.set_config('search_path', saved_path, true);
 END
 $roles$;
+
+-- otp_configure runs as otp_owner (nobody else writes otp.agent); members
+-- of otp_admin may call it, for sources they own.
+GRANT USAGE ON SCHEMA @extschema@ TO otp_admin;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
+                              interval, text, integer, interval, interval, integer, interval, boolean, text)
+TO otp_admin;
 
 -- Everything of pg_otp belongs to otp_owner (see above).
 DO $owner$

@@ -67,6 +67,10 @@ BEGIN
         CREATE ROLE otp_dispatcher NOLOGIN;
         COMMENT ON ROLE otp_dispatcher IS 'pg_otp: may use the outbox protocol (otp_outbox_*) only';
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otp_admin') THEN
+        CREATE ROLE otp_admin NOLOGIN;
+        COMMENT ON ROLE otp_admin IS 'pg_otp: may configure agents (otp_configure) on sources its members own';
+    END IF;
     PERFORM pg_catalog.set_config('search_path', saved_path, true);
 END
 $roles$;
@@ -84,6 +88,11 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.session_revoke(text),
     @extschema@.session_revoke_all(text, text)
 TO otp_app;
+GRANT USAGE ON SCHEMA @extschema@ TO otp_admin;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
+                              interval, text, integer, interval, interval, integer, interval, boolean, text)
+TO otp_admin;
 GRANT EXECUTE ON FUNCTION
     @extschema@.otp_outbox_claim(integer, interval),
     @extschema@.otp_outbox_sent(bigint, integer, text),

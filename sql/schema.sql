@@ -34,6 +34,10 @@ CREATE TABLE otp.agent (
     -- the role that may act for this agent (its members); NULL: any member
     -- of otp_app (see src/config.rs, may_act_for)
     app_role          regrole,
+    -- reveal_unknown = false: what decoys look like, one entry per record of
+    -- a sample of the source taken at otp_configure ('whatsapp' or
+    -- 'email:<domain>'; see src/record.rs, decoy_shapes)
+    decoy_shapes      text[],
     CHECK (phone_column IS NOT NULL OR email_column IS NOT NULL),
     CHECK (idle_timeout <= absolute_timeout)
 );

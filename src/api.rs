@@ -21,10 +21,12 @@ use crate::errors::OrRaise;
 use crate::{audit, binding, challenge, config, gucs, limits, outbox, purge, session};
 
 /// Creates or replaces an agent's "Authenticate conversation" settings.
-/// Runs with the caller's rights: only the extension owner or a superuser
-/// may write agent settings. `app_role`, when given, names the role whose
-/// members alone may act for the agent.
-#[pg_extern(name = "otp_configure", volatile, parallel_unsafe)]
+/// Runs as otp_owner, the only writer of otp.agent; the caller must be a
+/// superuser or a member of otp_admin, and have the rights of the owner of
+/// the source (and of the agent's current source, when replacing it).
+/// `app_role`, when given, names the role whose members alone may act for
+/// the agent.
+#[pg_extern(name = "otp_configure", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn otp_configure_with_role(

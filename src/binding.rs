@@ -11,7 +11,8 @@
 //!
 //! Agents are separate namespaces: a session of one agent never answers for
 //! another. A second session_use for the same agent replaces the binding;
-//! one that finds the session no longer active removes it (fail closed).
+//! one that finds the session no longer active removes it, and one whose
+//! token is unknown (to this caller) removes every binding (fail closed).
 
 use std::cell::RefCell;
 
@@ -44,6 +45,21 @@ pub fn bind(agent: &str, subject: Option<&str>) {
             level,
         });
     });
+}
+
+/// Binds the rest of the transaction to nobody, for every agent it was
+/// bound for: session_use did not recognise a token, so it cannot know
+/// which agent's binding the caller meant to replace (fail closed).
+pub fn bind_nobody() {
+    let agents: Vec<String> = BOUND.with(|bound| {
+        let mut agents: Vec<String> = bound.borrow().iter().map(|b| b.agent.clone()).collect();
+        agents.sort();
+        agents.dedup();
+        agents
+    });
+    for agent in agents {
+        bind(&agent, None);
+    }
 }
 
 /// The subject the transaction is bound to for `agent`, if any.

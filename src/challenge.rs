@@ -189,7 +189,7 @@ pub fn issue(
             let source = (agent.source.to_u32(), agent.id_column.as_str());
             let seed = keys.decoy_key(source, &subject);
             (
-                record::decoy(client, &agent, &subject, &seed)?,
+                record::decoy(&agent, &seed),
                 None,
                 ring.decoy_keys(source, &subject),
             )
@@ -664,6 +664,23 @@ fn end_challenge(
         ending,
         now,
         vec![challenge_id.into()],
+    )
+}
+
+/// Ends every pending challenge of an agent as `record_changed`: its source
+/// changed (otp_configure), so the person a code was sent for may not be
+/// who the identifier now names.
+pub fn end_agent(
+    client: &mut SpiClient<'_>,
+    agent: &str,
+    now: TimestampWithTimeZone,
+) -> Result<()> {
+    end_where(
+        client,
+        end_pending!("agent = $6"),
+        Ending::RecordChanged,
+        now,
+        vec![agent.into()],
     )
 }
 

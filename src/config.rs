@@ -14,7 +14,7 @@ use pgrx::PgRelation;
 use pgrx::PgSqlErrorCode;
 
 use crate::errors::{OtpError, Result};
-use crate::{prepared, schema};
+use crate::{challenge, clock, prepared, record, schema, session};
 
 /// Limits on identifiers the application passes in (bytes).
 pub const MAX_AGENT_LEN: usize = 128;
@@ -43,6 +43,8 @@ pub struct Agent {
     /// Only members of this role may act for the agent (None: any caller
     /// allowed to execute the functions, i.e. any member of otp_app).
     pub app_role: Option<pg_sys::Oid>,
+    /// What decoys look like (reveal_unknown = false; see `record::decoy`).
+    pub decoy_shapes: Vec<String>,
 }
 
 /// Abuse resistance settings of an agent (see `limits`).
@@ -238,10 +240,22 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     let mut columns = vec![("id_column", id_column)];
     columns.extend(phone_column.map(|c| ("phone_column", c)));
     columns.extend(email_column.map(|c| ("email_column", c)));
-    check_may_write_agents(client)?;
+    // The role calling otp_configure (which runs as otp_owner).
+    // SAFETY: set for the life of the session.
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    check_may_configure(client, caller)?;
     check_source(source.oid(), &columns)?;
-    check_owns_source(client, source.oid())?;
-    check_may_read(client, source.oid(), &columns)?;
+    check_owns_source(client, caller, source.oid())?;
+    check_may_read(client, caller, source.oid(), &columns)?;
+    // Replacing an agent takes the same rights over the source it had (so
+    // that nobody can point another's agent at a table of their own), and
+    // ends what was verified against the old source (see below).
+    let previous = find(client, name)?;
+    if let Some(previous) = &previous {
+        if relation_exists(previous.source) {
+            check_owns_source(client, caller, previous.source)?;
+        }
+    }
     if !reveal_unknown {
         check_exact_identifiers(client, source.oid(), id_column)?;
     }
@@ -250,15 +264,30 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         return Err(not_updated("app_role"));
     }
 
-    // Until ALTER EXTENSION pg_otp UPDATE, the table has no app_role column
-    // (see `schema`); naming a role was refused above.
-    let insert = if schema::installed().records_and_roles {
+    // Until ALTER EXTENSION pg_otp UPDATE, the table has no app_role and
+    // decoy_shapes columns (see `schema`); naming a role was refused above.
+    let newer = schema::installed().records_and_roles;
+    let insert = if newer {
         concat!(
-            agent_upsert!(", app_role", ", $18"),
-            ", app_role = EXCLUDED.app_role"
+            agent_upsert!(", app_role, decoy_shapes", ", $18, $19"),
+            ", app_role = EXCLUDED.app_role, decoy_shapes = EXCLUDED.decoy_shapes"
         )
     } else {
         agent_upsert!("", "")
+    };
+    let decoy_shapes = if newer && !reveal_unknown {
+        Some(record::decoy_shapes(
+            client,
+            &record::Lookup {
+                source: source.oid(),
+                id_column,
+                phone_column,
+                email_column,
+                preferred_channel: preferred,
+            },
+        )?)
+    } else {
+        None
     };
     let mut args: Vec<DatumWithOid<'_>> = vec![
         name.into(),
@@ -279,11 +308,28 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         limits.lockout_duration.into(),
         reveal_unknown.into(),
     ];
-    if schema::installed().records_and_roles {
+    if newer {
         args.push(app_role.into());
+        args.push(decoy_shapes.into());
     }
     prepared::update(client, insert, None, &args)?;
+
+    // Sessions and codes of the old source name people of that source: under
+    // another source (or id column) the same identifier may be someone else.
+    if let Some(previous) = previous {
+        if previous.source != source.oid() || previous.id_column != id_column {
+            let now = clock::now();
+            session::revoke_agent(client, name, now)?;
+            challenge::end_agent(client, name, now)?;
+        }
+    }
     Ok(())
+}
+
+/// Whether a relation with this OID exists.
+fn relation_exists(relation: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup by OID; 0 when there is none.
+    unsafe { pg_sys::get_rel_relkind(relation) != 0 }
 }
 
 /// The OID of a role named in otp_configure (42704 when there is none).
@@ -337,24 +383,26 @@ pub fn check_caller(agent: &Agent) -> Result<()> {
     .with_hint("The agent's app_role (otp_configure) names the role whose members may act for it."))
 }
 
-/// Who may configure an agent: a role that may both INSERT and UPDATE
-/// otp.agent (the extension's owner, a superuser, or a role granted both).
-fn check_may_write_agents(client: &SpiClient<'_>) -> Result<()> {
-    let row = prepared::select(
+/// Who may configure agents: a superuser, or a member of otp_admin.
+/// otp_configure runs as otp_owner; nobody else writes otp.agent.
+fn check_may_configure(client: &SpiClient<'_>, caller: pg_sys::Oid) -> Result<()> {
+    let allowed = prepared::select(
         client,
-        "SELECT pg_catalog.has_table_privilege(c.oid, 'INSERT') AND pg_catalog.has_table_privilege(c.oid, 'UPDATE')
-           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'otp' AND c.relname = 'agent'",
+        "SELECT r.rolsuper
+                OR EXISTS (SELECT FROM pg_catalog.pg_roles a
+                            WHERE a.rolname = 'otp_admin' AND pg_catalog.pg_has_role(r.oid, a.oid, 'USAGE'))
+           FROM pg_catalog.pg_roles r WHERE r.oid = $1",
         Some(1),
-        &[],
+        &[caller.into()],
     )?
     .first();
-    if !row.get_one::<bool>()?.unwrap_or(false) {
+    let allowed = !allowed.is_empty() && allowed.get_one::<bool>()?.unwrap_or(false);
+    if !allowed {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "pg_otp: only the owner of the pg_otp extension, a superuser, or a role granted both INSERT and \
-             UPDATE on otp.agent may configure agents",
-        ));
+            "pg_otp: only a superuser or a member of otp_admin may configure agents",
+        )
+        .with_hint("GRANT otp_admin TO the role that configures agents."));
     }
     Ok(())
 }
@@ -364,14 +412,18 @@ fn check_may_write_agents(client: &SpiClient<'_>) -> Result<()> {
 /// `restricted`), past the row-level security and column grants that bind
 /// everyone else; only someone who could read the whole relation anyway may
 /// point an agent at it.
-fn check_owns_source(client: &SpiClient<'_>, source: pg_sys::Oid) -> Result<()> {
+fn check_owns_source(
+    client: &SpiClient<'_>,
+    caller: pg_sys::Oid,
+    source: pg_sys::Oid,
+) -> Result<()> {
     // pg_has_role(…, 'USAGE') is PostgreSQL's ownership rule: the privileges
     // of the owning role, by membership or as a superuser.
     let owns = prepared::select(
         client,
-        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        "SELECT pg_catalog.pg_has_role($2, c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
         Some(1),
-        &[source.into()],
+        &[source.into(), caller.into()],
     )?
     .first()
     .get_one::<bool>()?
@@ -395,15 +447,16 @@ fn check_owns_source(client: &SpiClient<'_>, source: pg_sys::Oid) -> Result<()> 
 /// numbers and addresses to the dispatcher).
 fn check_may_read(
     client: &SpiClient<'_>,
+    caller: pg_sys::Oid,
     source: pg_sys::Oid,
     columns: &[(&str, &str)],
 ) -> Result<()> {
     for (argument, column) in columns {
         let readable = prepared::select(
             client,
-            "SELECT pg_catalog.has_column_privilege($1, $2, 'SELECT')",
+            "SELECT pg_catalog.has_column_privilege($3, $1, $2, 'SELECT')",
             Some(1),
-            &[source.into(), (*column).into()],
+            &[source.into(), (*column).into(), caller.into()],
         )?
         .first()
         .get_one::<bool>()?
@@ -465,18 +518,23 @@ fn check_exact_identifiers(
 
 /// Loads an agent, or fails with 42704 when it was never configured.
 pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
+    find(client, name)?.ok_or_else(|| OtpError::unknown_agent(name))
+}
+
+/// An agent's settings, if it was configured.
+fn find(client: &SpiClient<'_>, name: &str) -> Result<Option<Agent>> {
     // Until ALTER EXTENSION pg_otp UPDATE, there is no app_role column.
     let query = if schema::installed().records_and_roles {
-        agent_select!("app_role::oid")
+        agent_select!("app_role::oid, decoy_shapes")
     } else {
-        agent_select!("NULL::oid")
+        agent_select!("NULL::oid, NULL::text[]")
     };
     let row = prepared::select(client, query, Some(1), &[name.into()])?.first();
     if row.is_empty() {
-        return Err(OtpError::unknown_agent(name));
+        return Ok(None);
     }
     let preferred: String = row.get(10)?.unwrap_or_default();
-    Ok(Agent {
+    Ok(Some(Agent {
         name: name.to_owned(),
         source: row.get(1)?.unwrap_or(pg_sys::InvalidOid),
         id_column: row.get(2)?.unwrap_or_default(),
@@ -497,7 +555,8 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
         },
         reveal_unknown: row.get(16)?.unwrap_or(true),
         app_role: row.get(17)?,
-    })
+        decoy_shapes: row.get(18)?.unwrap_or_default(),
+    }))
 }
 
 /// Checks that the relation exists, can hold people, and has the named

@@ -10,6 +10,7 @@ use crate::config::{check_source, Agent, Channel};
 use crate::crypto::KeyRing;
 use crate::errors::{OtpError, Result};
 use crate::{prepared, restricted};
+use pgrx::pg_sys;
 
 /// The record found for an identifier.
 #[derive(Debug)]
@@ -41,21 +42,43 @@ struct Columns {
     fields: String,
 }
 
+/// Where and how an agent finds people: its source, columns and channel
+/// preference (also before the agent is stored, in otp_configure).
+pub struct Lookup<'a> {
+    pub source: pg_sys::Oid,
+    pub id_column: &'a str,
+    pub phone_column: Option<&'a str>,
+    pub email_column: Option<&'a str>,
+    pub preferred_channel: Channel,
+}
+
+impl<'a> Lookup<'a> {
+    pub fn of(agent: &'a Agent) -> Lookup<'a> {
+        Lookup {
+            source: agent.source,
+            id_column: &agent.id_column,
+            phone_column: agent.phone_column.as_deref(),
+            email_column: agent.email_column.as_deref(),
+            preferred_channel: agent.preferred_channel,
+        }
+    }
+}
+
 impl Columns {
-    fn of(agent: &Agent) -> Result<Columns> {
-        let mut columns = vec![("id_column", agent.id_column.as_str())];
-        columns.extend(agent.phone_column.as_deref().map(|c| ("phone_column", c)));
-        columns.extend(agent.email_column.as_deref().map(|c| ("email_column", c)));
-        let relation = check_source(agent.source, &columns)?;
+    fn of(lookup: &Lookup<'_>) -> Result<Columns> {
+        let mut columns = vec![("id_column", lookup.id_column)];
+        columns.extend(lookup.phone_column.map(|c| ("phone_column", c)));
+        columns.extend(lookup.email_column.map(|c| ("email_column", c)));
+        let relation = check_source(lookup.source, &columns)?;
         let as_text = |column: Option<&str>| match column {
             Some(c) => format!("{}::text", pgrx::spi::quote_identifier(c)),
             None => "NULL::text".to_owned(),
         };
-        let id = as_text(Some(&agent.id_column));
+        let id = as_text(Some(lookup.id_column));
         let fields = format!(
             "{id}, {phone}, {email}",
-            phone = as_text(agent.phone_column.as_deref()),
-            email = as_text(agent.email_column.as_deref()),
+            phone = as_text(lookup.phone_column),
+            email = as_text(lookup.email_column),
         );
         Ok(Columns {
             relation,
@@ -72,24 +95,11 @@ pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<O
         relation,
         id,
         fields,
-    } = Columns::of(agent)?;
+    } = Columns::of(&Lookup::of(agent))?;
     // `col::text = $1` uses a plain index on text/varchar columns; other
     // types need an index on (col::text), as the README explains.
     let query = format!("SELECT {fields} FROM {relation} WHERE {id} = $1 LIMIT 2");
-    // The relation's own code (a view's functions, a cast) runs with its
-    // owner's rights, never pg_otp's (see `restricted`).
-    let owner = restricted::owner(agent.source)?;
-    let mut found = restricted::as_owner(owner, || -> Result<Vec<Record>> {
-        prepared::select(client, query.as_str(), None, &[identifier.into()])?
-            .map(|row| {
-                Ok(Record {
-                    subject: row.get(1)?.unwrap_or_default(),
-                    phone: row.get(2)?,
-                    email: row.get(3)?,
-                })
-            })
-            .collect()
-    })?;
+    let mut found = records_as_owner(client, agent.source, &query, &[identifier.into()])?;
     if found.len() > 1 {
         return Err(OtpError::new(
             PgSqlErrorCode::ERRCODE_CARDINALITY_VIOLATION,
@@ -98,6 +108,29 @@ pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<O
         .with_hint("The id column of an agent must be unique; add a unique index or choose another column."));
     }
     Ok(found.pop())
+}
+
+/// Runs `query` (selecting `Columns::fields`) on the source as its owner:
+/// the relation's own code (a view's functions, a cast) runs with its
+/// owner's rights, never pg_otp's (see `restricted`).
+fn records_as_owner(
+    client: &SpiClient<'_>,
+    source: pg_sys::Oid,
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Result<Vec<Record>> {
+    let owner = restricted::owner(source)?;
+    restricted::as_owner(owner, || -> Result<Vec<Record>> {
+        prepared::select(client, query, None, args)?
+            .map(|row| {
+                Ok(Record {
+                    subject: row.get(1)?.unwrap_or_default(),
+                    phone: row.get(2)?,
+                    email: row.get(3)?,
+                })
+            })
+            .collect()
+    })
 }
 
 /// Where a code goes first, and where it goes if that channel fails for good.
@@ -138,85 +171,83 @@ pub fn route(record: &Record, preferred: Channel) -> Option<Route> {
     }
 }
 
+/// How many sampled records decoys are modelled on, and how many records
+/// the sample is drawn from.
+const DECOY_SHAPES: usize = 64;
+const DECOY_SAMPLE: i64 = 10_000;
+
+/// What decoys of an agent look like (reveal_unknown = false): the channel
+/// real people's codes go to, with an email's domain ("whatsapp",
+/// "email:example.com"), for up to DECOY_SHAPES records of the source,
+/// chosen among the first DECOY_SAMPLE it returns by the order of a hash of
+/// their identifiers (so that the same source gives the same shapes).
+/// Taken at otp_configure, as the source's owner.
+pub fn decoy_shapes(client: &SpiClient<'_>, lookup: &Lookup<'_>) -> Result<Vec<String>> {
+    use sha2::{Digest, Sha256};
+    let Columns {
+        relation, fields, ..
+    } = Columns::of(lookup)?;
+    let query = format!("SELECT {fields} FROM {relation} LIMIT {DECOY_SAMPLE}");
+    let records = records_as_owner(client, lookup.source, &query, &[])?;
+    let mut ranked: Vec<([u8; 32], String)> = records
+        .iter()
+        .filter_map(|record| {
+            let primary = route(record, lookup.preferred_channel)?.primary;
+            let shape = match primary.channel {
+                Channel::WhatsApp => primary.channel.as_str().to_owned(),
+                Channel::Email => {
+                    let domain = primary.address.rsplit_once('@').map_or("", |(_, d)| d);
+                    format!("{}:{domain}", primary.channel.as_str())
+                }
+            };
+            Some((Sha256::digest(record.subject.as_bytes()).into(), shape))
+        })
+        .collect();
+    ranked.sort();
+    ranked.truncate(DECOY_SHAPES);
+    Ok(ranked.into_iter().map(|(_, shape)| shape).collect())
+}
+
 /// A plausible destination for someone the agent must not reveal as unknown
-/// (reveal_unknown = false). Its channel, and an email's domain, are those
-/// of the record whose identifier follows `identifier` in the id column's
-/// order (wrapping around): a record as good as drawn at random, so decoys
-/// get WhatsApp or email, and domains, in the proportions real people do,
-/// and the same identifier always gets the same one. The rest of the hint
-/// comes from `seed` (a keyed hash of the identifier). Nothing is ever sent
-/// to it.
-pub fn decoy(
-    client: &SpiClient<'_>,
-    agent: &Agent,
-    identifier: &str,
-    seed: &[u8; 32],
-) -> Result<Destination> {
-    let neighbour = neighbour(client, agent, identifier)?;
-    let channel = neighbour
-        .as_ref()
-        .and_then(|record| route(record, agent.preferred_channel))
-        .map(|route| route.primary)
-        .map_or_else(
-            // An empty source, or a neighbour without any address: the
-            // channel the agent would pick for someone who has both.
-            || match (&agent.phone_column, &agent.email_column) {
-                (Some(_), Some(_)) => (agent.preferred_channel, None),
-                (Some(_), None) => (Channel::WhatsApp, None),
-                _ => (Channel::Email, None),
-            },
-            |primary| (primary.channel, Some(primary.address)),
-        );
+/// (reveal_unknown = false): one of the agent's decoy shapes (real people's
+/// channels and email domains, in their proportions), chosen by `seed` (a
+/// keyed hash of the identifier), so the same identifier always gets the
+/// same one and nothing about it depends on the records near it. The rest
+/// of the hint comes from `seed` too. Nothing is ever sent to it.
+pub fn decoy(agent: &Agent, seed: &[u8; 32]) -> Destination {
+    let pick = u32::from_be_bytes([seed[4], seed[5], seed[6], seed[7]]) as usize;
+    let shape = agent
+        .decoy_shapes
+        .get(pick % agent.decoy_shapes.len().max(1))
+        .map(|shape| shape.split_once(':').unwrap_or((shape.as_str(), "")))
+        .and_then(|(channel, domain)| Some((Channel::parse(channel)?, domain)));
+    // No shapes (an empty source, or an agent configured before they
+    // existed): the channel the agent would pick for someone with both.
+    let (channel, domain) = shape.unwrap_or(match (&agent.phone_column, &agent.email_column) {
+        (Some(_), Some(_)) => (agent.preferred_channel, ""),
+        (Some(_), None) => (Channel::WhatsApp, ""),
+        _ => (Channel::Email, ""),
+    });
     let hint = match channel {
-        (Channel::WhatsApp, _) => {
+        Channel::WhatsApp => {
             let digits = u16::from_be_bytes([seed[0], seed[1]]) % 100;
             format!("***{digits:02}")
         }
-        (Channel::Email, address) => {
+        Channel::Email => {
             let letter = char::from(b'a' + seed[2] % 26);
-            let domain = address
-                .as_deref()
-                .and_then(|a| a.rsplit_once('@'))
-                .map(|(_, domain)| domain.to_owned())
-                .filter(|domain| !domain.is_empty())
-                .unwrap_or_else(|| "example.com".to_owned());
+            let domain = if domain.is_empty() {
+                "example.com"
+            } else {
+                domain
+            };
             format!("{letter}***@{domain}")
         }
     };
-    Ok(Destination {
-        channel: channel.0,
+    Destination {
+        channel,
         address: String::new(),
         hint,
-    })
-}
-
-/// The record whose identifier comes next after `identifier` in the id
-/// column's order (the first one when none does): two index probes.
-fn neighbour(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<Option<Record>> {
-    let Columns {
-        relation,
-        id,
-        fields,
-    } = Columns::of(agent)?;
-    let query = format!(
-        "(SELECT {fields} FROM {relation} WHERE {id} > $1 ORDER BY {id} LIMIT 1)
-         UNION ALL
-         (SELECT {fields} FROM {relation} ORDER BY {id} LIMIT 1)
-         LIMIT 1"
-    );
-    let owner = restricted::owner(agent.source)?;
-    restricted::as_owner(owner, || -> Result<Option<Record>> {
-        let rows = prepared::select(client, query.as_str(), Some(1), &[identifier.into()])?;
-        let row = rows.first();
-        if row.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Record {
-            subject: row.get(1)?.unwrap_or_default(),
-            phone: row.get(2)?,
-            email: row.get(3)?,
-        }))
-    })
+    }
 }
 
 pub use otp_common::mask;

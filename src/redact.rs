@@ -9,14 +9,20 @@
 //! What counts as written digits: the decimal digits of the scripts people
 //! type codes in (ASCII, fullwidth, Arabic-Indic, Persian, Devanagari and the
 //! other Indic scripts, Thai, Lao, Tibetan, Myanmar, Khmer, Mongolian and the
-//! mathematical digits), with up to `MAX_GAP` separators (spaces of any kind,
-//! hyphens and dashes, dots) between two digits: "091 616", "09-16-16",
-//! "0 9 1 6 1 6", "０９１６１６".
+//! mathematical digits), superscript, subscript and circled digits, with up
+//! to `MAX_GAP` separators (spaces of any kind, hyphens and dashes, dots,
+//! underscores) between two digits, and invisible formatting characters
+//! (zero-width spaces and joiners, soft hyphens, direction marks) anywhere:
+//! "091 616", "09-16-16", "0 9 1 6 1 6", "０９１６１６", "0\u{200B}91616".
+//!
+//! This catches a provider echoing the code, however it formats it. It is
+//! not a barrier against a dispatcher that wants to store the code (it
+//! could spell it in words): the dispatcher is trusted with codes anyway.
 
 use crate::crypto::CODE_DIGITS;
 
 /// Separator characters allowed between two digits of one group.
-const MAX_GAP: usize = 3;
+const MAX_GAP: usize = 4;
 
 /// The first code point (the digit zero) of each run of ten decimal digits
 /// recognised, in the Unicode order of their blocks.
@@ -49,17 +55,37 @@ const DIGIT_ZEROS: &[u32] = &[
 /// The value of a decimal digit in any of the recognised scripts.
 fn digit_value(c: char) -> Option<u8> {
     let point = u32::from(c);
-    DIGIT_ZEROS
+    let decimal = DIGIT_ZEROS
         .iter()
         .find(|&&zero| (zero..zero + 10).contains(&point))
-        .map(|&zero| (point - zero) as u8)
+        .map(|&zero| (point - zero) as u8);
+    decimal.or(match c {
+        '\u{2070}' | '\u{2080}' | '\u{24EA}' => Some(0), // ⁰ ₀ ⓪
+        '\u{00B9}' => Some(1),                           // ¹
+        '\u{00B2}' => Some(2),                           // ²
+        '\u{00B3}' => Some(3),                           // ³
+        '\u{2074}'..='\u{2079}' => Some((point - 0x2070) as u8), // ⁴ to ⁹
+        '\u{2081}'..='\u{2089}' => Some((point - 0x2080) as u8), // ₁ to ₉
+        '\u{2460}'..='\u{2468}' => Some((point - 0x245F) as u8), // ① to ⑨
+        _ => None,
+    })
+}
+
+/// Invisible formatting characters, skipped wherever they are.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+    )
 }
 
 fn is_separator(c: char) -> bool {
     c.is_whitespace()
         || matches!(
             c,
-            '-' | '.' | '\u{00B7}' | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FF0D}' | '\u{30FC}'
+            '-' | '.' | '_' | '\u{00B7}' | '\u{2010}'
+                ..='\u{2015}' | '\u{2212}' | '\u{FF0D}' | '\u{30FC}'
         )
 }
 
@@ -80,6 +106,9 @@ pub fn codes(text: &str, mut is_code: impl FnMut(&str) -> bool) -> String {
     let mut current: Vec<Digit> = Vec::new();
     let mut gap = 0;
     for (start, c) in text.char_indices() {
+        if is_invisible(c) {
+            continue;
+        }
         if let Some(value) = digit_value(c) {
             current.push(Digit {
                 value,
@@ -151,8 +180,12 @@ mod tests {
         assert_eq!(only_091616("091\u{00A0}616"), "[code]");
         assert_eq!(only_091616("091 - 616"), "[code]");
         assert_eq!(only_091616("091.616."), "[code].");
+        assert_eq!(only_091616("0_9_1_6_1_6_"), "[code]_");
+        assert_eq!(only_091616("091    616"), "[code]");
+        assert_eq!(only_091616("0\u{200B}9\u{200B}1616"), "[code]");
+        assert_eq!(only_091616("09\u{00AD}16\u{2060}16"), "[code]");
         // too far apart to be one group
-        assert_eq!(only_091616("091    616"), "091    616");
+        assert_eq!(only_091616("091     616"), "091     616");
         assert_eq!(only_091616("091 and 616"), "091 and 616");
     }
 
@@ -164,6 +197,9 @@ mod tests {
         assert_eq!(only_091616("०९१६१६"), "[code]");
         assert_eq!(only_091616("๐๙๑๖๑๖"), "[code]");
         assert_eq!(only_091616("09１6１6"), "[code]");
+        assert_eq!(only_091616("⓪⑨①⑥①⑥"), "[code]");
+        assert_eq!(only_091616("⁰⁹¹⁶¹⁶"), "[code]");
+        assert_eq!(only_091616("₀₉₁₆₁₆"), "[code]");
     }
 
     proptest! {
@@ -179,7 +215,7 @@ mod tests {
         }
 
         #[test]
-        fn text_without_digits_is_untouched(text in "\\P{Nd}{0,60}") {
+        fn text_without_digits_is_untouched(text in "[\\P{N}]{0,60}") {
             prop_assert_eq!(codes(&text, |_| true), text);
         }
     }

@@ -74,20 +74,23 @@ macro_rules! active_sessions {
     };
 }
 
-/// Revokes a person's active sessions (`$newer`: a condition of a newer
-/// schema) and records an event for each; returns how many.
+/// Revokes an agent's active sessions (`$whose`: which of them, from $4 on;
+/// `$newer`: a condition of a newer schema) and records an event for each;
+/// returns how many. $1 agent, $2 time, $3 the event word.
 macro_rules! revoke_sessions {
-    ($newer:literal) => {
+    ($whose:literal, $newer:literal) => {
         concat!(
             "WITH revoked AS (
-                 UPDATE otp.session SET revoked_at = $3
-                  WHERE agent = $1 AND subject = $2 AND revoked_at IS NULL
-                    AND $3 < expires_at AND $3 < idle_expires_at ",
+                 UPDATE otp.session SET revoked_at = $2
+                  WHERE agent = $1 ",
+            $whose,
+            " AND revoked_at IS NULL
+                    AND $2 < expires_at AND $2 < idle_expires_at ",
             $newer,
             " RETURNING agent, conversation, subject),
              recorded AS (
                  INSERT INTO otp.event (at, agent, conversation, subject, event)
-                 SELECT $3, agent, conversation, subject, $4 FROM revoked)
+                 SELECT $2, agent, conversation, subject, $3 FROM revoked)
              SELECT count(*)::integer FROM revoked"
         )
     };
@@ -265,14 +268,20 @@ fn find(client: &SpiClient<'_>, token: &str, now: TimestampWithTimeZone) -> Resu
 pub fn touch(client: &mut SpiClient<'_>, token: Option<&str>, bind: bool) -> Result<Touch> {
     let token = token.ok_or_else(|| OtpError::null_argument("session_token"))?;
     let now = clock::now();
+    let unknown = || {
+        if bind {
+            binding::bind_nobody();
+        }
+        Ok(Touch::unknown())
+    };
     let Some(found) = find(client, token, now)? else {
-        return Ok(Touch::unknown());
+        return unknown();
     };
     // A session of an agent this caller may not act for, or of an agent
     // removed since, is none of its business.
     let agent = match config::load(client, &found.agent) {
         Ok(agent) if config::may_act_for(&agent) => agent,
-        _ => return Ok(Touch::unknown()),
+        _ => return unknown(),
     };
     let status = match found.over {
         Some(over) => {
@@ -461,9 +470,9 @@ pub fn revoke_all(client: &mut SpiClient<'_>, agent: &Agent, subject: Option<&st
     let subject = subject.ok_or_else(|| OtpError::null_argument("subject"))?;
     let now = clock::now();
     let sql = if schema::installed().records_and_roles {
-        revoke_sessions!("AND record_changed_at IS NULL")
+        revoke_sessions!("AND subject = $4", "AND record_changed_at IS NULL")
     } else {
-        revoke_sessions!("")
+        revoke_sessions!("AND subject = $4", "")
     };
     let revoked = prepared::update(
         client,
@@ -471,7 +480,32 @@ pub fn revoke_all(client: &mut SpiClient<'_>, agent: &Agent, subject: Option<&st
         None,
         &[
             agent.name.as_str().into(),
+            now.into(),
+            Event::SessionRevoked.as_str().into(),
             subject.into(),
+        ],
+    )?;
+    Ok(revoked.first().get_one::<i32>()?.unwrap_or(0))
+}
+
+/// Ends every active session of an agent, each with its audit event: its
+/// source changed (otp_configure), so who its sessions stand for may have.
+pub fn revoke_agent(
+    client: &mut SpiClient<'_>,
+    agent: &str,
+    now: TimestampWithTimeZone,
+) -> Result<i32> {
+    let sql = if schema::installed().records_and_roles {
+        revoke_sessions!("", "AND record_changed_at IS NULL")
+    } else {
+        revoke_sessions!("", "")
+    };
+    let revoked = prepared::update(
+        client,
+        sql,
+        None,
+        &[
+            agent.into(),
             now.into(),
             Event::SessionRevoked.as_str().into(),
         ],

@@ -23,9 +23,10 @@
 //! a restart (or a failover) forgets guesses whose transactions rolled back,
 //! never committed ones; it holds `otp.ledger_size` entries, and when it is
 //! full of entries it cannot forget, verification fails closed (53400).
-//! Every entry is counted against the role that made it (in its database),
-//! which may hold at most a quarter of the ledger: an application that
-//! fills the ledger on purpose shuts out itself, not everyone. A person's
+//! Every entry is counted against the login role of the session that made
+//! it (across databases), which may hold at most a quarter of the ledger:
+//! an application that fills the ledger on purpose shuts out itself, not
+//! everyone. A person's
 //! failures that no committed transaction recorded are forgotten once the
 //! agent's lockout_duration has passed since the last of them, at the pace
 //! at which committed failures would have ended in a lockout and expired.
@@ -107,14 +108,18 @@ impl Key {
         Key::new(Kind::Person, digest.finalize().into())
     }
 
-    /// The role this session acts as: the login role or the one SET ROLE
-    /// chose, never the owner of a SECURITY DEFINER function.
+    /// The login role of this session, in every database: neither SET ROLE
+    /// nor connecting to another database gives an application another
+    /// share of the ledger (which is the server's).
     fn holder() -> Key {
         let mut id = [0u8; 32];
-        // SAFETY: set for the life of the session.
-        let role = unsafe { pg_sys::GetOuterUserId() };
+        // SAFETY: set at connection time, for the life of the session.
+        let role = unsafe { pg_sys::GetSessionUserId() };
         id[..4].copy_from_slice(&role.to_u32().to_be_bytes());
-        Key::new(Kind::Holder, id)
+        Key {
+            database: pg_sys::InvalidOid,
+            ..Key::new(Kind::Holder, id)
+        }
     }
 
     fn new(kind: Kind, id: [u8; 32]) -> Key {

@@ -753,12 +753,21 @@ mod tests {
         let known = answer("hidden", "t-hide-known", "4721");
         let unknown = answer("hidden", "t-hide-unknown", "9999");
         assert!(known.starts_with("code_sent/whatsapp/***78/5"), "{known}");
-        assert!(unknown.starts_with("code_sent/whatsapp/***"), "{unknown}");
-        assert_eq!(
-            unknown.len(),
-            known.len(),
-            "same shape: {unknown} vs {known}"
-        );
+        // the shape of a real answer: a WhatsApp hint or an email one of the
+        // source's domain (see decoys_look_like_the_people_of_the_source)
+        let real_shape = |answer: &str| {
+            let parts: Vec<&str> = answer.split('/').collect();
+            parts.len() == 4
+                && parts[0] == "code_sent"
+                && match parts[1] {
+                    "whatsapp" => parts[2].len() == 5 && parts[2].starts_with("***"),
+                    "email" => parts[2].len() == 16 && parts[2].ends_with("***@example.com"),
+                    _ => false,
+                }
+                && parts[3] == "5"
+        };
+        assert!(real_shape(&known), "{known}");
+        assert!(real_shape(&unknown), "{unknown}");
         // the same identifier always gets the same hint
         assert_eq!(answer("hidden", "t-hide-again", "9999"), unknown);
         // its message is queued like a real one, but has no destination and
@@ -789,7 +798,8 @@ mod tests {
             ("locked".into(), Some(0))
         );
         // someone without a destination is hidden the same way
-        assert!(answer("hidden", "t-hide-nochannel", "6000").starts_with("code_sent/whatsapp/***"));
+        let no_channel = answer("hidden", "t-hide-nochannel", "6000");
+        assert!(real_shape(&no_channel), "{no_channel}");
     }
 
     #[pg_test]
@@ -1840,9 +1850,12 @@ mod tests {
         assert!(other_source.starts_with("code_sent/"), "{other_source}");
     }
 
-    /// A decoy gets the channel (and an email's domain) of a real record, the
-    /// one next to its identifier, so decoys come in the proportions real
-    /// people do; the same identifier always gets the same one. An empty
+    /// A decoy gets the channel (and an email's domain) of a real record, one
+    /// of a sample taken at otp_configure, chosen by a keyed hash of the
+    /// identifier: decoys come in the proportions real people do, the same
+    /// identifier always gets the same one, and nothing about a decoy follows
+    /// from the records next to its identifier (the helper's second attack
+    /// compared the hint of X with that of X followed by '~'). An empty
     /// source still answers like a real code.
     #[pg_test]
     fn decoys_look_like_the_people_of_the_source() {
@@ -1874,12 +1887,24 @@ mod tests {
                     .unwrap_or_default()
             )
         };
-        // before a1, between a1 and b1 (next: b1, email only), after c1 (wraps to a1)
-        assert_eq!(channel_and_domain("0"), "whatsapp");
-        assert_eq!(channel_and_domain("a5"), "email@corp.example");
-        assert_eq!(channel_and_domain("b5"), "whatsapp");
-        assert_eq!(channel_and_domain("zz"), "whatsapp");
-        assert_eq!(channel_and_domain("a5"), "email@corp.example");
+        // identifiers that all sort between a1 and b1 (the email-only record):
+        // their decoys take both channels, as the source's people do
+        let shapes: Vec<String> = (0..30)
+            .map(|n| channel_and_domain(&format!("a1-{n}")))
+            .collect();
+        assert!(shapes.iter().any(|s| s == "whatsapp"), "{shapes:?}");
+        assert!(
+            shapes.iter().any(|s| s == "email@corp.example"),
+            "{shapes:?}"
+        );
+        assert!(
+            shapes
+                .iter()
+                .all(|s| s == "whatsapp" || s == "email@corp.example"),
+            "{shapes:?}"
+        );
+        // the same identifier, the same decoy
+        assert_eq!(channel_and_domain("a1-7"), shapes[7]);
         let empty = answer("nobody", "t-nobody", "x");
         assert!(empty.starts_with("code_sent/whatsapp/***"), "{empty}");
     }
@@ -2189,102 +2214,114 @@ mod tests {
         }
     }
 
-    /// Delegated configuration: writing agents needs both INSERT and UPDATE on
-    /// otp.agent, the rights of the source's owner, and reading every
-    /// configured column of the source; system catalogs are never sources,
-    /// whoever asks.
+    /// Delegated configuration: only a superuser or a member of otp_admin may
+    /// configure, through otp_configure alone (otp.agent grants nothing),
+    /// over sources it owns and whose columns it may read; replacing an
+    /// agent takes the same rights over the source it had. System catalogs
+    /// are never sources, whoever asks.
     #[pg_test]
-    fn configuring_needs_both_writes_and_reading_the_source() {
+    fn configuring_needs_otp_admin_and_the_rights_of_the_source_owner() {
         fixture();
         fixture_sqlstate_helper();
-        run("CREATE ROLE otp_test_inserter NOLOGIN; CREATE ROLE otp_test_writer NOLOGIN;
-             GRANT USAGE ON SCHEMA otp TO otp_test_inserter, otp_test_writer;
-             GRANT SELECT, INSERT ON otp.agent TO otp_test_inserter;
-             GRANT SELECT, INSERT, UPDATE ON otp.agent TO otp_test_writer;
-             GRANT EXECUTE ON FUNCTION pg_temp.sqlstate_of(text) TO otp_test_inserter, otp_test_writer;
-             GRANT EXECUTE ON FUNCTION otp_configure TO otp_test_inserter, otp_test_writer;");
-        let configure_as =
-            |role: &str, agent: &str, source: &str, id: &str, phone: &str| -> String {
-                run(&format!("SET LOCAL ROLE {role}"));
-                let state = sqlstate(&format!(
+        run("CREATE ROLE otp_test_outsider NOLOGIN; CREATE ROLE otp_test_admin NOLOGIN IN ROLE otp_admin;
+             CREATE ROLE otp_test_hr NOLOGIN;
+             GRANT EXECUTE ON FUNCTION pg_temp.sqlstate_of(text) TO otp_test_outsider, otp_test_admin;
+             CREATE TABLE public.delegated_people (id text PRIMARY KEY, phone text);
+             ALTER TABLE public.delegated_people OWNER TO otp_test_hr;");
+        let as_role = |role: &str, sql: &str| -> String {
+            run(&format!("SET LOCAL ROLE {role}"));
+            let state = sqlstate(sql);
+            run("RESET ROLE");
+            state
+        };
+        let configure = |agent: &str, source: &str, id: &str, phone: &str| {
+            format!(
                 "SELECT otp_configure('{agent}', '{source}', '{id}', phone_column => '{phone}')"
-            ));
-                run("RESET ROLE");
-                state
-            };
+            )
+        };
+        // not a member of otp_admin: not even allowed to call it
         assert_eq!(
-            configure_as(
-                "otp_test_inserter",
-                "delegated",
-                "public.employees",
-                "employee_no",
-                "whatsapp"
+            as_role(
+                "otp_test_outsider",
+                &configure("delegated", "public.delegated_people", "id", "phone")
             ),
             "42501"
         );
-        // may write agents, may not read the employees
+        // otp_admin, but not the owner of the table (row-level security of
+        // the table would not bind pg_otp's lookups): refused, even when the
+        // columns are readable
+        run("GRANT SELECT ON public.employees TO otp_test_admin");
         assert_eq!(
-            configure_as(
-                "otp_test_writer",
-                "delegated",
-                "public.employees",
-                "employee_no",
-                "whatsapp"
-            ),
-            "42501"
-        );
-        run("GRANT SELECT (employee_no) ON public.employees TO otp_test_writer");
-        assert_eq!(
-            configure_as(
-                "otp_test_writer",
-                "delegated",
-                "public.employees",
-                "employee_no",
-                "whatsapp"
-            ),
-            "42501"
-        );
-        // may read both columns, but pg_otp would look people up as the
-        // owner of the table, past any row-level security that binds the writer
-        run("GRANT SELECT (whatsapp) ON public.employees TO otp_test_writer");
-        assert_eq!(
-            configure_as(
-                "otp_test_writer",
-                "delegated",
-                "public.employees",
-                "employee_no",
-                "whatsapp"
+            as_role(
+                "otp_test_admin",
+                &configure("delegated", "public.employees", "employee_no", "whatsapp")
             ),
             "42501"
         );
         // a member of the owning role may
-        run("CREATE ROLE otp_test_hr NOLOGIN;
-             CREATE TABLE public.delegated_people (id text PRIMARY KEY, phone text);
-             ALTER TABLE public.delegated_people OWNER TO otp_test_hr;
-             GRANT otp_test_hr TO otp_test_writer;");
+        run("GRANT otp_test_hr TO otp_test_admin");
         assert_eq!(
-            configure_as(
-                "otp_test_writer",
-                "delegated",
-                "public.delegated_people",
-                "id",
-                "phone"
+            as_role(
+                "otp_test_admin",
+                &configure("delegated", "public.delegated_people", "id", "phone")
             ),
             "ok"
         );
-        // catalogs: refused even to a superuser, and to a delegate who can read them
+        // ...but may not take over an agent on a source it does not own
+        assert_eq!(
+            as_role(
+                "otp_test_admin",
+                &configure("payroll", "public.delegated_people", "id", "phone")
+            ),
+            "42501"
+        );
+        // nor write otp.agent other than through otp_configure
+        assert_eq!(
+            as_role(
+                "otp_test_admin",
+                "UPDATE otp.agent SET require_otp = false WHERE name = 'payroll'"
+            ),
+            "42501"
+        );
+        // catalogs: refused even to a superuser
         assert_eq!(sqlstate("SELECT otp_configure('cat', 'pg_authid', 'rolname', phone_column => 'rolpassword')"), "42809");
         assert_eq!(
-            configure_as(
-                "otp_test_writer",
-                "cat",
-                "pg_catalog.pg_class",
-                "relname",
-                "relname"
+            as_role(
+                "otp_test_admin",
+                &configure("cat", "pg_catalog.pg_class", "relname", "relname")
             ),
             "42809"
         );
         assert_eq!(sqlstate("SELECT otp_configure('cat', 'information_schema.tables', 'table_name', phone_column => 'table_name')"), "42809");
+    }
+
+    /// Pointing an agent at another source (or id column) ends its sessions
+    /// and pending codes: "4721" of the new source may be someone else, and a
+    /// session of the old one must not read the new one's rows.
+    #[pg_test]
+    fn a_new_source_ends_the_agents_sessions_and_codes() {
+        fixture();
+        run("CREATE TABLE public.other_people AS SELECT * FROM public.employees");
+        issue("t-src-session", "4721");
+        let code = delivered_code("t-src-session");
+        let session = verify("t-src-session", &code).token.unwrap();
+        issue("t-src-pending", "5000");
+        run("SELECT otp_configure(agent => 'payroll', source => 'public.other_people', id_column => 'employee_no',
+                                  phone_column => 'whatsapp', email_column => 'email',
+                                  max_codes => 1000000, resend_cooldown => '0')");
+        assert_eq!(use_session(&session), "revoked");
+        let pending: Option<String> = one(
+            "SELECT state FROM otp.challenge WHERE conversation = 't-src-pending' ORDER BY id DESC LIMIT 1",
+        );
+        assert_eq!(pending.as_deref(), Some("record_changed"));
+        // the same source again changes nothing
+        issue("t-src-again", "4721");
+        let code = delivered_code("t-src-again");
+        let session = verify("t-src-again", &code).token.unwrap();
+        run("SELECT otp_configure(agent => 'payroll', source => 'public.other_people', id_column => 'employee_no',
+                                  phone_column => 'whatsapp', email_column => 'email', max_attempts => 5,
+                                  max_codes => 1000000, resend_cooldown => '0')");
+        assert_eq!(use_session(&session), "active");
     }
 
     // ---- sessions that guard the data ----------------------------------------
@@ -2322,8 +2359,13 @@ mod tests {
             Some("4721"),
             "two agents in one transaction"
         );
-        // an unknown token binds nothing and unbinds nothing
+        // an unknown token unbinds every agent: which binding the caller
+        // meant to replace cannot be known, so none stays (fail closed)
         assert_eq!(use_session("no-such-token"), "unknown");
+        assert_eq!(subject_for("payroll"), None);
+        assert_eq!(subject_for("benefits"), None);
+        assert_eq!(use_session(&token), "active");
+        assert_eq!(use_session(&benefits), "active");
         assert_eq!(subject_for("payroll").as_deref(), Some("4721"));
         // a session that is over unbinds its agent: fail closed
         run(

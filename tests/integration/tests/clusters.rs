@@ -187,7 +187,35 @@ fn a_full_ledger_fails_closed_and_committed_guesses_leave_nothing_in_it() {
         (SHARE / 2..=SHARE / 2 + 1).contains(&at),
         "app1 refused after {at} rolled-back guesses: committed ones left entries behind?"
     );
-    // Another application (another role) is not shut out by app1.
+    // Neither another role nor another database gives app1 more room.
+    app1.batch_execute("SET ROLE otp_app").unwrap();
+    let refused = rolled_back_guess(&mut app1, "small", "app1-as-otp_app", "p390");
+    assert!(
+        matches!(&refused, Err((code, detail)) if code == "53400" && detail.contains("share")),
+        "{refused:?}"
+    );
+    app1.batch_execute("RESET ROLE").unwrap();
+    db.batch_execute("CREATE DATABASE second").unwrap();
+    cluster
+        .connect("postgres", "second")
+        .batch_execute(
+            "CREATE EXTENSION pg_otp;
+             CREATE TABLE people (id text PRIMARY KEY, email text);
+             INSERT INTO people VALUES ('q1', 'q1@example.com');
+             SELECT otp_configure(agent => 'small', source => 'people', id_column => 'id', email_column => 'email');",
+        )
+        .unwrap();
+    let refused = rolled_back_guess(
+        &mut cluster.connect("app1", "second"),
+        "small",
+        "app1-second",
+        "q1",
+    );
+    assert!(
+        matches!(&refused, Err((code, detail)) if code == "53400" && detail.contains("share")),
+        "{refused:?}"
+    );
+    // Another application (another login role) is not shut out by app1.
     let mut app2 = cluster.connect("app2", "postgres");
     assert_eq!(
         rolled_back_guess(&mut app2, "small", "app2-first", "p300"),

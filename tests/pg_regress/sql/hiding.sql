@@ -7,7 +7,12 @@ SET ROLE chat_app;
 SELECT status, channel, length(destination_hint) AS hint_length,
        round(extract(epoch FROM expires_at - clock_timestamp()) / 60) AS minutes
   FROM otp_issue('discreet', 'hide:real', '4721');
-SELECT status, channel, length(destination_hint) AS hint_length,
+-- The unknown number's hint is shaped like a real person's: the channel (and
+-- email domain) of one of the people sampled from hr.employees when the agent
+-- was configured, picked by a keyed hash of the number.
+SELECT status,
+       CASE channel WHEN 'whatsapp' THEN destination_hint ~ '^\*\*\*[0-9]{2}$'
+                    WHEN 'email' THEN destination_hint ~ '^[a-z]\*\*\*@example\.com$' END AS real_shape,
        round(extract(epoch FROM expires_at - clock_timestamp()) / 60) AS minutes
   FROM otp_issue('discreet', 'hide:nobody', '0000');
 -- The same unknown number always shows the same hint.
