@@ -3,20 +3,24 @@
 
 Every accepted message is stored as DIR/NNNN.eml. Recipients choose how the
 server behaves: a local part starting with "flaky" gets one 451 (transient)
-and is accepted on the next try; "nobody" gets 550 (permanent)."""
+and is accepted on the next try; "nobody" gets 550 (permanent). With
+--announce, each message's arrival (the wall clock, in nanoseconds, when the
+whole message was in) is printed as "accepted NANOS" (for bench/)."""
 
 import argparse
 import itertools
 import os
 import signal
 import threading
+import time
 
 from aiosmtpd.controller import Controller
 
 
 class Handler:
-    def __init__(self, directory):
+    def __init__(self, directory, announce):
         self.directory = directory
+        self.announce = announce
         self.numbers = itertools.count(1)
         self.refused_once = set()
 
@@ -31,6 +35,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.announce:
+            print(f"accepted {time.time_ns()}", flush=True)
         number = next(self.numbers)
         path = os.path.join(self.directory, f"{number:04d}.eml")
         with open(path + ".tmp", "wb") as out:
@@ -43,8 +49,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--announce", action="store_true")
     args = parser.parse_args()
-    controller = Controller(Handler(args.dir), hostname="127.0.0.1", port=args.port)
+    controller = Controller(Handler(args.dir, args.announce), hostname="127.0.0.1", port=args.port)
     controller.start()
     print("ready", flush=True)
     stop = threading.Event()
