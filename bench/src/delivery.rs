@@ -167,11 +167,16 @@ struct SmtpSink {
 impl SmtpSink {
     async fn start() -> Result<SmtpSink> {
         use tokio::io::AsyncBufReadExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let dir = std::env::temp_dir().join(format!("pg_otp-bench-smtp-{port}"));
         std::fs::create_dir_all(&dir)?;
         let mut child = tokio::process::Command::new("/usr/bin/python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../dispatcher/tests/smtp_sink.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../dispatcher/tests/smtp_sink.py"
+            ))
             .args(["--port", &port.to_string(), "--announce", "--dir"])
             .arg(&dir)
             .stdout(Stdio::piped())
@@ -209,7 +214,9 @@ impl Drop for SmtpSink {
 }
 
 fn since_epoch() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Latency from commit to provider, WhatsApp (person p1) and email (p2,

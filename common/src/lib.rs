@@ -78,3 +78,6 @@ mod tests {
         assert_eq!(Channel::parse("sms"), None);
     }
 }
+
+#[cfg(feature = "client")]
+pub mod pg_tls;

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 #[derive(Parser)]
 #[command(name = "otp-demo")]
 struct Args {
     /// Connection string of a role in otp_app that may read hr.employees
-    /// (through its row-level security policy: see tests/pg_regress/sql/setup.sql).
+    /// (through its row-level security policy: see tests/pg_regress/sql/setup.sql);
+    /// sslmode and sslrootcert as in libpq (see README, TLS to PostgreSQL).
     #[arg(long)]
     database_url: String,
     /// The file otp-dispatcher --console writes deliveries to (the phone).
@@ -298,7 +299,7 @@ impl Agent {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let calls = Calls::new(&args.schema)?;
-    let (db, connection) = tokio_postgres::connect(&args.database_url, NoTls)
+    let (db, connection) = otp_common::pg_tls::connect(&args.database_url)
         .await
         .context("connecting to PostgreSQL")?;
     tokio::spawn(connection);

@@ -40,8 +40,11 @@ impl From<String> for Secret {
 #[derive(Parser, Debug)]
 #[command(name = "otp-dispatcher", version)]
 pub struct Args {
-    /// PostgreSQL connection string, e.g. "host=/var/run/postgresql dbname=app user=otp_sender".
-    /// A password in it is visible in `ps`: prefer --database-url-file.
+    /// PostgreSQL connection string, e.g. "host=/var/run/postgresql dbname=app user=otp_sender",
+    /// or "host=db.example.com user=otp_sender sslmode=verify-full sslrootcert=/etc/otp/ca.pem"
+    /// (sslmode disable, prefer, require, verify-ca or verify-full, as in libpq; sslrootcert a
+    /// PEM file of CAs, or "system"). A password in it is visible in `ps`: prefer
+    /// --database-url-file.
     #[arg(long, env = "OTP_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -209,6 +212,11 @@ impl Config {
     pub fn from_args(args: Args) -> Result<Self> {
         let database_url = secret(args.database_url, args.database_url_file, "database-url")?
             .context("the database is required: give --database-url-file (or --database-url)")?;
+        // Its TLS settings are checked now (a mode without the CA it needs, a
+        // CA file that cannot be read), not at every reconnection attempt.
+        otp_common::pg_tls::parse(&database_url)
+            .and_then(|target| otp_common::pg_tls::connector(&target))
+            .context("--database-url")?;
         let whatsapp_token = secret(
             args.whatsapp_token,
             args.whatsapp_token_file,
@@ -365,6 +373,21 @@ mod tests {
     #[test]
     fn half_configured_transports_are_errors() {
         assert!(parse(&["--whatsapp-token", "t"]).is_err());
+        // TLS settings are checked at start (parse() passes a plain URL)
+        let mut argv = vec![
+            "otp-dispatcher",
+            "--database-url",
+            "host=db sslmode=verify-full",
+            "--console",
+        ];
+        let err = Config::from_args(Args::try_parse_from(&argv).unwrap()).unwrap_err();
+        assert!(format!("{err:#}").contains("needs sslrootcert"), "{err:#}");
+        argv[2] = "host=db sslmode=verify-full sslrootcert=/nonexistent/ca.pem";
+        let err = Config::from_args(Args::try_parse_from(&argv).unwrap()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/ca.pem"),
+            "{err:#}"
+        );
         assert!(parse(&["--smtp-url", "smtp://127.0.0.1:25"]).is_err());
         assert!(parse(&[
             "--smtp-url",

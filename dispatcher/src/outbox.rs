@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use futures_util::future::try_join_all;
 use futures_util::{stream, StreamExt};
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tracing::{debug, warn};
 
 use crate::config::Secret;
@@ -62,7 +62,8 @@ impl Outbox {
     /// Connects, starts LISTENing, and signals `wake` on every notification.
     pub async fn connect(url: &Secret, schema: &str, wake: Arc<Notify>) -> Result<Self> {
         // The connection string may hold a password: never put it in an error.
-        let (client, mut connection) = tokio_postgres::connect(url.expose(), NoTls)
+        // TLS as the connection string's sslmode and sslrootcert say.
+        let (client, mut connection) = otp_common::pg_tls::connect(url.expose())
             .await
             .context("connecting to PostgreSQL")?;
         tokio::spawn(async move {

@@ -335,6 +335,11 @@ impl Cluster {
         Client::connect(&config, NoTls).unwrap_or_else(|err| panic!("connect as {user}: {err}"))
     }
 
+    /// Its directory (the data directory is `data` inside).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
