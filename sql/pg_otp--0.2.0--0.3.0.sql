@@ -55,7 +55,55 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'otp_unlock_wrapper';
 
+-- The sweep: what the claim used to do besides claiming (src/delivery/sweep.rs).
+CREATE FUNCTION @extschema@."otp_outbox_sweep"() RETURNS TABLE (
+    "finished" bigint,
+    "decoys" bigint
+)
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_outbox_sweep_wrapper';
+
+-- Provider statuses (delivery webhooks): src/delivery/status.rs.
+CREATE FUNCTION @extschema@."otp_outbox_status"(
+    "provider_ref" TEXT,
+    "message_id" bigint,
+    "status" TEXT,
+    "at" timestamp with time zone,
+    "error" TEXT,
+    "retryable" bool
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_outbox_status_wrapper';
+
+-- otp_status tells whether only the primary device receives the channel.
+DROP FUNCTION @extschema@.otp_status(text, text);
+CREATE FUNCTION @extschema@."otp_status"(
+    "agent" TEXT,
+    "conversation" TEXT
+) RETURNS TABLE (
+    "status" TEXT,
+    "channel" TEXT,
+    "destination_hint" TEXT,
+    "delivery" TEXT,
+    "attempts_remaining" INT,
+    "expires_at" timestamp with time zone,
+    "primary_device_only" bool
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'otp_status_with_device_wrapper';
+REVOKE EXECUTE ON FUNCTION @extschema@.otp_status(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.otp_status(text, text) TO otp_app;
+ALTER FUNCTION @extschema@.otp_status(text, text) SET plan_cache_mode = force_generic_plan;
+
 REVOKE EXECUTE ON FUNCTION
+    @extschema@.otp_outbox_status(text, bigint, text, timestamptz, text, boolean),
+    @extschema@.otp_outbox_sweep(),
     @extschema@.otp_outbox_sent(bigint, integer, text),
     @extschema@.otp_outbox_failed(bigint, integer, text, boolean),
     @extschema@.otp_outbox_expired(bigint, integer),
@@ -64,8 +112,13 @@ FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     @extschema@.otp_outbox_sent(bigint, integer, text),
     @extschema@.otp_outbox_failed(bigint, integer, text, boolean),
-    @extschema@.otp_outbox_expired(bigint, integer)
+    @extschema@.otp_outbox_expired(bigint, integer),
+    @extschema@.otp_outbox_sweep(),
+    @extschema@.otp_outbox_status(text, bigint, text, timestamptz, text, boolean)
 TO otp_dispatcher;
+ALTER FUNCTION @extschema@.otp_outbox_sweep() SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_status(text, bigint, text, timestamptz, text, boolean)
+    SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, integer, text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, integer, text, boolean) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_expired(bigint, integer) SET plan_cache_mode = force_generic_plan;
@@ -101,7 +154,31 @@ ALTER TABLE otp.event DROP CONSTRAINT event_event_check,
     ADD CONSTRAINT event_event_check CHECK (event IN (
         'issued', 'delivered', 'delivery_failed', 'verified', 'incorrect', 'locked',
         'expired', 'superseded', 'rate_limited', 'session_started', 'session_expired',
-        'session_revoked', 'record_changed'));
+        'session_revoked', 'record_changed', 'received', 'read'));
+
+-- Delivery confirmed by the provider's status webhooks: `delivered` and
+-- `read`; a `sent` message may keep its sealed code until then, for a late
+-- fallback (see sql/schema.sql).
+ALTER TABLE otp.outbox DROP CONSTRAINT outbox_state_check,
+    ADD CONSTRAINT outbox_state_check
+        CHECK (state IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'expired', 'cancelled'));
+ALTER TABLE otp.challenge DROP CONSTRAINT challenge_delivery_check,
+    ADD CONSTRAINT challenge_delivery_check
+        CHECK (delivery IN ('queued', 'sent', 'delivered', 'read', 'failed', 'expired', 'cancelled'));
+ALTER TABLE otp.outbox DROP CONSTRAINT outbox_check,
+    ADD CONSTRAINT outbox_code_only_while_open
+        CHECK ((code_sealed IS NULL) = (code_nonce IS NULL)
+               AND (state NOT IN ('queued', 'sending') OR code_sealed IS NOT NULL)
+               AND (state IN ('queued', 'sending', 'sent') OR code_sealed IS NULL));
+CREATE INDEX outbox_by_provider_ref ON otp.outbox (provider_ref) WHERE provider_ref IS NOT NULL;
+CREATE INDEX outbox_held_codes ON otp.outbox (expires_at) WHERE state = 'sent' AND code_sealed IS NOT NULL;
+
+-- Names that say what the table-level checks guarantee (vocabulary checks
+-- keep the names PostgreSQL gave them, now spelled in schema.sql).
+ALTER TABLE otp.challenge RENAME CONSTRAINT challenge_check1 TO challenge_ended_iff_final;
+ALTER TABLE otp.outbox RENAME CONSTRAINT outbox_check1 TO outbox_finished_iff_final;
+ALTER TABLE otp.outbox RENAME CONSTRAINT outbox_check2 TO outbox_fallback_complete;
+ALTER TABLE otp.outbox RENAME CONSTRAINT outbox_check3 TO outbox_fallback_differs;
 
 -- otp_configure takes app_role. (The library keeps the old entry point, so
 -- the 0.2.0 function kept working until now.)

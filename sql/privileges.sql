@@ -97,7 +97,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.otp_outbox_claim(integer, interval),
     @extschema@.otp_outbox_sent(bigint, integer, text),
     @extschema@.otp_outbox_failed(bigint, integer, text, boolean),
-    @extschema@.otp_outbox_expired(bigint, integer)
+    @extschema@.otp_outbox_expired(bigint, integer),
+    @extschema@.otp_outbox_sweep(),
+    @extschema@.otp_outbox_status(text, bigint, text, timestamptz, text, boolean)
 TO otp_dispatcher;
 
 -- Everything of pg_otp belongs to otp_owner (see above).
@@ -148,3 +150,6 @@ ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) SET plan_cache_mo
 ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, integer, text) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, integer, text, boolean) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION @extschema@.otp_outbox_expired(bigint, integer) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_sweep() SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_status(text, bigint, text, timestamptz, text, boolean)
+    SET plan_cache_mode = force_generic_plan;

@@ -20,7 +20,7 @@ CREATE TABLE otp.agent (
     max_attempts      integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 10),
     idle_timeout      interval NOT NULL CHECK (idle_timeout > interval '0'),
     absolute_timeout  interval NOT NULL CHECK (absolute_timeout > interval '0'),
-    preferred_channel text NOT NULL CHECK (preferred_channel IN ('whatsapp', 'email')),
+    preferred_channel text NOT NULL CONSTRAINT agent_preferred_channel_check CHECK (preferred_channel IN ('whatsapp', 'email')),
     -- abuse resistance (see src/limits.rs)
     max_codes         integer NOT NULL CHECK (max_codes BETWEEN 1 AND 1000000),
     code_window       interval NOT NULL CHECK (code_window > interval '0'),
@@ -52,7 +52,7 @@ CREATE TABLE otp.challenge (
     agent            text NOT NULL,
     conversation     text NOT NULL,
     subject          text NOT NULL,
-    channel          text NOT NULL CHECK (channel IN ('whatsapp', 'email')),
+    channel          text NOT NULL CONSTRAINT challenge_channel_check CHECK (channel IN ('whatsapp', 'email')),
     destination_hint text NOT NULL,
     -- keyed hash of channel and address (of the fallback once the code went
     -- there): per-destination send limits, and the check that the address is
@@ -62,20 +62,23 @@ CREATE TABLE otp.challenge (
     -- which otp.secret_key the hash was made with (see crypto::Keys::id)
     key_id           bytea NOT NULL CHECK (length(key_id) = 8),
     state            text NOT NULL DEFAULT 'pending'
-                     CHECK (state IN ('pending', 'verified', 'locked', 'superseded', 'expired',
+                     CONSTRAINT challenge_state_check CHECK (state IN ('pending', 'verified', 'locked', 'superseded', 'expired',
                                       'record_changed')),
     attempts_used    integer NOT NULL DEFAULT 0 CHECK (attempts_used BETWEEN 0 AND max_attempts),
     max_attempts     integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 10),
-    -- what became of the message carrying the code (mirrors otp.outbox)
+    -- what became of the message carrying the code: written only by the
+    -- delivery module (src/delivery), mirroring otp.outbox, where a message
+    -- being sent still shows as queued
     delivery         text NOT NULL DEFAULT 'queued'
-                     CHECK (delivery IN ('queued', 'sent', 'failed', 'expired', 'cancelled')),
+                     CONSTRAINT challenge_delivery_check
+                     CHECK (delivery IN ('queued', 'sent', 'delivered', 'read', 'failed', 'expired', 'cancelled')),
     created_at       timestamptz NOT NULL,
     expires_at       timestamptz NOT NULL,
     ended_at         timestamptz,
     -- stands in for an unknown identifier (reveal_unknown = false): its code
     -- was never sent to anyone, so it can never verify
     decoy            boolean NOT NULL DEFAULT false,
-    CHECK ((state = 'pending') = (ended_at IS NULL))
+    CONSTRAINT challenge_ended_iff_final CHECK ((state = 'pending') = (ended_at IS NULL))
 );
 ALTER SEQUENCE otp.challenge_id_seq OWNED BY otp.challenge.id;
 -- At most one live code per conversation, whatever races happen above.
@@ -97,26 +100,29 @@ CREATE TABLE otp.subject_guard (
     PRIMARY KEY (agent, subject)
 );
 
--- Messages for the delivery process. The code is kept only sealed (AEAD under a
--- key derived from otp.secret_key) and only while the message is in flight.
+-- Messages for the delivery process, written only by the delivery module
+-- (src/delivery), whose MessageState spells the state words. The code is
+-- kept only sealed (AEAD under a key derived from otp.secret_key) and only
+-- while the message is in flight.
 CREATE TABLE otp.outbox (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     challenge_id bigint NOT NULL,
     agent        text NOT NULL,
     conversation text NOT NULL,
-    channel      text NOT NULL CHECK (channel IN ('whatsapp', 'email')),
+    channel      text NOT NULL CONSTRAINT outbox_channel_check CHECK (channel IN ('whatsapp', 'email')),
     -- '' for a decoy's message (reveal_unknown = false): queued and "sent"
     -- like any other, but never handed to a dispatcher
     destination  text NOT NULL,
     -- the record's other channel: used when this one fails permanently
-    fallback_channel     text CHECK (fallback_channel IN ('whatsapp', 'email')),
+    fallback_channel     text CONSTRAINT outbox_fallback_channel_check CHECK (fallback_channel IN ('whatsapp', 'email')),
     fallback_destination text,
     code_nonce   bytea,
     code_sealed  bytea,
     -- which otp.secret_key sealed the code
     key_id       bytea NOT NULL CHECK (length(key_id) = 8),
     state        text NOT NULL DEFAULT 'queued'
-                 CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'expired', 'cancelled')),
+                 CONSTRAINT outbox_state_check
+                 CHECK (state IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'expired', 'cancelled')),
     attempt      integer NOT NULL DEFAULT 0,
     -- when the message may next be claimed: creation, lease end, or retry time
     available_at timestamptz NOT NULL,
@@ -126,11 +132,17 @@ CREATE TABLE otp.outbox (
     created_at   timestamptz NOT NULL,
     sent_at      timestamptz,
     finished_at  timestamptz,
-    -- a message in a final state can never still hold its code
-    CHECK ((state IN ('queued', 'sending')) = (code_sealed IS NOT NULL AND code_nonce IS NOT NULL)),
-    CHECK ((state IN ('queued', 'sending')) = (finished_at IS NULL)),
-    CHECK ((fallback_channel IS NULL) = (fallback_destination IS NULL)),
-    CHECK (fallback_channel IS DISTINCT FROM channel)
+    -- a message holds its code while it waits or is sent, and after that only
+    -- while `sent` (until its provider confirms delivery, the code expires or
+    -- the challenge ends: a late failure may still fall back); never later
+    CONSTRAINT outbox_code_only_while_open
+        CHECK ((code_sealed IS NULL) = (code_nonce IS NULL)
+               AND (state NOT IN ('queued', 'sending') OR code_sealed IS NOT NULL)
+               AND (state IN ('queued', 'sending', 'sent') OR code_sealed IS NULL)),
+    -- finished_at is set exactly when the message reaches a final state
+    CONSTRAINT outbox_finished_iff_final CHECK ((state IN ('queued', 'sending')) = (finished_at IS NULL)),
+    CONSTRAINT outbox_fallback_complete CHECK ((fallback_channel IS NULL) = (fallback_destination IS NULL)),
+    CONSTRAINT outbox_fallback_differs CHECK (fallback_channel IS DISTINCT FROM channel)
 );
 -- The claim's scan, in the order it takes messages (so LIMIT stops it early);
 -- decoys have their own, so that no number of them delays a real message.
@@ -139,6 +151,10 @@ CREATE INDEX outbox_due ON otp.outbox (available_at, id)
 CREATE INDEX outbox_decoys_due ON otp.outbox (available_at, id)
     WHERE state IN ('queued', 'sending') AND destination = '';
 CREATE INDEX outbox_by_challenge ON otp.outbox (challenge_id);
+-- A provider's status webhook names the message by the provider's id for it.
+CREATE INDEX outbox_by_provider_ref ON otp.outbox (provider_ref) WHERE provider_ref IS NOT NULL;
+-- The sweep erases the codes kept for a late fallback once they expire.
+CREATE INDEX outbox_held_codes ON otp.outbox (expires_at) WHERE state = 'sent' AND code_sealed IS NOT NULL;
 
 -- Authenticated conversation sessions. The bearer token is kept only as SHA-256.
 CREATE TABLE otp.session (
@@ -159,7 +175,7 @@ CREATE TABLE otp.session (
     ended_at        timestamptz,
     -- a session started by a code is tied to the address the code went to:
     -- its channel and keyed fingerprint, made under the secret key_id names
-    channel         text CHECK (channel IN ('whatsapp', 'email')),
+    channel         text CONSTRAINT session_channel_check CHECK (channel IN ('whatsapp', 'email')),
     destination_key bytea CHECK (length(destination_key) = 32),
     key_id          bytea CHECK (length(key_id) = 8),
     -- when a touch found the person gone from the source or that address
@@ -179,10 +195,10 @@ CREATE TABLE otp.event (
     agent            text NOT NULL,
     conversation     text,
     subject          text,
-    event            text NOT NULL CHECK (event IN (
+    event            text NOT NULL CONSTRAINT event_event_check CHECK (event IN (
                          'issued', 'delivered', 'delivery_failed', 'verified', 'incorrect', 'locked',
                          'expired', 'superseded', 'rate_limited', 'session_started', 'session_expired',
-                         'session_revoked', 'record_changed')),
+                         'session_revoked', 'record_changed', 'received', 'read')),
     channel          text,
     destination_hint text
 );

@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 
 use crate::config::AgentSettings;
 use crate::errors::OrRaise;
-use crate::{audit, binding, challenge, config, gucs, limits, outbox, purge, session};
+use crate::{audit, binding, challenge, config, delivery, gucs, limits, purge, session};
 
 /// Creates or replaces an agent's "Authenticate conversation" settings.
 /// Runs as otp_owner, the only writer of otp.agent; the caller must be a
@@ -175,9 +175,46 @@ fn otp_verify(
 }
 
 /// Where the conversation's latest code stands: its state, the channel it
-/// actually went to (after a fallback, the other one) and its delivery.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+/// actually went to (after a fallback, the other one), its delivery, and
+/// whether only the person's primary device receives that channel.
+#[pg_extern(name = "otp_status", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
+fn otp_status_with_device(
+    agent: Option<&str>,
+    conversation: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(channel, Option<String>),
+        name!(destination_hint, Option<String>),
+        name!(delivery, Option<String>),
+        name!(attempts_remaining, Option<i32>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+        name!(primary_device_only, Option<bool>),
+    ),
+> {
+    let current = Spi::connect(|client| challenge::status(client, agent, conversation)).or_raise();
+    let primary_device_only = current
+        .channel
+        .as_deref()
+        .and_then(config::Channel::parse)
+        .map(config::Channel::primary_device_only);
+    TableIterator::once((
+        current.status,
+        current.channel,
+        current.destination_hint,
+        current.delivery,
+        current.attempts_remaining,
+        current.expires_at,
+        primary_device_only,
+    ))
+}
+
+/// otp_status of pg_otp 0.2.0 (no primary_device_only): its C entry point
+/// stays for the older schema until ALTER EXTENSION pg_otp UPDATE (see
+/// `schema`).
+#[pg_extern(sql = false)]
 fn otp_status(
     agent: Option<&str>,
     conversation: Option<&str>,
@@ -192,15 +229,9 @@ fn otp_status(
         name!(expires_at, Option<TimestampWithTimeZone>),
     ),
 > {
-    let current = Spi::connect(|client| challenge::status(client, agent, conversation)).or_raise();
-    TableIterator::once((
-        current.status,
-        current.channel,
-        current.destination_hint,
-        current.delivery,
-        current.attempts_remaining,
-        current.expires_at,
-    ))
+    TableIterator::new(
+        otp_status_with_device(agent, conversation).map(|(a, b, c, d, e, f, _)| (a, b, c, d, e, f)),
+    )
 }
 
 /// A person's recent events, newest first: codes requested, delivered,
@@ -423,7 +454,7 @@ fn otp_outbox_claim(
 > {
     let claimed = Spi::connect_mut(|client| {
         let keys = gucs::keys()?;
-        outbox::claim(client, &keys, batch_size, lease)
+        delivery::claim(client, &keys, batch_size, lease)
     })
     .or_raise();
     TableIterator::new(claimed.into_iter().map(|m| {
@@ -440,6 +471,50 @@ fn otp_outbox_claim(
     }))
 }
 
+/// Delivery protocol: moves on messages no claim will hand out (codes that
+/// expired while queued, challenges that ended while a lease ran out) and
+/// decoys. A dispatcher calls it between claims; the purge worker too.
+/// Returns how many real messages it finished and decoys it moved.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_outbox_sweep() -> TableIterator<'static, (name!(finished, i64), name!(decoys, i64))> {
+    let swept =
+        Spi::connect_mut(|client| delivery::sweep(client, delivery::Decoys::Advance)).or_raise();
+    TableIterator::once((swept.finished, swept.decoys))
+}
+
+/// Delivery protocol: what the provider said later about a message it
+/// accepted (a status webhook): `sent`, `delivered`, `read` or `failed`.
+/// Returns what it did: `recorded`, `fallback`, `retried`, `ignored` or
+/// `unknown` (see delivery/status.rs).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn otp_outbox_status(
+    provider_ref: Option<&str>,
+    message_id: Option<i64>,
+    status: Option<&str>,
+    at: Option<TimestampWithTimeZone>,
+    error: Option<&str>,
+    retryable: Option<bool>,
+) -> String {
+    Spi::connect_mut(|client| {
+        let keys = gucs::keys()?;
+        delivery::status(
+            client,
+            &keys,
+            provider_ref,
+            message_id,
+            status,
+            at,
+            error,
+            retryable,
+        )
+    })
+    .or_raise()
+    .as_str()
+    .to_owned()
+}
+
 /// Delivery protocol: the provider accepted the message. `attempt` is the
 /// one otp_outbox_claim returned; false when the report was stale (the
 /// lease ran out and the message was claimed again) and so ignored.
@@ -452,7 +527,7 @@ fn otp_outbox_sent_fenced(
 ) -> bool {
     Spi::connect_mut(|client| {
         let keys = gucs::keys()?;
-        outbox::sent(client, &keys, message_id, attempt, provider_ref)
+        delivery::sent(client, &keys, message_id, attempt, provider_ref)
     })
     .or_raise()
 }
@@ -468,7 +543,7 @@ fn otp_outbox_sent_fenced(
 )]
 #[search_path(pg_catalog, pg_temp)]
 fn otp_outbox_expired_fenced(message_id: Option<i64>, attempt: Option<i32>) -> bool {
-    Spi::connect_mut(|client| outbox::expired(client, message_id, attempt)).or_raise()
+    Spi::connect_mut(|client| delivery::expired(client, message_id, attempt)).or_raise()
 }
 
 /// Delivery protocol: the delivery failed; `retryable` asks for another try.
@@ -488,7 +563,7 @@ fn otp_outbox_failed_fenced(
 ) -> bool {
     Spi::connect_mut(|client| {
         let keys = gucs::keys()?;
-        outbox::failed(client, &keys, message_id, attempt, error, retryable)
+        delivery::failed(client, &keys, message_id, attempt, error, retryable)
     })
     .or_raise()
 }
@@ -503,8 +578,8 @@ fn otp_outbox_failed_fenced(
 fn otp_outbox_sent(message_id: Option<i64>, provider_ref: Option<&str>) {
     Spi::connect_mut(|client| {
         let keys = gucs::keys()?;
-        let attempt = outbox::current_attempt(client, message_id)?;
-        outbox::sent(client, &keys, message_id, attempt, provider_ref).map(drop)
+        let attempt = delivery::current_attempt(client, message_id)?;
+        delivery::sent(client, &keys, message_id, attempt, provider_ref).map(drop)
     })
     .or_raise()
 }
@@ -512,8 +587,8 @@ fn otp_outbox_sent(message_id: Option<i64>, provider_ref: Option<&str>) {
 #[pg_extern(sql = false)]
 fn otp_outbox_expired(message_id: Option<i64>) {
     Spi::connect_mut(|client| {
-        let attempt = outbox::current_attempt(client, message_id)?;
-        outbox::expired(client, message_id, attempt).map(drop)
+        let attempt = delivery::current_attempt(client, message_id)?;
+        delivery::expired(client, message_id, attempt).map(drop)
     })
     .or_raise()
 }
@@ -522,8 +597,8 @@ fn otp_outbox_expired(message_id: Option<i64>) {
 fn otp_outbox_failed(message_id: Option<i64>, error: Option<&str>, retryable: Option<bool>) {
     Spi::connect_mut(|client| {
         let keys = gucs::keys()?;
-        let attempt = outbox::current_attempt(client, message_id)?;
-        outbox::failed(client, &keys, message_id, attempt, error, retryable).map(drop)
+        let attempt = delivery::current_attempt(client, message_id)?;
+        delivery::failed(client, &keys, message_id, attempt, error, retryable).map(drop)
     })
     .or_raise()
 }

@@ -26,9 +26,34 @@ pub enum Event {
     /// The person left the source, or the address a code went to left their
     /// record: the pending code, or the session, ended.
     RecordChanged,
+    /// The provider reports that the message reached the person's device
+    /// (WhatsApp's `delivered`; `Delivered` above, older, means the provider
+    /// accepted it).
+    Received,
+    /// The provider reports that the person opened the message.
+    Read,
 }
 
 impl Event {
+    #[cfg(any(test, feature = "pg_test"))]
+    pub const ALL: [Event; 15] = [
+        Event::Issued,
+        Event::Delivered,
+        Event::DeliveryFailed,
+        Event::Verified,
+        Event::Incorrect,
+        Event::Locked,
+        Event::Expired,
+        Event::Superseded,
+        Event::RateLimited,
+        Event::SessionStarted,
+        Event::SessionExpired,
+        Event::SessionRevoked,
+        Event::RecordChanged,
+        Event::Received,
+        Event::Read,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Issued => "issued",
@@ -44,6 +69,8 @@ impl Event {
             Event::SessionExpired => "session_expired",
             Event::SessionRevoked => "session_revoked",
             Event::RecordChanged => "record_changed",
+            Event::Received => "received",
+            Event::Read => "read",
         }
     }
 }

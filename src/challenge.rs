@@ -19,7 +19,7 @@ use crate::crypto::{self, Code, CODE_DIGITS};
 use crate::errors::{OtpError, Result};
 use crate::prepared;
 use crate::record::{Fingerprint, Still};
-use crate::{clock, gucs, ledger, limits, locks, outbox, record, schema, session};
+use crate::{clock, delivery, gucs, ledger, limits, locks, record, schema, session};
 
 /// Result words of otp_issue. The spelling is the SQL contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,11 +227,12 @@ pub fn issue(
     let code_hash = keys.code_hash(challenge_id, &agent.name, conversation, &code);
     prepared::update(
         client,
-        // The challenge and its audit event in one statement.
+        // The challenge and its audit event in one statement. (Its delivery
+        // columns start at their defaults; the delivery module owns them.)
         "WITH issued AS (
              INSERT INTO otp.challenge (id, agent, conversation, subject, channel, destination_hint, destination_key,
-                                        code_hash, max_attempts, created_at, expires_at, decoy, key_id, delivery)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued')
+                                        code_hash, max_attempts, created_at, expires_at, decoy, key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
           RETURNING agent, conversation, subject, channel, destination_hint)
          INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
          SELECT $10, agent, conversation, subject, $14, channel, destination_hint FROM issued",
@@ -253,7 +254,7 @@ pub fn issue(
             Event::Issued.as_str().into(),
         ],
     )?;
-    let message = outbox::Outgoing {
+    let message = delivery::Outgoing {
         challenge_id,
         agent: &agent.name,
         conversation,
@@ -263,7 +264,7 @@ pub fn issue(
         created_at: now,
         expires_at,
     };
-    outbox::enqueue(client, keys, &message)?;
+    delivery::enqueue(client, keys, &message)?;
 
     Ok(Issued {
         status: IssueStatus::CodeSent,
@@ -541,30 +542,22 @@ pub fn normalize_code(input: &str) -> Option<Code> {
 }
 
 /// One statement that moves pending challenges (those matching `$where`,
-/// whose parameters are $6 onwards) to a final state, stops delivery of their
-/// codes and records the event: one round trip instead of three on the path
-/// of every verification. Parameters: $1 state, $2 time, $3 the messages'
-/// final state, $4 whether it is a verification, $5 the event word.
-/// (Unfinished messages are found by `finished_at IS NULL`, which the
-/// planner cannot match to the outbox_due index: a lookup by challenge must
-/// never be combined with a scan of the whole queue.)
+/// whose parameters are $4 onwards) to a final state and records the event;
+/// it returns their ids, for `delivery::stop`. Parameters: $1 state, $2
+/// time, $3 the event word.
 macro_rules! end_pending {
     ($where:literal) => {
         concat!(
             "WITH ended AS (
-                 UPDATE otp.challenge
-                    SET state = $1, ended_at = $2,
-                        delivery = CASE WHEN delivery = 'queued' AND NOT $4 THEN $3 ELSE delivery END
+                 UPDATE otp.challenge SET state = $1, ended_at = $2
                   WHERE ",
             $where,
             " AND state = 'pending'
               RETURNING id, agent, conversation, subject, channel, destination_hint),
-             stopped AS (
-                 UPDATE otp.outbox o SET state = $3, code_nonce = NULL, code_sealed = NULL, finished_at = $2
-                   FROM ended
-                  WHERE o.challenge_id = ended.id AND o.finished_at IS NULL AND (o.state = 'queued' OR NOT $4))
-             INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
-             SELECT $2, agent, conversation, subject, $5, channel, destination_hint FROM ended"
+             recorded AS (
+                 INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+                 SELECT $2, agent, conversation, subject, $3, channel, destination_hint FROM ended)
+             SELECT id FROM ended"
         )
     };
 }
@@ -578,7 +571,7 @@ fn supersede_pending(
 ) -> Result<()> {
     end_where(
         client,
-        end_pending!("agent = $6 AND conversation = $7"),
+        end_pending!("agent = $4 AND conversation = $5"),
         Ending::Superseded,
         now,
         vec![agent.into(), conversation.into()],
@@ -587,6 +580,7 @@ fn supersede_pending(
 
 /// Runs an `end_pending!` statement for `ending`: the parameters every such
 /// statement takes, then `selector`, the parameters of its WHERE clause.
+/// Delivery of the ended challenges' codes stops in the same transaction.
 fn end_where<'a>(
     client: &mut SpiClient<'_>,
     sql: &str,
@@ -597,13 +591,13 @@ fn end_where<'a>(
     let mut args: Vec<DatumWithOid<'a>> = vec![
         ending.state().into(),
         now.into(),
-        ending.message_end().into(),
-        (ending == Ending::Verified).into(),
         ending.event().as_str().into(),
     ];
     args.extend(selector);
-    prepared::update(client, sql, None, &args)?;
-    Ok(())
+    let ended = prepared::update(client, sql, None, &args)?
+        .map(|row| Ok(row.get::<i64>(1)?.unwrap_or_default()))
+        .collect::<Result<Vec<i64>>>()?;
+    delivery::stop(client, &ended, ending.stop(), now)
 }
 
 /// How a pending challenge ends.
@@ -614,6 +608,21 @@ enum Ending {
     Expired,
     Superseded,
     RecordChanged,
+}
+
+/// The words of otp.challenge.state: `pending`, then how it ended.
+#[cfg(any(test, feature = "pg_test"))]
+pub fn state_words() -> Vec<&'static str> {
+    let ended = [
+        Ending::Verified,
+        Ending::Locked,
+        Ending::Expired,
+        Ending::Superseded,
+        Ending::RecordChanged,
+    ];
+    std::iter::once("pending")
+        .chain(ended.into_iter().map(Ending::state))
+        .collect()
 }
 
 impl Ending {
@@ -627,15 +636,12 @@ impl Ending {
         }
     }
 
-    /// What becomes of the code's message. An expired code's message is
-    /// expired too; any other end cancels it. A verified code evidently
-    /// arrived: a message already being sent is left for the dispatcher to
-    /// report, and the delivery record stays as it is.
-    fn message_end(self) -> &'static str {
-        if self == Ending::Expired {
-            "expired"
-        } else {
-            "cancelled"
+    /// What becomes of the code's message.
+    fn stop(self) -> delivery::Stop {
+        match self {
+            Ending::Verified => delivery::Stop::Verified,
+            Ending::Expired => delivery::Stop::Expired,
+            Ending::Locked | Ending::Superseded | Ending::RecordChanged => delivery::Stop::Ended,
         }
     }
 
@@ -660,7 +666,7 @@ fn end_challenge(
 ) -> Result<()> {
     end_where(
         client,
-        end_pending!("id = $6"),
+        end_pending!("id = $4"),
         ending,
         now,
         vec![challenge_id.into()],
@@ -677,7 +683,7 @@ pub fn end_agent(
 ) -> Result<()> {
     end_where(
         client,
-        end_pending!("agent = $6"),
+        end_pending!("agent = $4"),
         Ending::RecordChanged,
         now,
         vec![agent.into()],

@@ -136,9 +136,11 @@ impl Keys {
     pub fn destination_key(&self, channel: &str, address: &str) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.destination.as_ref())
             .expect("HMAC takes any key length");
-        let canonical: String = match channel {
+        let canonical: String = match otp_common::Channel::parse(channel) {
             // "+34 600-123 478" and "34600123478" are the same phone
-            "whatsapp" => address.chars().filter(char::is_ascii_digit).collect(),
+            Some(otp_common::Channel::WhatsApp) => {
+                address.chars().filter(char::is_ascii_digit).collect()
+            }
             _ => address.trim().to_lowercase(),
         };
         mac.update(channel.as_bytes());

@@ -15,7 +15,7 @@
 //! - `binding`   — the person a transaction acts for (session_use, otp_subject)
 //! - `xact`      — transaction ends, for the ledger and the binding
 //! - `schema`    — what the installed schema offers (upgrades)
-//! - `outbox`    — messages for the delivery process and its claim/report protocol
+//! - `delivery`  — the outbox: messages for the delivery process, its claim, reports and sweep
 //! - `purge`     — deleting old rows (function and background worker)
 //! - `crypto`    — code generation, keyed hashes, sealing, tokens
 //! - `prepared`  — SQL statements prepared once per backend
@@ -34,12 +34,12 @@ mod challenge;
 mod clock;
 mod config;
 mod crypto;
+mod delivery;
 mod errors;
 mod gucs;
 mod ledger;
 mod limits;
 mod locks;
-mod outbox;
 mod prepared;
 mod purge;
 mod record;

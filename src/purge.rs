@@ -15,7 +15,7 @@ use pgrx::spi::SpiClient;
 
 use crate::errors::{OtpError, Result};
 use crate::prepared;
-use crate::{clock, gucs};
+use crate::{clock, delivery, gucs};
 
 /// otp_purge()'s defaults, which the worker uses too.
 pub const DEFAULT_RETENTION_DAYS: i32 = 7;
@@ -48,28 +48,33 @@ pub fn purge(
         ));
     }
     let now = clock::now();
-    let mut deleted = |sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]| -> Result<i64> {
+    fn deleted(
+        client: &mut SpiClient<'_>,
+        sql: &str,
+        args: &[pgrx::datum::DatumWithOid<'_>],
+    ) -> Result<i64> {
         Ok(prepared::update(client, sql, None, args)?.len() as i64)
-    };
+    }
     let challenges = deleted(
+        client,
         "DELETE FROM otp.challenge
           WHERE COALESCE(ended_at, expires_at) < $1 - $2
             AND created_at < $1 - (SELECT COALESCE(max(code_window), interval '0') FROM otp.agent)",
         &[now.into(), retention.into()],
     )?;
-    let messages = deleted(
-        "DELETE FROM otp.outbox WHERE state NOT IN ('queued', 'sending') AND finished_at < $1 - $2",
-        &[now.into(), retention.into()],
-    )?;
+    let messages = delivery::purge(client, now, retention)?;
     let sessions = deleted(
+        client,
         "DELETE FROM otp.session WHERE LEAST(expires_at, idle_expires_at, COALESCE(revoked_at, 'infinity')) < $1 - $2",
         &[now.into(), retention.into()],
     )?;
     let guards = deleted(
+        client,
         "DELETE FROM otp.subject_guard WHERE consecutive_failures = 0 AND (locked_until IS NULL OR locked_until < $1)",
         &[now.into()],
     )?;
     let events = deleted(
+        client,
         "DELETE FROM otp.event WHERE at < $1 - $2",
         &[now.into(), event_retention.into()],
     )?;
@@ -82,10 +87,10 @@ pub fn purge(
     })
 }
 
-/// One pass of the worker: the purge itself, called directly rather than by
-/// name through SQL, so that nothing planted in a schema on the worker's
-/// search_path (an `otp_purge` overload in `public`, say) can capture or
-/// break it. The statements name every schema and run under a pinned
+/// One pass of the worker: the purge itself and the delivery sweep, called
+/// directly rather than by name through SQL, so that nothing planted in a
+/// schema on the worker's search_path (an `otp_purge` overload in `public`,
+/// say) can capture or break it. The statements name every schema and run under a pinned
 /// search_path all the same.
 fn purge_if_installed(client: &mut SpiClient<'_>) -> Result<()> {
     let installed = prepared::select(
@@ -106,8 +111,10 @@ fn purge_if_installed(client: &mut SpiClient<'_>) -> Result<()> {
         client,
         Some(Interval::from_days(DEFAULT_RETENTION_DAYS)),
         Some(Interval::from_days(DEFAULT_EVENT_RETENTION_DAYS)),
-    )
-    .map(drop)
+    )?;
+    // Messages that can no longer be delivered end even with no dispatcher
+    // running (a dispatcher sweeps too, between claims, and moves decoys on).
+    delivery::sweep(client, delivery::Decoys::OnlyEnd).map(drop)
 }
 
 /// Registers the purge worker (only while PostgreSQL preloads the library).

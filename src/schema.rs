@@ -15,7 +15,9 @@ use pgrx::pg_sys;
 #[derive(Clone, Copy, Debug)]
 pub struct Schema {
     /// 0.3.0: sessions tied to the person's record (fingerprint columns,
-    /// `record_changed` words), agents scoped to a role (`app_role`).
+    /// `record_changed` words), agents scoped to a role (`app_role`),
+    /// delivery statuses (`delivered`, `read`; a `sent` message may keep
+    /// its sealed code for a late fallback).
     pub records_and_roles: bool,
 }
 

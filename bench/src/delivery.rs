@@ -9,6 +9,12 @@
 //! 2. Throughput: the outbox is filled with `--messages` codes while no
 //!    dispatcher runs; then 1 (and then 2) dispatchers drain it. Rate is
 //!    measured between the first and the last request the provider receives.
+//! 3. Webhooks, with one dispatcher serving them: signed `delivered`
+//!    statuses for `--codes` sent messages, one per request, POST → 200
+//!    (committed) p50 / p99; the same number in requests of 20 statuses
+//!    from 8 clients at once, statuses recorded per second; and the late
+//!    fallback: a signed `failed` (131026) for a message WhatsApp accepted,
+//!    until the real SMTP server has the email with the same code.
 //!
 //! Everything runs on this machine: the fake provider and the SMTP server on
 //! 127.0.0.1, the dispatcher as a child process, PostgreSQL on a Unix socket.
@@ -62,8 +68,13 @@ impl Respond for Arrivals {
             self.seen.lock().unwrap().entry(id).or_insert(now);
             self.changed.notify_waiters();
         }
+        // A wamid of its own per message, as Meta gives: webhooks name it.
+        let wamid = format!(
+            "wamid.bench{}",
+            body["biz_opaque_callback_data"].as_str().unwrap_or("")
+        );
         ResponseTemplate::new(200)
-            .set_body_json(serde_json::json!({ "messages": [{ "id": "wamid.bench" }] }))
+            .set_body_json(serde_json::json!({ "messages": [{ "id": wamid }] }))
     }
 }
 
@@ -117,7 +128,18 @@ impl Drop for Dispatcher {
 }
 
 fn start_dispatcher(binary: &str, url: &str, api: &str, smtp: Option<&str>) -> Result<Dispatcher> {
+    start_dispatcher_with(binary, url, api, smtp, &[])
+}
+
+fn start_dispatcher_with(
+    binary: &str,
+    url: &str,
+    api: &str,
+    smtp: Option<&str>,
+    extra: &[&str],
+) -> Result<Dispatcher> {
     let mut command = Command::new(binary);
+    command.args(extra);
     command
         .args(["--database-url", url, "--whatsapp-api-url", api])
         .args([
@@ -344,6 +366,8 @@ async fn throughput(args: &Args, url: &str, db: &Client, dispatchers: usize) -> 
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
+    // reqwest's rustls comes without a default provider in this workspace.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let url = tokio::task::spawn_blocking(|| {
         pg_otp_integration::connection_string(DB, pg_otp_integration::SENDER)
@@ -359,5 +383,193 @@ async fn main() -> Result<()> {
     latency(&args, ("this build", &args.dispatcher), &url, &db, &app).await?;
     throughput(&args, &url, &db, 1).await?;
     throughput(&args, &url, &db, 2).await?;
+    webhooks(&args, &url, &db, &app).await?;
+    Ok(())
+}
+
+const APP_SECRET: &str = "bench-app-secret";
+
+/// A signed WhatsApp status webhook request: the body and its signature.
+fn signed_statuses(statuses: &[(String, i64, &str)]) -> (Vec<u8>, String) {
+    use hmac::{Hmac, Mac};
+    let now = since_epoch().as_secs().to_string();
+    let statuses: Vec<serde_json::Value> = statuses
+        .iter()
+        .map(|(wamid, id, status)| {
+            let mut object = serde_json::json!({
+                "id": wamid, "status": status, "timestamp": now,
+                "recipient_id": "34600123478", "biz_opaque_callback_data": id.to_string()
+            });
+            if *status == "failed" {
+                object["errors"] =
+                    serde_json::json!([{ "code": 131026, "title": "Message undeliverable." }]);
+            }
+            object
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": "15550000000", "phone_number_id": "1" },
+            "statuses": statuses
+        }}]}]
+    }))
+    .unwrap();
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    (
+        body,
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+    )
+}
+
+async fn post_statuses(
+    http: &reqwest::Client,
+    url: &str,
+    statuses: &[(String, i64, &str)],
+) -> Result<()> {
+    let (body, signature) = signed_statuses(statuses);
+    let status = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await?
+        .status();
+    if !status.is_success() {
+        bail!("the webhook answered {status}");
+    }
+    Ok(())
+}
+
+/// Issues `n` codes for `person` and waits until the provider took them
+/// all; (wamid, message id) of each.
+async fn sent_messages(
+    app: &Client,
+    db: &Client,
+    label: &str,
+    person: &str,
+    n: usize,
+) -> Result<Vec<(String, i64)>> {
+    let issue = app
+        .prepare("SELECT status FROM otp_issue('it', $1, $2)")
+        .await?;
+    for i in 0..n {
+        app.query_one(&issue, &[&format!("{label}-{i}"), &person])
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = db
+            .query(
+                "SELECT provider_ref, id FROM otp.outbox WHERE conversation LIKE $1 || '-%' AND state = 'sent'",
+                &[&label],
+            )
+            .await?;
+        if rows.len() == n {
+            return Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect());
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {n} {label} messages were sent", rows.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn webhooks(args: &Args, url: &str, db: &Client, app: &Client) -> Result<()> {
+    db.batch_execute("TRUNCATE otp.outbox, otp.challenge, otp.session")
+        .await?;
+    let (server, _arrivals) = fake_provider().await;
+    let mut sink = SmtpSink::start().await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _dispatcher = start_dispatcher_with(
+        &args.dispatcher,
+        url,
+        &server.uri(),
+        Some(&sink.url()),
+        &[
+            "--webhook-listen",
+            &listen,
+            "--webhook-verify-token",
+            "bench",
+            "--whatsapp-app-secret",
+            APP_SECRET,
+        ],
+    )?;
+    tokio::time::sleep(Duration::from_millis(500)).await; // let it connect and listen
+    let hook = format!("http://{listen}/webhooks/whatsapp");
+    let http = reqwest::Client::new();
+
+    // One status per request, one request at a time.
+    let single = sent_messages(app, db, "hook-single", "p1", args.codes).await?;
+    let mut latencies = Vec::with_capacity(single.len());
+    for (wamid, id) in &single {
+        let started = Instant::now();
+        post_statuses(&http, &hook, &[(wamid.clone(), *id, "delivered")]).await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "| webhook, one `delivered` per request, {} requests | p50 {} | p99 {} | max {} |",
+        latencies.len(),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap())
+    );
+
+    // Ingest: 8 clients, 20 statuses per request.
+    let batched = sent_messages(app, db, "hook-batch", "p1", args.codes).await?;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for part in batched.chunks(batched.len().div_ceil(8)) {
+        let part: Vec<(String, i64)> = part.to_vec();
+        let (http, hook) = (http.clone(), hook.clone());
+        clients.push(tokio::spawn(async move {
+            for chunk in part.chunks(20) {
+                let statuses: Vec<(String, i64, &str)> = chunk
+                    .iter()
+                    .map(|(w, id)| (w.clone(), *id, "read"))
+                    .collect();
+                post_statuses(&http, &hook, &statuses).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for client in clients {
+        client.await??;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "| webhook ingest, {} `read` statuses, 20 per request, 8 clients | {:.0} statuses/s recorded | | |",
+        batched.len(),
+        batched.len() as f64 / elapsed.as_secs_f64()
+    );
+
+    // Late failure → the same code by email.
+    let mut fallbacks = Vec::new();
+    for n in 0..(args.codes / 5).max(20) {
+        let label = format!("hook-fallback-{n}");
+        let (wamid, id) = sent_messages(app, db, &label, "p1", 1).await?.remove(0);
+        let posted = since_epoch();
+        post_statuses(&http, &hook, &[(wamid, id, "failed")]).await?;
+        let accepted = tokio::time::timeout(Duration::from_secs(10), sink.arrivals.recv())
+            .await
+            .context("a fallback email never arrived")?
+            .context("the SMTP server stopped")?;
+        fallbacks.push(accepted.saturating_sub(posted));
+    }
+    fallbacks.sort();
+    println!(
+        "| late fallback, `failed` webhook POSTed → email accepted by SMTP, {} codes | p50 {} | p99 {} | max {} |",
+        fallbacks.len(),
+        ms(percentile(&fallbacks, 0.50)),
+        ms(percentile(&fallbacks, 0.99)),
+        ms(*fallbacks.last().unwrap())
+    );
     Ok(())
 }

@@ -24,6 +24,20 @@ impl Channel {
             .into_iter()
             .find(|channel| channel.as_str() == text)
     }
+
+    /// Whether the provider tells later (a status webhook) if a message it
+    /// accepted reached the device, or that it failed after all. Until
+    /// then a message keeps its sealed code, for a late fallback.
+    pub fn confirms_delivery(self) -> bool {
+        matches!(self, Channel::WhatsApp)
+    }
+
+    /// Whether only the person's primary device receives a code: WhatsApp
+    /// authentication templates do not reach WhatsApp Web or linked
+    /// devices, so an agent should say "check WhatsApp on your phone".
+    pub fn primary_device_only(self) -> bool {
+        matches!(self, Channel::WhatsApp)
+    }
 }
 
 /// A hint that tells where a code went without disclosing the address:

@@ -145,6 +145,37 @@ pub struct Args {
     #[arg(long, env = "OTP_SEND_TIMEOUT_MS", default_value_t = 10_000)]
     pub send_timeout_ms: u64,
 
+    /// Serve WhatsApp status webhooks (delivered, read, failed) on this address, at
+    /// /webhooks/whatsapp, e.g. 127.0.0.1:8080 behind a TLS-terminating proxy that Meta
+    /// reaches. Needs --webhook-verify-token(-file) and --whatsapp-app-secret(-file).
+    #[arg(long, env = "OTP_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+
+    /// The verify token entered in Meta's webhook settings (the subscription handshake).
+    #[arg(long, env = "OTP_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
+    pub webhook_verify_token: Option<String>,
+
+    /// File holding the webhook verify token.
+    #[arg(
+        long,
+        env = "OTP_WEBHOOK_VERIFY_TOKEN_FILE",
+        conflicts_with = "webhook_verify_token"
+    )]
+    pub webhook_verify_token_file: Option<PathBuf>,
+
+    /// App secret of the Meta app: webhook bodies are signed with it (X-Hub-Signature-256).
+    /// Visible in `ps`: prefer --whatsapp-app-secret-file.
+    #[arg(long, env = "OTP_WHATSAPP_APP_SECRET", hide_env_values = true)]
+    pub whatsapp_app_secret: Option<String>,
+
+    /// File holding the app secret of the Meta app.
+    #[arg(
+        long,
+        env = "OTP_WHATSAPP_APP_SECRET_FILE",
+        conflicts_with = "whatsapp_app_secret"
+    )]
+    pub whatsapp_app_secret_file: Option<PathBuf>,
+
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
     #[arg(long, env = "OTP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -172,6 +203,13 @@ pub struct EmailConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    pub verify_token: Secret,
+    pub app_secret: Secret,
+}
+
+#[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Secret,
     /// The extension's schema, already quoted for SQL.
@@ -185,6 +223,7 @@ pub struct Config {
     pub poll_interval: Duration,
     pub expiry_margin: Duration,
     pub send_timeout: Duration,
+    pub webhook: Option<WebhookConfig>,
     pub metrics_listen: Option<SocketAddr>,
     pub json_logs: bool,
 }
@@ -250,6 +289,27 @@ impl Config {
             (None, None) => None,
             _ => bail!("email needs both --smtp-url(-file) and --email-from"),
         };
+        let verify_token = secret(
+            args.webhook_verify_token,
+            args.webhook_verify_token_file,
+            "webhook-verify-token",
+        )?;
+        let app_secret = secret(
+            args.whatsapp_app_secret,
+            args.whatsapp_app_secret_file,
+            "whatsapp-app-secret",
+        )?;
+        let webhook = match (args.webhook_listen, verify_token, app_secret) {
+            (Some(listen), Some(verify_token), Some(app_secret)) => Some(WebhookConfig {
+                listen,
+                verify_token: verify_token.into(),
+                app_secret: app_secret.into(),
+            }),
+            (None, _, _) => None,
+            _ => bail!(
+                "--webhook-listen needs --webhook-verify-token(-file) and --whatsapp-app-secret(-file): unsigned webhooks are never accepted"
+            ),
+        };
         if whatsapp.is_none() && email.is_none() && !args.console {
             bail!("no transport configured: give WhatsApp (--whatsapp-phone-number-id, --whatsapp-token), SMTP (--smtp-url, --email-from) or --console");
         }
@@ -286,6 +346,7 @@ impl Config {
             poll_interval: Duration::from_millis(args.poll_interval_ms),
             expiry_margin: Duration::from_secs(args.expiry_margin_seconds.into()),
             send_timeout: Duration::from_millis(args.send_timeout_ms),
+            webhook,
             metrics_listen: args.metrics_listen,
             json_logs: args.log_format == "json",
         })

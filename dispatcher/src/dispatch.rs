@@ -9,15 +9,19 @@
 //!   anything new is claimed, so a restart neither loses nor repeats a send.
 //! - Wakes on NOTIFY otp_outbox, and polls as a safety net because
 //!   notifications sent while disconnected are lost.
+//! - Sweeps (otp_outbox_sweep) at most every `SWEEP_EVERY` when it wakes,
+//!   in the same round trip as the claim: expired and cancelled messages
+//!   end there, and decoys move on, so a claim only hands out deliverable
+//!   messages.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use rand::Rng;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::message::{Delivered, Message, Outcome};
@@ -27,6 +31,8 @@ use crate::transport::Transports;
 
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How often, at most, the loop sweeps.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
 
 /// Runs until `shutdown` resolves, then finishes the sends in flight,
 /// reports them and returns.
@@ -40,6 +46,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut outbox: Option<Outbox> = None;
     let mut reconnect_delay = RECONNECT_FIRST;
     let mut stopping = false;
+    let mut last_sweep: Option<Instant> = None;
     tokio::pin!(shutdown);
 
     loop {
@@ -91,8 +98,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .available_permits()
             .min(usize::from(config.batch_size));
         let mut full_batch = false;
-        if !stopping && room > 0 {
-            match db.claim(room, config.lease).await {
+        let sweep_now = !stopping && last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        let claim_now = !stopping && room > 0;
+        // Both go out on the same connection without waiting for each
+        // other (the sweep first): one round trip.
+        let (swept, claimed) = tokio::join!(
+            async {
+                if sweep_now {
+                    Some(db.sweep().await)
+                } else {
+                    None
+                }
+            },
+            async {
+                if claim_now {
+                    Some(db.claim(room, config.lease).await)
+                } else {
+                    None
+                }
+            },
+        );
+        if let Some(swept) = swept {
+            last_sweep = Some(Instant::now());
+            match swept {
+                Ok((finished, decoys)) => debug!(finished, decoys, "swept the outbox"),
+                Err(err) => warn!(error = %format!("{err:#}"), "sweeping the outbox failed"),
+            }
+        }
+        if let Some(claimed) = claimed {
+            match claimed {
                 Ok(messages) => {
                     full_batch = messages.len() == room;
                     for message in messages {

@@ -6,6 +6,7 @@ mod message;
 mod metrics;
 mod outbox;
 mod transport;
+mod webhook;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -47,7 +48,25 @@ fn main() -> ExitCode {
         if config.console {
             warn!("console transport on: codes are printed to standard output (development only)");
         }
-        dispatch::run(config, shutdown_signal()).await
+        // One signal stops both the claim loop and the webhook server.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        if let Some(hook) = &config.webhook {
+            webhook::serve(
+                hook,
+                config.database_url.clone(),
+                &config.schema,
+                stopped(stop_rx.clone()),
+            )
+            .await?;
+        }
+        dispatch::run(config, stopped(stop_rx)).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

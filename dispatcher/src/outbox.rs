@@ -27,6 +27,7 @@ pub struct Outbox {
 
 struct Statements {
     claim: String,
+    sweep: String,
     sent: String,
     failed: String,
     expired: String,
@@ -44,6 +45,7 @@ impl Statements {
                    FROM {schema}.otp_outbox_claim($1::pg_catalog.int4,
                                                   pg_catalog.make_interval(secs => $2::pg_catalog.float8))"
             ),
+            sweep: format!("SELECT finished, decoys FROM {schema}.otp_outbox_sweep()"),
             sent: format!(
                 "SELECT {schema}.otp_outbox_sent($1::pg_catalog.int8, $2::pg_catalog.int4, $3::pg_catalog.text)"
             ),
@@ -118,6 +120,17 @@ impl Outbox {
                 claimed_at,
             })
             .collect())
+    }
+
+    /// Moves on what no claim hands out (expired and cancelled messages,
+    /// decoys); returns how many real messages it finished and decoys it moved.
+    pub async fn sweep(&self) -> Result<(i64, i64)> {
+        let row = self
+            .client
+            .query_one(&self.sql.sweep, &[])
+            .await
+            .context("otp_outbox_sweep")?;
+        Ok((row.get(0), row.get(1)))
     }
 
     /// Reports outcomes. All in one transaction; if that fails for a reason

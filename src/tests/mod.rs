@@ -1263,6 +1263,20 @@ mod tests {
     }
 
     /// Claims every due message; the id of the one for `conversation`, if any.
+    /// A dispatcher's sweep: (real messages finished, decoys moved).
+    fn sweep() -> (i64, i64) {
+        Spi::connect(|client| {
+            let row = client
+                .select("SELECT finished, decoys FROM otp_outbox_sweep()", None, &[])
+                .unwrap()
+                .first();
+            (
+                row.get::<i64>(1).unwrap().unwrap(),
+                row.get::<i64>(2).unwrap().unwrap(),
+            )
+        })
+    }
+
     fn claim_id(conversation: &str) -> Option<i64> {
         Spi::get_one_with_args::<i64>(
             "SELECT max(message_id) FROM otp_outbox_claim(batch_size => 1000) WHERE conversation = $1",
@@ -1310,11 +1324,65 @@ mod tests {
               WHERE conversation = 't-lease-verified'",
         );
         assert_eq!(claim_id("t-lease-verified"), None);
+        // the claim only claims; the sweep ends it
+        assert_eq!(sweep().0, 1);
         assert_eq!(
             message_field("t-lease-verified", "state").as_deref(),
             Some("cancelled")
         );
         assert_eq!(message_field("t-lease-verified", "code_sealed"), None);
+    }
+
+    /// Undeliverable messages ahead in the queue take no places in a
+    /// claim: asked for n, it returns n when n are deliverable.
+    #[pg_test]
+    fn a_claim_returns_as_many_deliverable_messages_as_asked() {
+        fixture();
+        for n in 0..3 {
+            issue(&format!("t-full-dead-{n}"), "4721");
+            run(&format!(
+                "UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second',
+                                       available_at = clock_timestamp() - interval '1 hour'
+                  WHERE conversation = 't-full-dead-{n}'"
+            ));
+        }
+        for n in 0..2 {
+            issue(&format!("t-full-live-{n}"), "5000");
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM otp_outbox_claim(batch_size => 2)"),
+            2
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation LIKE 't-full-dead-%' AND state = 'queued'"),
+            3
+        );
+    }
+
+    /// The purge worker sweeps too, but never delivers a decoy: with no
+    /// dispatcher running, a real message is never sent, so neither is a
+    /// decoy's. It only ends what can no longer be delivered.
+    #[pg_test]
+    fn the_workers_sweep_ends_decoys_but_never_delivers_them() {
+        use crate::delivery::{sweep as sweep_with, Decoys};
+        fixture();
+        configure("idle-hidden", ", reveal_unknown => false");
+        issue_for("idle-hidden", "t-idle-live", "ghost-live");
+        issue_for("idle-hidden", "t-idle-dead", "ghost-dead");
+        run(
+            "UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second'
+              WHERE conversation = 't-idle-dead'",
+        );
+        let swept = Spi::connect_mut(|client| sweep_with(client, Decoys::OnlyEnd)).unwrap();
+        assert_eq!((swept.finished, swept.decoys), (0, 1));
+        assert_eq!(
+            message_field("t-idle-live", "state").as_deref(),
+            Some("queued")
+        );
+        assert_eq!(
+            message_field("t-idle-dead", "state").as_deref(),
+            Some("expired")
+        );
     }
 
     #[pg_test]
@@ -1323,6 +1391,12 @@ mod tests {
         issue("t-claim-exp", "4721");
         run("UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-claim-exp'");
         assert_eq!(claim_id("t-claim-exp"), None);
+        // the claim only claims (the code stays sealed until the sweep)
+        assert_eq!(
+            message_field("t-claim-exp", "state").as_deref(),
+            Some("queued")
+        );
+        assert_eq!(sweep().0, 1);
         assert_eq!(
             message_field("t-claim-exp", "state").as_deref(),
             Some("expired")
@@ -1368,11 +1442,18 @@ mod tests {
             message_field("t-sent", "provider_ref").as_deref(),
             Some("wamid.1")
         );
-        assert_eq!(message_field("t-sent", "code_sealed"), None);
+        // WhatsApp confirms delivery later: the sealed code stays until then
+        // (see provider_statuses_only_move_forward), and no longer
+        assert!(message_field("t-sent", "code_sealed").is_some());
         assert_eq!(
             challenge_field("t-sent", "delivery").as_deref(),
             Some("sent")
         );
+        assert_eq!(
+            provider_status("wamid.1", Some(id), "delivered", false),
+            "recorded"
+        );
+        assert_eq!(message_field("t-sent", "code_sealed"), None);
     }
 
     #[pg_test]
@@ -1951,7 +2032,9 @@ mod tests {
                 .collect()
         });
         assert_eq!(claimed, ["t-flood-real"]);
-        // and the decoys are on their way, as real messages would be
+        // and the dispatcher's sweep puts the decoys on their way, as real
+        // messages would be
+        assert_eq!(sweep(), (0, 50));
         assert_eq!(
             count("SELECT count(*) FROM otp.outbox WHERE agent = 'flood' AND destination = '' AND state = 'sending'"),
             50
@@ -2038,12 +2121,16 @@ mod tests {
         let real = one::<i64>("SELECT message_id FROM claimed WHERE conversation = 't-life-real'")
             .unwrap();
         report_sent(real, "wamid.test");
-        // the decoy's simulated send ends; the next claim finishes it
+        // the dispatcher's sweep starts the decoy's simulated send
+        assert_eq!(sweep(), (0, 1));
+        assert_eq!(delivery("t-life-decoy"), "pending/queued");
+        // the simulated send ends; the next sweep finishes it
         run(
             "UPDATE otp.outbox SET available_at = clock_timestamp() - interval '1 second'
               WHERE conversation = 't-life-decoy'",
         );
         claim_all();
+        assert_eq!(sweep(), (0, 1));
         assert_eq!(
             count("SELECT count(*) FROM claimed WHERE conversation = 't-life-decoy'"),
             0
@@ -2688,5 +2775,401 @@ mod tests {
         refingerprint("t-rot-session-gone", &"ab".repeat(32));
         assert_eq!(touch_status(&gone), "expired");
         assert_eq!(touch_status(&gone), "expired");
+    }
+
+    /// The words a named CHECK constraint allows, as written in its
+    /// definition (`col = ANY (ARRAY['a'::text, 'b'::text])`), sorted.
+    fn check_words(constraint: &str) -> Vec<String> {
+        let definition: String = Spi::get_one_with_args(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+              WHERE connamespace = 'otp'::regnamespace AND contype = 'c' AND conname = $1",
+            &[constraint.into()],
+        )
+        .unwrap()
+        .unwrap_or_else(|| panic!("no CHECK constraint named {constraint}"));
+        let mut words: Vec<String> = definition
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        words.sort();
+        words
+    }
+
+    fn sorted(words: impl IntoIterator<Item = &'static str>) -> Vec<String> {
+        let mut words: Vec<String> = words.into_iter().map(str::to_owned).collect();
+        words.sort();
+        words
+    }
+
+    /// Each vocabulary is spelled once in Rust; the schema's named CHECKs
+    /// must allow exactly those words (a word added to one and not the other
+    /// would fail at run time, on the first row that uses it).
+    #[pg_test]
+    fn the_schema_allows_exactly_the_words_of_the_types() {
+        use crate::delivery::MessageState;
+        use otp_common::Channel;
+        assert_eq!(
+            check_words("outbox_state_check"),
+            sorted(MessageState::ALL.map(MessageState::as_str))
+        );
+        assert_eq!(
+            check_words("challenge_delivery_check"),
+            sorted(MessageState::deliveries().map(MessageState::as_str))
+        );
+        for constraint in [
+            "agent_preferred_channel_check",
+            "challenge_channel_check",
+            "outbox_channel_check",
+            "outbox_fallback_channel_check",
+            "session_channel_check",
+        ] {
+            assert_eq!(
+                check_words(constraint),
+                sorted(Channel::ALL.map(Channel::as_str)),
+                "{constraint}"
+            );
+        }
+        assert_eq!(
+            check_words("event_event_check"),
+            sorted(crate::audit::Event::ALL.map(crate::audit::Event::as_str))
+        );
+        assert_eq!(
+            check_words("challenge_state_check"),
+            sorted(crate::challenge::state_words())
+        );
+        // Open states are exactly those the finished_at and code checks treat
+        // as open.
+        let open = sorted(
+            MessageState::ALL
+                .into_iter()
+                .filter(|state| !state.is_final())
+                .map(MessageState::as_str),
+        );
+        assert_eq!(check_words("outbox_finished_iff_final"), open);
+        let mut holding = check_words("outbox_code_only_while_open");
+        holding.dedup();
+        assert_eq!(
+            holding,
+            sorted(
+                MessageState::ALL
+                    .into_iter()
+                    .filter(|state| state.may_hold_code())
+                    .map(MessageState::as_str)
+            )
+        );
+    }
+
+    // ---- provider statuses (otp_outbox_status) ---------------------------
+
+    /// A provider's status for `provider_ref`, as a dispatcher relays it.
+    fn provider_status(
+        provider_ref: &str,
+        message_id: Option<i64>,
+        status: &str,
+        retryable: bool,
+    ) -> String {
+        Spi::get_one_with_args::<String>(
+            "SELECT otp_outbox_status($1, $2, $3, clock_timestamp(), $4, $5)",
+            &[
+                provider_ref.into(),
+                message_id.into(),
+                status.into(),
+                (status == "failed")
+                    .then_some("131026 Message undeliverable")
+                    .into(),
+                retryable.into(),
+            ],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// Issues a code for 4721 (WhatsApp, with an email fallback), has a
+    /// dispatcher claim it and report it sent as `provider_ref`; returns the
+    /// message id and the code.
+    fn sent_on_whatsapp(conversation: &str, provider_ref: &str) -> (i64, String) {
+        issue(conversation, "4721");
+        let code = delivered_code(conversation);
+        let id = one::<i64>(&format!(
+            "SELECT max(message_id) FROM claimed WHERE conversation = '{conversation}'"
+        ))
+        .unwrap();
+        report_sent(id, provider_ref);
+        (id, code)
+    }
+
+    #[pg_test]
+    fn provider_statuses_only_move_forward() {
+        fixture();
+        let (id, _) = sent_on_whatsapp("t-st-fwd", "wamid.fwd");
+        // kept for a late fallback while delivery is unconfirmed
+        assert!(message_field("t-st-fwd", "code_sealed").is_some());
+        assert_eq!(
+            provider_status("wamid.fwd", Some(id), "sent", false),
+            "ignored"
+        );
+        assert_eq!(
+            provider_status("wamid.fwd", Some(id), "delivered", false),
+            "recorded"
+        );
+        assert_eq!(
+            message_field("t-st-fwd", "code_sealed"),
+            None,
+            "confirmed: code erased"
+        );
+        assert_eq!(
+            challenge_field("t-st-fwd", "delivery").as_deref(),
+            Some("delivered")
+        );
+        assert_eq!(
+            provider_status("wamid.fwd", None, "read", false),
+            "recorded"
+        );
+        // late and repeated statuses change nothing
+        for late in ["delivered", "sent", "read", "failed"] {
+            assert_eq!(
+                provider_status("wamid.fwd", Some(id), late, false),
+                "ignored",
+                "{late}"
+            );
+        }
+        assert_eq!(message_field("t-st-fwd", "state").as_deref(), Some("read"));
+        assert_eq!(
+            challenge_field("t-st-fwd", "delivery").as_deref(),
+            Some("read")
+        );
+        assert_eq!(
+            one::<String>("SELECT string_agg(delivery || '/' || primary_device_only, ',') FROM otp_status('payroll', 't-st-fwd')").as_deref(),
+            Some("read/true")
+        );
+        assert_eq!(
+            events("payroll", "4721"),
+            [
+                "issued@t-st-fwd",
+                "delivered@t-st-fwd",
+                "received@t-st-fwd",
+                "read@t-st-fwd"
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn a_failed_delivery_is_never_undone_by_a_late_one() {
+        fixture();
+        run("UPDATE public.employees SET email = NULL WHERE employee_no = '4721'");
+        let (id, _) = sent_on_whatsapp("t-st-fail", "wamid.fail");
+        assert_eq!(
+            provider_status("wamid.fail", Some(id), "failed", false),
+            "recorded"
+        );
+        assert_eq!(message_field("t-st-fail", "code_sealed"), None);
+        for late in ["delivered", "read", "failed", "sent"] {
+            assert_eq!(
+                provider_status("wamid.fail", Some(id), late, false),
+                "ignored",
+                "{late}"
+            );
+        }
+        assert_eq!(
+            message_field("t-st-fail", "state").as_deref(),
+            Some("failed")
+        );
+        assert_eq!(
+            challenge_field("t-st-fail", "delivery").as_deref(),
+            Some("failed")
+        );
+        assert_eq!(
+            message_field("t-st-fail", "last_error").as_deref(),
+            Some("131026 Message undeliverable")
+        );
+    }
+
+    /// WhatsApp accepted the message, then said it cannot be delivered: the
+    /// same code goes by email, once, and verifies.
+    #[pg_test]
+    fn a_late_failure_falls_back_to_email_once_with_the_same_code() {
+        fixture();
+        let (id, code) = sent_on_whatsapp("t-st-fb", "wamid.fb");
+        assert_eq!(
+            provider_status("wamid.fb", Some(id), "failed", false),
+            "fallback"
+        );
+        assert_eq!(
+            challenge_field("t-st-fb", "channel").as_deref(),
+            Some("email")
+        );
+        assert_eq!(
+            challenge_field("t-st-fb", "destination_hint").as_deref(),
+            Some("a***@example.com")
+        );
+        assert_eq!(
+            challenge_field("t-st-fb", "delivery").as_deref(),
+            Some("queued")
+        );
+        let by_email = one::<String>(
+            "SELECT channel || ':' || destination || ':' || code FROM otp_outbox_claim(1000) WHERE conversation = 't-st-fb'",
+        );
+        assert_eq!(by_email, Some(format!("email:ana@example.com:{code}")));
+        // a second failure of the first message triggers nothing more
+        assert_eq!(
+            provider_status("wamid.fb", Some(id), "failed", false),
+            "ignored"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation = 't-st-fb'"),
+            2
+        );
+        assert_eq!(verify("t-st-fb", &code).status, "verified");
+        assert_eq!(
+            message_field("t-st-fb", "channel").as_deref(),
+            Some("email")
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation = 't-st-fb' AND channel = 'whatsapp' AND code_sealed IS NOT NULL"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn a_failure_after_the_code_expired_is_only_recorded() {
+        fixture();
+        let (id, _) = sent_on_whatsapp("t-st-late", "wamid.late");
+        run("UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-st-late';
+             UPDATE otp.challenge SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-st-late'");
+        assert_eq!(
+            provider_status("wamid.late", Some(id), "failed", false),
+            "recorded"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.outbox WHERE conversation = 't-st-late'"),
+            1
+        );
+        assert_eq!(
+            challenge_field("t-st-late", "channel").as_deref(),
+            Some("whatsapp")
+        );
+    }
+
+    #[pg_test]
+    fn a_retryable_late_failure_sends_the_code_again() {
+        fixture();
+        run("UPDATE public.employees SET email = NULL WHERE employee_no = '4721'");
+        let (id, code) = sent_on_whatsapp("t-st-retry", "wamid.retry");
+        assert_eq!(
+            provider_status("wamid.retry", Some(id), "failed", true),
+            "retried"
+        );
+        assert_eq!(
+            message_field("t-st-retry", "state").as_deref(),
+            Some("queued")
+        );
+        assert_eq!(
+            challenge_field("t-st-retry", "delivery").as_deref(),
+            Some("queued")
+        );
+        run("UPDATE otp.outbox SET available_at = clock_timestamp() WHERE conversation = 't-st-retry'");
+        assert_eq!(
+            one::<String>(
+                "SELECT code FROM otp_outbox_claim(1000) WHERE conversation = 't-st-retry'"
+            ),
+            Some(code)
+        );
+    }
+
+    /// The provider's status may beat the dispatcher's own report of the
+    /// send: the echoed message id finds the message, and the report, when
+    /// it comes, finds the send recorded.
+    #[pg_test]
+    fn a_status_before_the_sent_report_is_recorded() {
+        fixture();
+        issue("t-st-early", "4721");
+        delivered_code("t-st-early");
+        let id =
+            one::<i64>("SELECT max(message_id) FROM claimed WHERE conversation = 't-st-early'")
+                .unwrap();
+        assert_eq!(
+            provider_status("wamid.early", Some(id), "delivered", false),
+            "recorded"
+        );
+        assert_eq!(
+            message_field("t-st-early", "state").as_deref(),
+            Some("delivered")
+        );
+        assert_eq!(
+            message_field("t-st-early", "provider_ref").as_deref(),
+            Some("wamid.early")
+        );
+        assert_eq!(
+            one::<bool>(&format!("SELECT otp_outbox_sent({id}, (SELECT attempt FROM otp.outbox WHERE id = {id}), 'wamid.early')")),
+            Some(true)
+        );
+        assert_eq!(
+            message_field("t-st-early", "state").as_deref(),
+            Some("delivered")
+        );
+    }
+
+    #[pg_test]
+    fn statuses_for_unknown_or_mismatched_messages_change_nothing() {
+        fixture();
+        let (id, _) = sent_on_whatsapp("t-st-unk", "wamid.unk");
+        assert_eq!(
+            provider_status("wamid.nobody", None, "failed", false),
+            "unknown"
+        );
+        assert_eq!(
+            provider_status("wamid.nobody", Some(id + 1000), "failed", false),
+            "unknown"
+        );
+        // the echoed id of a message reported under another reference
+        assert_eq!(
+            provider_status("wamid.other", Some(id), "failed", false),
+            "unknown"
+        );
+        // a decoy's message, never handed to anyone
+        configure("st-hidden", ", reveal_unknown => false");
+        issue_for("st-hidden", "t-st-decoy", "ghost");
+        let decoy =
+            one::<i64>("SELECT id FROM otp.outbox WHERE conversation = 't-st-decoy'").unwrap();
+        assert_eq!(sweep(), (0, 1));
+        assert_eq!(
+            provider_status("wamid.decoy", Some(decoy), "failed", false),
+            "unknown"
+        );
+        assert_eq!(message_field("t-st-unk", "state").as_deref(), Some("sent"));
+        assert_eq!(
+            sqlstate("SELECT otp_outbox_status('wamid.unk', NULL, 'bounced', now(), NULL, false)"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate("SELECT otp_outbox_status(NULL, NULL, 'read', now(), NULL, false)"),
+            "22004"
+        );
+    }
+
+    /// A code kept for a late fallback is erased when the challenge ends and
+    /// by the sweep once it expired.
+    #[pg_test]
+    fn kept_codes_are_erased_when_the_challenge_ends_or_expires() {
+        fixture();
+        let (_, code) = sent_on_whatsapp("t-st-keep", "wamid.keep");
+        assert!(message_field("t-st-keep", "code_sealed").is_some());
+        assert_eq!(verify("t-st-keep", &code).status, "verified");
+        assert_eq!(message_field("t-st-keep", "code_sealed"), None);
+
+        sent_on_whatsapp("t-st-keep2", "wamid.keep2");
+        run("UPDATE otp.outbox SET expires_at = clock_timestamp() - interval '1 second' WHERE conversation = 't-st-keep2'");
+        sweep();
+        assert_eq!(message_field("t-st-keep2", "code_sealed"), None);
+        // an email has no later confirmation: its code goes at once
+        run("UPDATE public.employees SET whatsapp = NULL WHERE employee_no = '5000'");
+        issue("t-st-mail", "5000");
+        delivered_code("t-st-mail");
+        let id = one::<i64>("SELECT max(message_id) FROM claimed WHERE conversation = 't-st-mail'")
+            .unwrap();
+        report_sent(id, "smtp-250");
+        assert_eq!(message_field("t-st-mail", "code_sealed"), None);
     }
 }

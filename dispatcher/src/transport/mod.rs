@@ -5,9 +5,10 @@ mod email;
 mod whatsapp;
 
 use anyhow::Result;
+use otp_common::Channel;
 
 pub use email::Email;
-pub use whatsapp::WhatsApp;
+pub use whatsapp::{retryable_code, WhatsApp};
 
 use crate::config::Config;
 use crate::message::{DeliveryError, Message};
@@ -40,17 +41,17 @@ impl Transports {
     /// Delivers one message; the provider's reference on success.
     pub async fn deliver(&self, message: &Message) -> Result<String, DeliveryError> {
         match (
-            message.channel.as_str(),
+            Channel::parse(&message.channel),
             &self.whatsapp,
             &self.email,
             &self.console,
         ) {
-            ("whatsapp", Some(whatsapp), _, _) => whatsapp.send(message).await,
-            ("email", _, Some(email), _) => email.send(message).await,
+            (Some(Channel::WhatsApp), Some(whatsapp), _, _) => whatsapp.send(message).await,
+            (Some(Channel::Email), _, Some(email), _) => email.send(message).await,
             (_, _, _, Some(console)) => console.send(message),
-            (channel, ..) => Err(DeliveryError::permanent(
+            _ => Err(DeliveryError::permanent(
                 "no_transport",
-                format!("no transport is configured for channel {channel}"),
+                format!("no transport is configured for channel {}", message.channel),
             )),
         }
     }

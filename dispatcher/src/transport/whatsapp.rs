@@ -14,11 +14,50 @@ use serde_json::{json, Value};
 use crate::config::{Secret, WhatsAppConfig};
 use crate::message::{DeliveryError, Message};
 
-/// Graph API error codes worth another try: rate limits, throttling,
-/// temporary unavailability.
-const RETRYABLE_CODES: &[i64] = &[
-    1, 2, 4, 17, 341, 80007, 130429, 131000, 131016, 131056, 131057, 133004,
+/// Cloud API error codes, from Meta's published list, and whether a
+/// message that failed with one is worth another try on WhatsApp (true) or
+/// should fall back to the other channel at once (false). The same codes
+/// come in a send's error response and in a `failed` status webhook.
+const ERROR_CODES: &[(i64, bool)] = &[
+    (1, true),       // API unknown: temporary
+    (2, true),       // API service: temporary downtime
+    (4, true),       // API too many calls: app rate limit
+    (17, true),      // API user too many calls
+    (341, true),     // application limit reached
+    (80007, true),   // WhatsApp Business account rate limit
+    (130429, true),  // throughput rate limit hit
+    (131000, true),  // something went wrong (unknown, often transient)
+    (131016, true),  // service unavailable
+    (131056, true),  // business/consumer pair rate limit: later works
+    (131057, true),  // business account in maintenance mode
+    (133004, true),  // server temporarily unavailable
+    (100, false),    // invalid parameter
+    (190, false),    // access token expired or invalid
+    (368, false),    // temporarily blocked for policy violations
+    (130472, false), // the user's number is part of an experiment
+    (131026, false), // undeliverable: not on WhatsApp, old app, terms not accepted
+    (131031, false), // business account locked
+    (131042, false), // payment method issue on the business account
+    (131047, false), // re-engagement: more than 24 hours since the user wrote
+    (131048, false), // spam rate limit: this number is restricted for now
+    (131049, false), // not delivered to keep the ecosystem healthy: retrying does not help
+    (131050, false), // the user stopped marketing messages
+    (131051, false), // unsupported message type
+    (131053, false), // media upload error
+    (132000, false), // template parameter count mismatch
+    (132001, false), // template does not exist (name or language)
+    (132012, false), // template parameter format mismatch
+    (133010, false), // phone number not registered on the Cloud API
 ];
+
+/// Whether a Cloud API error code is worth another try; None for a code
+/// not in Meta's list as of this release.
+pub fn retryable_code(code: i64) -> Option<bool> {
+    ERROR_CODES
+        .iter()
+        .find(|(known, _)| *known == code)
+        .map(|(_, retryable)| *retryable)
+}
 
 pub struct WhatsApp {
     http: reqwest::Client,
@@ -136,7 +175,7 @@ pub fn classify(status: StatusCode, body: &str) -> DeliveryError {
                 status.as_u16()
             );
             let reason = format!("whatsapp_{code}");
-            if RETRYABLE_CODES.contains(&code)
+            if retryable_code(code).unwrap_or(false)
                 || (status.is_server_error() && !(132000..133000).contains(&code))
             {
                 DeliveryError::retryable(reason, detail)

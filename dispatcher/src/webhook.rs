@@ -1,0 +1,413 @@
+//! WhatsApp status webhooks: what Meta says, later, about the messages it
+//! accepted (`sent`, `delivered`, `read`, `failed` with an error code).
+//!
+//! - `GET /webhooks/whatsapp` answers Meta's verification handshake.
+//! - `POST /webhooks/whatsapp` takes a signed JSON body of at most 1 MiB:
+//!   `X-Hub-Signature-256` must be the HMAC-SHA256 of the raw body under
+//!   the app secret (checked in constant time) or nothing is read. The
+//!   statuses of one request are recorded in one transaction
+//!   (otp_outbox_status), and the answer is 200 only once they are
+//!   committed: on any database trouble Meta gets a 503 and sends them
+//!   again later, which is harmless (the extension ignores repeats).
+//!
+//! A status names the message by Meta's id for it (the `wamid` the send
+//! returned) and by `biz_opaque_callback_data`, which the dispatcher sets
+//! to the outbox message id. The extension decides what a status means;
+//! here only a failure's error code is turned into "worth another try or
+//! not" (`transport::retryable_code`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::config::{Secret, WebhookConfig};
+use crate::metrics;
+use crate::transport::retryable_code;
+
+/// Where Meta is told to send the webhooks.
+pub const PATH: &str = "/webhooks/whatsapp";
+/// The largest body read; Meta's batches are far smaller.
+const MAX_BODY: usize = 1024 * 1024;
+/// How long recording one request may take before Meta is told to retry.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Webhook {
+    verify_token: Secret,
+    app_secret: Secret,
+    database_url: Secret,
+    /// The extension's otp_outbox_status, schema-qualified, every
+    /// parameter typed (see outbox.rs).
+    record_sql: String,
+    /// One connection, opened on first use and again after it broke.
+    db: Mutex<Option<tokio_postgres::Client>>,
+}
+
+/// Binds `config.listen` and serves the webhook until `shutdown` resolves.
+/// Returns once bound, with the address (a port 0 gets a free one).
+pub async fn serve(
+    config: &WebhookConfig,
+    database_url: Secret,
+    schema: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr> {
+    let state = Arc::new(Webhook {
+        verify_token: config.verify_token.clone(),
+        app_secret: config.app_secret.clone(),
+        database_url,
+        record_sql: format!(
+            "SELECT {schema}.otp_outbox_status($1::pg_catalog.text, $2::pg_catalog.int8, $3::pg_catalog.text,
+                                               pg_catalog.to_timestamp($4::pg_catalog.float8),
+                                               $5::pg_catalog.text, $6::pg_catalog.bool)"
+        ),
+        db: Mutex::new(None),
+    });
+    let app = Router::new()
+        .route(PATH, get(handshake).post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening for webhooks on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(error = %err, "the webhook server stopped");
+        }
+    });
+    info!(listen = %bound, path = PATH, "serving WhatsApp status webhooks");
+    Ok(bound)
+}
+
+#[derive(Deserialize)]
+struct HandshakeQuery {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+/// Meta's subscription check: echo `hub.challenge` when the token matches.
+async fn handshake(
+    State(hook): State<Arc<Webhook>>,
+    Query(query): Query<HandshakeQuery>,
+) -> (StatusCode, String) {
+    // Constant time, like the signature: the token is a shared secret.
+    let token_matches = query.verify_token.as_deref().is_some_and(|token| {
+        bool::from(
+            hook.verify_token
+                .expose()
+                .as_bytes()
+                .ct_eq(token.as_bytes()),
+        )
+    });
+    match (query.mode.as_deref(), token_matches, query.challenge) {
+        (Some("subscribe"), true, Some(challenge)) => {
+            metrics::webhook_request("handshake");
+            (StatusCode::OK, challenge)
+        }
+        _ => {
+            metrics::webhook_request("handshake_refused");
+            (StatusCode::FORBIDDEN, String::new())
+        }
+    }
+}
+
+async fn receive(State(hook): State<Arc<Webhook>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let received = Instant::now();
+    if !signed_by(&hook.app_secret, &headers, &body) {
+        metrics::webhook_request("bad_signature");
+        warn!("refused a webhook request with a missing or wrong X-Hub-Signature-256");
+        return StatusCode::UNAUTHORIZED;
+    }
+    let statuses = match serde_json::from_slice::<Notification>(&body) {
+        Ok(notification) => notification.statuses(),
+        Err(err) => {
+            metrics::webhook_request("malformed");
+            warn!(error = %err, "refused a webhook request whose body is not a WhatsApp notification");
+            return StatusCode::BAD_REQUEST;
+        }
+    };
+    match tokio::time::timeout(RECORD_TIMEOUT, hook.record(&statuses)).await {
+        Ok(Ok(outcomes)) => {
+            metrics::webhook_request("accepted");
+            for (status, outcome) in statuses.iter().zip(&outcomes) {
+                metrics::webhook_status(&status.status, outcome);
+                debug!(message_id = ?status.message_id, status = %status.status, %outcome, "provider status");
+            }
+            metrics::webhook_recorded(received.elapsed());
+            StatusCode::OK
+        }
+        Ok(Err(err)) => {
+            metrics::webhook_request("database_error");
+            warn!(error = %format!("{err:#}"), "could not record webhook statuses; Meta will send them again");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Err(_) => {
+            metrics::webhook_request("database_error");
+            warn!("recording webhook statuses timed out; Meta will send them again");
+            // The connection may be stuck: start afresh next time.
+            *hook.db.lock().await = None;
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+/// Whether `X-Hub-Signature-256` is `sha256=` and the hex HMAC-SHA256 of
+/// `body` under the app secret.
+fn signed_by(app_secret: &Secret, headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(signature) = headers
+        .get("x-hub-signature-256")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("sha256="))
+        .and_then(|hex_digits| hex::decode(hex_digits).ok())
+    else {
+        return false;
+    };
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(app_secret.expose().as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(body);
+    mac.verify_slice(&signature).is_ok()
+}
+
+impl Webhook {
+    /// Records statuses in one transaction; their outcomes, in order.
+    async fn record(&self, statuses: &[Status]) -> Result<Vec<String>> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut db = self.db.lock().await;
+        if db.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            let (client, connection) = otp_common::pg_tls::connect(self.database_url.expose())
+                .await
+                .context("connecting to PostgreSQL for webhooks")?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    warn!(error = %err, "webhook database connection lost");
+                }
+            });
+            *db = Some(client);
+        }
+        let client = db.as_mut().expect("connected above");
+        let result = async {
+            let transaction = client.transaction().await?;
+            let mut outcomes = Vec::with_capacity(statuses.len());
+            for status in statuses {
+                let row = transaction
+                    .query_one(
+                        &self.record_sql,
+                        &[
+                            &status.provider_ref,
+                            &status.message_id,
+                            &status.status,
+                            &status.at,
+                            &status.error,
+                            &status.retryable,
+                        ],
+                    )
+                    .await?;
+                outcomes.push(row.get::<_, String>(0));
+            }
+            transaction.commit().await?;
+            Ok::<_, tokio_postgres::Error>(outcomes)
+        }
+        .await;
+        if result.is_err() && client.is_closed() {
+            *db = None;
+        }
+        result.context("otp_outbox_status")
+    }
+}
+
+/// One status, as the extension takes it.
+#[derive(Debug)]
+struct Status {
+    provider_ref: String,
+    message_id: Option<i64>,
+    status: String,
+    /// Seconds since the epoch, when Meta says it happened.
+    at: f64,
+    error: Option<String>,
+    retryable: bool,
+}
+
+/// The parts of Meta's webhook body that matter here
+/// (`entry[].changes[].value.statuses[]`); everything else (incoming
+/// messages, other fields) is ignored.
+#[derive(Deserialize)]
+struct Notification {
+    object: String,
+    #[serde(default)]
+    entry: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(default)]
+    changes: Vec<Change>,
+}
+
+#[derive(Deserialize)]
+struct Change {
+    #[serde(default)]
+    field: String,
+    #[serde(default)]
+    value: ChangeValue,
+}
+
+#[derive(Deserialize, Default)]
+struct ChangeValue {
+    #[serde(default)]
+    statuses: Vec<MetaStatus>,
+}
+
+#[derive(Deserialize)]
+struct MetaStatus {
+    id: String,
+    status: String,
+    /// Unix seconds, as a string.
+    timestamp: Option<String>,
+    biz_opaque_callback_data: Option<String>,
+    #[serde(default)]
+    errors: Vec<MetaError>,
+}
+
+#[derive(Deserialize)]
+struct MetaError {
+    code: i64,
+    title: Option<String>,
+    message: Option<String>,
+}
+
+/// The statuses the extension knows; others (say `deleted`) are skipped.
+const KNOWN_STATUSES: [&str; 4] = ["sent", "delivered", "read", "failed"];
+
+impl Notification {
+    fn statuses(self) -> Vec<Status> {
+        if self.object != "whatsapp_business_account" {
+            return Vec::new();
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.entry
+            .into_iter()
+            .flat_map(|entry| entry.changes)
+            .filter(|change| change.field == "messages")
+            .flat_map(|change| change.value.statuses)
+            .filter(|status| KNOWN_STATUSES.contains(&status.status.as_str()))
+            .map(|status| {
+                let error = status.errors.first();
+                Status {
+                    message_id: status
+                        .biz_opaque_callback_data
+                        .as_deref()
+                        .and_then(|data| data.parse().ok()),
+                    at: status
+                        .timestamp
+                        .as_deref()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .unwrap_or(now),
+                    error: error.map(|e| {
+                        let text = e.message.as_deref().or(e.title.as_deref()).unwrap_or("");
+                        format!("WhatsApp error {}: {text}", e.code)
+                    }),
+                    // Unknown codes fall back at once: for a one-time code,
+                    // another channel now beats a retry that may not help.
+                    retryable: error.and_then(|e| retryable_code(e.code)).unwrap_or(false),
+                    provider_ref: status.id,
+                    status: status.status,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn signed(secret: &str, body: &[u8]) -> HeaderMap {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        let mut headers = HeaderMap::new();
+        let value = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        headers.insert(
+            "x-hub-signature-256",
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn only_the_exact_signature_of_the_exact_body_passes() {
+        let secret = Secret::from("app-secret".to_owned());
+        let body = br#"{"object":"whatsapp_business_account"}"#;
+        assert!(signed_by(&secret, &signed("app-secret", body), body));
+        assert!(!signed_by(&secret, &signed("other-secret", body), body));
+        assert!(!signed_by(&secret, &signed("app-secret", body), b"{}"));
+        assert!(!signed_by(&secret, &HeaderMap::new(), body));
+        let mut sha1 = HeaderMap::new();
+        sha1.insert("x-hub-signature-256", HeaderValue::from_static("sha1=00"));
+        assert!(!signed_by(&secret, &sha1, body));
+    }
+
+    #[test]
+    fn statuses_are_read_from_meta_shapes() {
+        let body = serde_json::json!({
+            "object": "whatsapp_business_account",
+            "entry": [{ "id": "WABA", "changes": [{ "field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": { "display_phone_number": "15550000000", "phone_number_id": "PN" },
+                "statuses": [
+                    { "id": "wamid.A", "status": "delivered", "timestamp": "1764115200",
+                      "recipient_id": "34600123478", "biz_opaque_callback_data": "42" },
+                    { "id": "wamid.B", "status": "failed", "timestamp": "1764115201",
+                      "recipient_id": "34600123478",
+                      "errors": [{ "code": 131026, "title": "Message undeliverable",
+                                   "message": "Message undeliverable",
+                                   "error_data": { "details": "Message Undeliverable." } }] },
+                    { "id": "wamid.C", "status": "failed", "timestamp": "1764115202",
+                      "recipient_id": "34600123478", "errors": [{ "code": 130429, "title": "Rate limit hit" }] },
+                    { "id": "wamid.D", "status": "deleted", "timestamp": "1764115203", "recipient_id": "1" }
+                ]
+            }}]}]
+        });
+        let statuses = serde_json::from_value::<Notification>(body)
+            .unwrap()
+            .statuses();
+        assert_eq!(statuses.len(), 3);
+        assert_eq!(
+            (
+                statuses[0].provider_ref.as_str(),
+                statuses[0].message_id,
+                statuses[0].at
+            ),
+            ("wamid.A", Some(42), 1_764_115_200.0)
+        );
+        assert_eq!(
+            statuses[1].error.as_deref(),
+            Some("WhatsApp error 131026: Message undeliverable")
+        );
+        assert!(!statuses[1].retryable);
+        assert!(statuses[2].retryable);
+    }
+}
