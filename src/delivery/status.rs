@@ -10,6 +10,11 @@
 //! failed. A permanent failure while the code is still valid falls back to
 //! the record's other channel with the same code, exactly as a failure the
 //! provider reports at once (at most once per challenge).
+//!
+//! An agent that hides unknown identifiers (reveal_unknown = false) is
+//! never shown `delivered` or `read`: a decoy has no device to be delivered
+//! to, so they would tell real people from decoys. The outbox records them
+//! all the same, for operators.
 
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
@@ -171,19 +176,19 @@ pub fn status(
                 client,
                 message.id,
                 message.challenge_id,
-                target,
+                MessageState::Sent,
                 Some(provider_ref),
                 now,
                 false,
             )?;
             audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
         }
-        current if current.progress().is_some() && current.progress() < target.progress() => {
-            advance(client, &message, target)?;
-        }
+        current if current.progress().is_some() && current.progress() < target.progress() => {}
         _ => return Ok(StatusOutcome::Ignored),
     }
-    if let Some(event) = reported.event() {
+    let shown = !hides_unknown(client, message.id)?;
+    advance(client, &message, target, shown)?;
+    if let (true, Some(event)) = (shown, reported.event()) {
         audit::challenge_event(client, message.challenge_id, event, at)?;
     }
     Ok(StatusOutcome::Recorded)
@@ -223,24 +228,42 @@ fn find(
     Ok(agrees.then_some(message))
 }
 
+/// Whether the message's agent hides unknown identifiers (see the module
+/// comment).
+fn hides_unknown(client: &SpiClient<'_>, message_id: i64) -> Result<bool> {
+    let hides = prepared::select(
+        client,
+        "SELECT NOT a.reveal_unknown FROM otp.outbox o JOIN otp.agent a ON a.name = o.agent WHERE o.id = $1",
+        Some(1),
+        &[message_id.into()],
+    )?;
+    Ok(!hides.is_empty() && hides.first().get_one::<bool>()?.unwrap_or(true))
+}
+
 /// Moves a delivered message forward (`delivered`, `read`), erases the code
-/// it kept for a late fallback, and mirrors it on the challenge when this is
-/// the challenge's latest message (a fallback's statuses are the ones that
-/// count after a fallback).
-fn advance(client: &mut SpiClient<'_>, message: &Message, target: MessageState) -> Result<()> {
+/// it kept for a late fallback, and, when `shown`, mirrors it on the
+/// challenge if this is the challenge's latest message (a fallback's
+/// statuses are the ones that count after a fallback).
+fn advance(
+    client: &mut SpiClient<'_>,
+    message: &Message,
+    target: MessageState,
+    shown: bool,
+) -> Result<()> {
     prepared::update(
         client,
         "WITH advanced AS (
              UPDATE otp.outbox SET state = $2, code_nonce = NULL, code_sealed = NULL
               WHERE id = $1)
          UPDATE otp.challenge c SET delivery = $2
-          WHERE c.id = $3
+          WHERE c.id = $3 AND $4
             AND NOT EXISTS (SELECT FROM otp.outbox later WHERE later.challenge_id = $3 AND later.id > $1)",
         None,
         &[
             message.id.into(),
             target.as_str().into(),
             message.challenge_id.into(),
+            shown.into(),
         ],
     )?;
     Ok(())

@@ -3172,4 +3172,51 @@ mod tests {
         report_sent(id, "smtp-250");
         assert_eq!(message_field("t-st-mail", "code_sealed"), None);
     }
+
+    /// A decoy has no phone for a provider to deliver to, so it never gets
+    /// `delivered` or `read`. An agent that hides unknown identifiers must
+    /// then not show them for real people either: they would tell real
+    /// people from decoys. (The outbox keeps them, for operators.)
+    #[pg_test]
+    fn a_hiding_agent_shows_no_delivery_confirmations() {
+        fixture();
+        configure("hidden-confirm", ", reveal_unknown => false");
+        let shown = |conversation: &str| -> String {
+            one::<String>(&format!(
+                "SELECT concat_ws('/', status, delivery) FROM otp_status('hidden-confirm', '{conversation}')"
+            ))
+            .unwrap()
+        };
+        issue_for("hidden-confirm", "t-hc-real", "4721");
+        issue_for("hidden-confirm", "t-hc-decoy", "8888");
+        claim_all();
+        let real =
+            one::<i64>("SELECT message_id FROM claimed WHERE conversation = 't-hc-real'").unwrap();
+        report_sent(real, "wamid.hc");
+        assert_eq!(sweep(), (0, 1));
+        run(
+            "UPDATE otp.outbox SET available_at = clock_timestamp() - interval '1 second'
+              WHERE conversation = 't-hc-decoy'",
+        );
+        assert_eq!(sweep(), (0, 1));
+        assert_eq!(
+            provider_status("wamid.hc", Some(real), "delivered", false),
+            "recorded"
+        );
+        assert_eq!(
+            provider_status("wamid.hc", Some(real), "read", false),
+            "recorded"
+        );
+        assert_eq!(message_field("t-hc-real", "state").as_deref(), Some("read"));
+        assert_eq!(shown("t-hc-decoy"), "pending/sent");
+        assert_eq!(shown("t-hc-real"), shown("t-hc-decoy"));
+        assert_eq!(
+            events("hidden-confirm", "4721"),
+            ["issued@t-hc-real", "delivered@t-hc-real"]
+        );
+        assert_eq!(
+            events("hidden-confirm", "8888"),
+            ["issued@t-hc-decoy", "delivered@t-hc-decoy"]
+        );
+    }
 }
