@@ -48,6 +48,9 @@ struct Args {
     /// Messages for each throughput measurement.
     #[arg(long, default_value_t = 10_000)]
     messages: usize,
+    /// Only the webhook measurements.
+    #[arg(long)]
+    webhooks_only: bool,
 }
 
 /// The fake provider: records when each message id arrived.
@@ -377,12 +380,14 @@ async fn main() -> Result<()> {
     let app = connect(pg_otp_integration::APP).await?;
     println!("| measurement | result | | |");
     println!("|---|---|---|---|");
-    if let Some(baseline) = &args.baseline_dispatcher {
-        latency(&args, ("baseline", baseline), &url, &db, &app).await?;
+    if !args.webhooks_only {
+        if let Some(baseline) = &args.baseline_dispatcher {
+            latency(&args, ("baseline", baseline), &url, &db, &app).await?;
+        }
+        latency(&args, ("this build", &args.dispatcher), &url, &db, &app).await?;
+        throughput(&args, &url, &db, 1).await?;
+        throughput(&args, &url, &db, 2).await?;
     }
-    latency(&args, ("this build", &args.dispatcher), &url, &db, &app).await?;
-    throughput(&args, &url, &db, 1).await?;
-    throughput(&args, &url, &db, 2).await?;
     webhooks(&args, &url, &db, &app).await?;
     Ok(())
 }

@@ -26,6 +26,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use futures_util::future::try_join_all;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -208,9 +209,11 @@ impl Webhook {
         let client = db.as_mut().expect("connected above");
         let result = async {
             let transaction = client.transaction().await?;
-            let mut outcomes = Vec::with_capacity(statuses.len());
-            for status in statuses {
-                let row = transaction
+            // Sent together, answered in order (tokio-postgres pipelines
+            // them): one round trip for the whole batch.
+            let pending = &transaction;
+            let rows = try_join_all(statuses.iter().map(|status| async move {
+                pending
                     .query_one(
                         &self.record_sql,
                         &[
@@ -222,11 +225,11 @@ impl Webhook {
                             &status.retryable,
                         ],
                     )
-                    .await?;
-                outcomes.push(row.get::<_, String>(0));
-            }
+                    .await
+            }))
+            .await?;
             transaction.commit().await?;
-            Ok::<_, tokio_postgres::Error>(outcomes)
+            Ok::<_, tokio_postgres::Error>(rows.iter().map(|row| row.get::<_, String>(0)).collect())
         }
         .await;
         if result.is_err() && client.is_closed() {
