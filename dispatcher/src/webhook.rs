@@ -138,6 +138,15 @@ async fn receive(State(hook): State<Arc<Webhook>>, headers: HeaderMap, body: Byt
         warn!("refused a webhook request with a missing or wrong X-Hub-Signature-256");
         return StatusCode::UNAUTHORIZED;
     }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    if !json {
+        metrics::webhook_request("malformed");
+        warn!("refused a signed webhook request that is not application/json");
+        return StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    }
     let statuses = match serde_json::from_slice::<Notification>(&body) {
         Ok(notification) => notification.statuses(),
         Err(err) => {

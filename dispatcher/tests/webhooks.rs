@@ -280,11 +280,22 @@ async fn unsigned_oversized_or_malformed_requests_change_nothing() {
     let mut big = body.clone();
     big.resize(2 * 1024 * 1024, b' ');
     assert_eq!(post_signed(&setup.webhook, big).await, 413);
-    // signed, but not JSON
+    // signed, but not JSON, or not said to be
     assert_eq!(
         post_signed(&setup.webhook, b"{\"object\": ".to_vec()).await,
         400
     );
+    let form = reqwest::Client::new()
+        .post(&setup.webhook)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-hub-signature-256", signature(APP_SECRET, &body))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(form, 415);
     assert_eq!(
         outbox(&setup.db, "hook-refused").await,
         [("whatsapp".into(), "sent".into())]
@@ -292,7 +303,7 @@ async fn unsigned_oversized_or_malformed_requests_change_nothing() {
     let scraped = metrics(&setup.metrics).await;
     assert!(
         scraped.contains(r#"otp_dispatcher_webhook_requests_total{outcome="bad_signature"} 4"#)
-            && scraped.contains(r#"otp_dispatcher_webhook_requests_total{outcome="malformed"} 1"#),
+            && scraped.contains(r#"otp_dispatcher_webhook_requests_total{outcome="malformed"} 2"#),
         "{scraped}"
     );
     // and the genuine one counts
