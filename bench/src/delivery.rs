@@ -501,7 +501,7 @@ async fn webhooks(args: &Args, url: &str, db: &Client, app: &Client) -> Result<(
             "--webhook-listen",
             &listen,
             "--webhook-verify-token",
-            "bench",
+            "bench-verify-token",
             "--whatsapp-app-secret",
             APP_SECRET,
         ],

@@ -212,6 +212,9 @@ pub struct WebhookConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Secret,
+    /// Network hosts of the database reached without a verified
+    /// certificate (said at start: every code crosses that connection).
+    pub unverified_tls: Vec<String>,
     /// The extension's schema, already quoted for SQL.
     pub schema: String,
     pub whatsapp: Option<WhatsAppConfig>,
@@ -227,6 +230,30 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub json_logs: bool,
 }
+
+/// The database hosts reached over the network (not a Unix socket, not
+/// loopback) whose certificate the connection string's sslmode does not
+/// verify: `prefer` may even fall back to plain text, as in libpq.
+fn unverified_network_hosts(target: &otp_common::pg_tls::Target) -> Vec<String> {
+    use otp_common::pg_tls::SslMode;
+    if matches!(target.mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        return Vec::new();
+    }
+    target
+        .config
+        .get_hosts()
+        .iter()
+        .filter_map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => Some(name.clone()),
+            _ => None,
+        })
+        .filter(|name| !matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"))
+        .collect()
+}
+
+/// The shortest webhook verify token or app secret accepted (Meta's app
+/// secrets are 32 characters).
+const MIN_WEBHOOK_SECRET: usize = 16;
 
 /// A secret given directly or as the path of a file that holds it (the
 /// file's content without its trailing line break). The file is read here,
@@ -253,9 +280,9 @@ impl Config {
             .context("the database is required: give --database-url-file (or --database-url)")?;
         // Its TLS settings are checked now (a mode without the CA it needs, a
         // CA file that cannot be read), not at every reconnection attempt.
-        otp_common::pg_tls::parse(&database_url)
-            .and_then(|target| otp_common::pg_tls::connector(&target))
-            .context("--database-url")?;
+        let target = otp_common::pg_tls::parse(&database_url).context("--database-url")?;
+        otp_common::pg_tls::connector(&target).context("--database-url")?;
+        let unverified_tls = unverified_network_hosts(&target);
         let whatsapp_token = secret(
             args.whatsapp_token,
             args.whatsapp_token_file,
@@ -299,6 +326,15 @@ impl Config {
             args.whatsapp_app_secret_file,
             "whatsapp-app-secret",
         )?;
+        // An empty or guessable secret would let anyone sign webhooks.
+        for (value, flag) in [
+            (&verify_token, "--webhook-verify-token"),
+            (&app_secret, "--whatsapp-app-secret"),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() < MIN_WEBHOOK_SECRET) {
+                bail!("{flag} must be at least {MIN_WEBHOOK_SECRET} characters");
+            }
+        }
         let webhook = match (args.webhook_listen, verify_token, app_secret) {
             (Some(listen), Some(verify_token), Some(app_secret)) => Some(WebhookConfig {
                 listen,
@@ -336,6 +372,7 @@ impl Config {
         }
         Ok(Config {
             database_url: database_url.into(),
+            unverified_tls,
             schema: format!("\"{}\"", args.schema),
             whatsapp,
             email,
@@ -378,6 +415,51 @@ mod tests {
         );
         assert!(parse(&["--console", "--schema", "x\"; DROP TABLE y; --"]).is_err());
         assert!(parse(&["--console", "--schema", "Auth"]).is_err());
+    }
+
+    #[test]
+    fn unverified_database_connections_over_the_network_are_named() {
+        let hosts = |url: &str| {
+            let argv = ["otp-dispatcher", "--console", "--database-url", url];
+            Config::from_args(Args::try_parse_from(argv).unwrap())
+                .unwrap()
+                .unverified_tls
+        };
+        assert_eq!(hosts("host=db.example.com user=u"), ["db.example.com"]);
+        assert_eq!(
+            hosts("host=db.example.com user=u sslmode=require"),
+            ["db.example.com"]
+        );
+        assert!(hosts("host=/var/run/postgresql user=u").is_empty());
+        assert!(hosts("host=127.0.0.1 user=u").is_empty());
+        assert!(
+            hosts("host=db.example.com user=u sslmode=verify-full sslrootcert=system").is_empty()
+        );
+    }
+
+    #[test]
+    fn webhooks_refuse_empty_or_short_secrets() {
+        let with = |token: &str, secret: &str| {
+            parse(&[
+                "--console",
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--webhook-verify-token",
+                token,
+                "--whatsapp-app-secret",
+                secret,
+            ])
+        };
+        assert!(with("a-verify-token-long-enough", "an-app-secret-long-enough").is_ok());
+        for (token, secret) in [
+            ("", "an-app-secret-long-enough"),
+            ("a-verify-token-long-enough", ""),
+            ("short", "an-app-secret-long-enough"),
+            ("a-verify-token-long-enough", "0123456789"),
+        ] {
+            let err = with(token, secret).unwrap_err().to_string();
+            assert!(err.contains("at least 16"), "{err}");
+        }
     }
 
     #[test]

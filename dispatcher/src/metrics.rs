@@ -54,8 +54,8 @@ pub fn connected(up: bool) {
     gauge!("otp_dispatcher_database_connected").set(if up { 1.0 } else { 0.0 });
 }
 
-/// A webhook request, by outcome: accepted, bad_signature, malformed,
-/// database_error, handshake, handshake_refused.
+/// A webhook request, by outcome: accepted, bad_signature, too_large,
+/// too_slow, malformed, database_error, handshake, handshake_refused.
 pub fn webhook_request(outcome: &'static str) {
     counter!("otp_dispatcher_webhook_requests_total", "outcome" => outcome).increment(1);
 }

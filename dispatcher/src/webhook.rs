@@ -2,9 +2,12 @@
 //! accepted (`sent`, `delivered`, `read`, `failed` with an error code).
 //!
 //! - `GET /webhooks/whatsapp` answers Meta's verification handshake.
-//! - `POST /webhooks/whatsapp` takes a signed JSON body of at most 1 MiB:
-//!   `X-Hub-Signature-256` must be the HMAC-SHA256 of the raw body under
-//!   the app secret (checked in constant time) or nothing is read. The
+//! - `POST /webhooks/whatsapp` takes a signed JSON body of at most 1 MiB,
+//!   read within 10 s: without an `X-Hub-Signature-256` header the body is
+//!   not read at all, and the header must be the HMAC-SHA256 of the raw
+//!   body under the app secret (checked in constant time) or nothing of it
+//!   is parsed. HTTP/1.1 only, at most 256 connections at once, headers
+//!   within 10 s, a connection for at most a minute. The
 //!   statuses of one request are recorded in one transaction
 //!   (otp_outbox_status), and the answer is 200 only once they are
 //!   committed: on any database trouble Meta gets a 503 and sends them
@@ -21,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
@@ -42,6 +44,13 @@ use crate::transport::retryable_code;
 pub const PATH: &str = "/webhooks/whatsapp";
 /// The largest body read; Meta's batches are far smaller.
 const MAX_BODY: usize = 1024 * 1024;
+/// Connections served at once; more wait in the listen queue, so that no
+/// number of clients exhausts the file descriptors deliveries need.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers, and its body.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may stay open, keep-alive included.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// How long recording one request may take before Meta is told to retry.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,22 +86,54 @@ pub async fn serve(
     });
     let app = Router::new()
         .route(PATH, get(handshake).post(receive))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::disable())
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening for webhooks on {}", config.listen))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            warn!(error = %err, "the webhook server stopped");
-        }
-    });
+    tokio::spawn(accept(listener, app, shutdown));
     info!(listen = %bound, path = PATH, "serving WhatsApp status webhooks");
     Ok(bound)
+}
+
+/// Serves connections, HTTP/1.1 only, at most MAX_CONNECTIONS at once, each
+/// with a time limit for its headers and for its whole life: the endpoint
+/// is open to anyone who can reach it, and must not let slow or idle
+/// clients take what deliveries need.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => return,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(error = %err, "accepting a webhook connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+        });
+    }
 }
 
 #[derive(Deserialize)]
@@ -131,9 +172,31 @@ async fn handshake(
     }
 }
 
-async fn receive(State(hook): State<Arc<Webhook>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State(hook): State<Arc<Webhook>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> StatusCode {
     let received = Instant::now();
-    if !signed_by(&hook.app_secret, &headers, &body) {
+    // Nothing of an unsigned request is read: no memory for strangers.
+    let Some(signature) = signature(&headers) else {
+        metrics::webhook_request("bad_signature");
+        warn!("refused a webhook request without an X-Hub-Signature-256");
+        return StatusCode::UNAUTHORIZED;
+    };
+    let body = match tokio::time::timeout(READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            metrics::webhook_request("too_large");
+            return StatusCode::PAYLOAD_TOO_LARGE;
+        }
+        Err(_) => {
+            metrics::webhook_request("too_slow");
+            return StatusCode::REQUEST_TIMEOUT;
+        }
+    };
+    if !signed_by(&hook.app_secret, &signature, &body) {
         metrics::webhook_request("bad_signature");
         warn!("refused a webhook request with a missing or wrong X-Hub-Signature-256");
         return StatusCode::UNAUTHORIZED;
@@ -180,21 +243,24 @@ async fn receive(State(hook): State<Arc<Webhook>>, headers: HeaderMap, body: Byt
     }
 }
 
-/// Whether `X-Hub-Signature-256` is `sha256=` and the hex HMAC-SHA256 of
-/// `body` under the app secret.
-fn signed_by(app_secret: &Secret, headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(signature) = headers
+/// The signature `X-Hub-Signature-256` carries (`sha256=` and 64 hex
+/// digits), or None.
+fn signature(headers: &HeaderMap) -> Option<Vec<u8>> {
+    headers
         .get("x-hub-signature-256")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("sha256="))
+        .filter(|hex_digits| hex_digits.len() == 64)
         .and_then(|hex_digits| hex::decode(hex_digits).ok())
-    else {
-        return false;
-    };
+}
+
+/// Whether `signature` is the HMAC-SHA256 of `body` under the app secret
+/// (compared in constant time).
+fn signed_by(app_secret: &Secret, signature: &[u8], body: &[u8]) -> bool {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(app_secret.expose().as_bytes())
         .expect("HMAC takes any key length");
     mac.update(body);
-    mac.verify_slice(&signature).is_ok()
+    mac.verify_slice(signature).is_ok()
 }
 
 impl Webhook {
@@ -373,13 +439,16 @@ mod tests {
     fn only_the_exact_signature_of_the_exact_body_passes() {
         let secret = Secret::from("app-secret".to_owned());
         let body = br#"{"object":"whatsapp_business_account"}"#;
-        assert!(signed_by(&secret, &signed("app-secret", body), body));
-        assert!(!signed_by(&secret, &signed("other-secret", body), body));
-        assert!(!signed_by(&secret, &signed("app-secret", body), b"{}"));
-        assert!(!signed_by(&secret, &HeaderMap::new(), body));
+        let passes = |headers: &HeaderMap, body: &[u8]| {
+            signature(headers).is_some_and(|sig| signed_by(&secret, &sig, body))
+        };
+        assert!(passes(&signed("app-secret", body), body));
+        assert!(!passes(&signed("other-secret", body), body));
+        assert!(!passes(&signed("app-secret", body), b"{}"));
+        assert!(!passes(&HeaderMap::new(), body));
         let mut sha1 = HeaderMap::new();
         sha1.insert("x-hub-signature-256", HeaderValue::from_static("sha1=00"));
-        assert!(!signed_by(&secret, &sha1, body));
+        assert!(!passes(&sha1, body));
     }
 
     #[test]

@@ -314,6 +314,36 @@ async fn unsigned_oversized_or_malformed_requests_change_nothing() {
     );
 }
 
+/// A request without a signature is answered before its body is read: a
+/// client that announces a large body and never sends it holds no memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unsigned_request_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let setup = setup(&[]).await;
+    let address = setup
+        .webhook
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+              Content-Length: 500000\r\n\r\n{\"object\":",
+        )
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    // The body never comes: only an answer that does not wait for it arrives.
+    tokio::time::timeout(WAIT, stream.read_exact(&mut answer))
+        .await
+        .expect("the server waited for the body of an unsigned request")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+}
+
 /// Every ordered pair of statuses, each on a message of its own: the state
 /// only moves forward, and a failure is final.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -43,6 +43,9 @@ pub(super) struct Message {
     pub holds_code: bool,
     /// The provider's reference, once a dispatcher reported the send.
     pub provider_ref: Option<String>,
+    /// Its challenge is still waiting for the code.
+    pub challenge_pending: bool,
+    pub created_at: TimestampWithTimeZone,
     /// A decoy's message: no dispatcher ever had it, so no report applies.
     pub decoy: bool,
     /// The challenge's code hash, agent, conversation and key id, if the
@@ -63,12 +66,24 @@ fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<M
 /// Locks a message for the caller's update; None when there is no such
 /// message.
 pub(super) fn lock(client: &mut SpiClient<'_>, message_id: i64) -> Result<Option<Message>> {
-    // update(), not select(): a locking read needs a read-write SPI call.
+    // The challenge first, then the message: the order otp_verify takes
+    // them in (it ends the challenge, then stops its messages). The other
+    // order deadlocks with a verification, and PostgreSQL may abort the
+    // verification and so burn a right code. update(), not select(): a
+    // locking read needs a read-write SPI call.
+    prepared::update(
+        client,
+        "SELECT FROM otp.challenge
+          WHERE id = (SELECT challenge_id FROM otp.outbox WHERE id = $1)
+            FOR UPDATE",
+        None,
+        &[message_id.into()],
+    )?;
     let row = prepared::update(
         client,
         "SELECT o.challenge_id, o.state, o.attempt, o.fallback_channel IS NOT NULL,
                 c.code_hash, c.agent, c.conversation, c.key_id, o.destination = '',
-                o.channel, o.code_sealed IS NOT NULL, o.provider_ref
+                o.channel, o.code_sealed IS NOT NULL, o.provider_ref, c.state = 'pending', o.created_at
            FROM otp.outbox o LEFT JOIN otp.challenge c ON c.id = o.challenge_id
           WHERE o.id = $1
             FOR UPDATE OF o",
@@ -102,6 +117,8 @@ pub(super) fn lock(client: &mut SpiClient<'_>, message_id: i64) -> Result<Option
         has_fallback: row.get(4)?.unwrap_or(false),
         holds_code: row.get(11)?.unwrap_or(false),
         provider_ref: row.get(12)?,
+        challenge_pending: row.get(13)?.unwrap_or(false),
+        created_at: row.get(14)?.expect("NOT NULL column"),
         decoy: row.get(9)?.unwrap_or(false),
         code_hash,
     }))
@@ -160,8 +177,9 @@ pub fn sent(
     match message.state {
         // One update of the message: final state, code erased, provider reference.
         // A channel whose provider confirms delivery later keeps the sealed
-        // code until then, for a late fallback (from the 0.3.0 schema on,
-        // whose CHECK allows it: see `schema`).
+        // code until then, for a late fallback, while the code can still be
+        // used (and from the 0.3.0 schema on, whose CHECK allows it: see
+        // `schema`).
         MessageState::Sending => finish(
             client,
             message.id,
@@ -169,7 +187,9 @@ pub fn sent(
             MessageState::Sent,
             provider_ref.as_deref(),
             now,
-            message.channel.confirms_delivery() && schema::installed().records_and_roles,
+            message.channel.confirms_delivery()
+                && message.challenge_pending
+                && schema::installed().records_and_roles,
         )?,
         // Repeating a report (say, after a lost commit acknowledgement) is
         // harmless; the provider's status may even have come first.
@@ -432,7 +452,7 @@ pub fn backoff_seconds(attempt: i32) -> f64 {
 /// the message's state, also after its sealed code was erased; if even that
 /// cannot be checked (the challenge or its secret is gone), every run of
 /// six digits is blanked.
-fn scrub(ring: &KeyRing, message: &Message, text: &str) -> String {
+pub(super) fn scrub(ring: &KeyRing, message: &Message, text: &str) -> String {
     // Blank first, then cut: a cut through a code would keep part of it.
     // The scan costs a keyed hash per window of digits; what lies beyond
     // MAX_SCANNED bytes (far past MAX_ERROR_LEN characters) is never kept.

@@ -24,6 +24,7 @@ use super::report::{self, Failure, Message};
 use super::{finish, MessageState};
 use crate::audit::{self, Event};
 use crate::clock;
+use crate::config::Channel;
 use crate::crypto::KeyRing;
 use crate::errors::{OtpError, Result};
 use crate::prepared;
@@ -146,7 +147,15 @@ pub fn status(
         return Ok(StatusOutcome::Unknown);
     };
     let now = clock::now();
-    let at = if at > now { now } else { at };
+    // The provider's time, within what is possible: not before the message
+    // was created (no backdating the audit trail), not after now.
+    let at = if at < message.created_at {
+        message.created_at
+    } else if at > now {
+        now
+    } else {
+        at
+    };
 
     if reported == Reported::Failed {
         if let Some(error) = error {
@@ -172,12 +181,14 @@ pub fn status(
         // the send is recorded now, with the reference (the report, when it
         // comes, finds it done).
         MessageState::Sending if reported != Reported::Sent => {
+            // Kept like every provider text: blanked of the code, cut.
+            let provider_ref = report::scrub(ring, &message, provider_ref);
             finish(
                 client,
                 message.id,
                 message.challenge_id,
                 MessageState::Sent,
-                Some(provider_ref),
+                Some(&provider_ref),
                 now,
                 false,
             )?;
@@ -194,35 +205,46 @@ pub fn status(
     Ok(StatusOutcome::Recorded)
 }
 
-/// The message a status is about, locked; None when there is none.
+/// The message a status is about, locked; None when there is none. The
+/// echoed message id is asked first (a provider may reuse a reference),
+/// then the newest message with the reference; only messages of channels
+/// whose provider sends statuses, and never a decoy's.
 fn find(
     client: &mut SpiClient<'_>,
     provider_ref: &str,
     message_id: Option<i64>,
 ) -> Result<Option<Message>> {
+    let confirming: Vec<&str> = Channel::ALL
+        .into_iter()
+        .filter(|channel| channel.confirms_delivery())
+        .map(Channel::as_str)
+        .collect();
     let found = prepared::select(
         client,
-        "SELECT id FROM otp.outbox WHERE provider_ref = $1 AND destination <> '' ORDER BY id LIMIT 1",
+        "SELECT id FROM otp.outbox
+          WHERE destination <> '' AND channel = ANY ($3)
+            AND (id = $2 AND (provider_ref IS NULL OR provider_ref = $1)
+                 OR provider_ref = $1)
+          ORDER BY id = $2 DESC, id DESC
+          LIMIT 1",
         Some(1),
-        &[provider_ref.into()],
+        &[provider_ref.into(), message_id.into(), confirming.into()],
     )?;
-    let by_ref = match found.is_empty() {
-        true => None,
-        false => found.first().get_one::<i64>()?,
-    };
-    let Some(id) = by_ref.or(message_id) else {
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let Some(id) = found.first().get_one::<i64>()? else {
         return Ok(None);
     };
     let Some(message) = report::lock(client, id)? else {
         return Ok(None);
     };
-    // By the echoed id, only a message whose send was not reported yet
-    // (or was, with this very reference), and never a decoy.
+    // Checked again under the lock: the reference may have been reported
+    // meanwhile.
     let agrees = message
         .provider_ref
         .as_deref()
         .is_none_or(|r| r == provider_ref)
-        && message_id.is_none_or(|echoed| echoed == message.id)
         && !message.decoy
         && message.attempt > 0;
     Ok(agrees.then_some(message))

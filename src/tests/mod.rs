@@ -3219,4 +3219,98 @@ mod tests {
             ["issued@t-hc-decoy", "delivered@t-hc-decoy"]
         );
     }
+
+    /// A provider's reference is kept with the code blanked out, also when
+    /// a status records the send before the dispatcher's report, and cut to
+    /// a sane length.
+    #[pg_test]
+    fn a_status_reference_is_blanked_of_the_code_and_cut() {
+        fixture();
+        issue("t-st-ref", "4721");
+        let code = delivered_code("t-st-ref");
+        let id = one::<i64>("SELECT max(message_id) FROM claimed WHERE conversation = 't-st-ref'")
+            .unwrap();
+        let reference = format!("wamid.code-{code}-{}", "x".repeat(5000));
+        assert_eq!(
+            provider_status(&reference, Some(id), "delivered", false),
+            "recorded"
+        );
+        let stored = message_field("t-st-ref", "provider_ref").unwrap();
+        assert!(!stored.contains(&code), "{stored}");
+        assert!(stored.chars().count() <= 1000, "{}", stored.len());
+    }
+
+    /// A code verified while its message was still being sent is not kept
+    /// for a late fallback when the send is reported afterwards.
+    #[pg_test]
+    fn a_code_verified_before_the_sent_report_is_not_kept() {
+        fixture();
+        issue("t-st-verified", "4721");
+        let code = delivered_code("t-st-verified");
+        let id =
+            one::<i64>("SELECT max(message_id) FROM claimed WHERE conversation = 't-st-verified'")
+                .unwrap();
+        assert_eq!(verify("t-st-verified", &code).status, "verified");
+        report_sent(id, "wamid.after-verify");
+        assert_eq!(
+            message_field("t-st-verified", "state").as_deref(),
+            Some("sent")
+        );
+        assert_eq!(message_field("t-st-verified", "code_sealed"), None);
+    }
+
+    /// The echoed message id wins over a reference that several messages
+    /// share (a provider that reuses ids, an email relay's "250"), and a
+    /// status only ever concerns a channel whose provider sends statuses.
+    #[pg_test]
+    fn statuses_find_the_echoed_message_and_only_confirming_channels() {
+        fixture();
+        let (first, _) = sent_on_whatsapp("t-st-dup1", "wamid.same");
+        let (second, _) = sent_on_whatsapp("t-st-dup2", "wamid.same");
+        assert_eq!(
+            provider_status("wamid.same", Some(second), "delivered", false),
+            "recorded"
+        );
+        assert_eq!(
+            message_field("t-st-dup2", "state").as_deref(),
+            Some("delivered")
+        );
+        assert_eq!(message_field("t-st-dup1", "state").as_deref(), Some("sent"));
+        assert!(first < second);
+        run("UPDATE public.employees SET whatsapp = NULL WHERE employee_no = '5000'");
+        issue("t-st-mail2", "5000");
+        delivered_code("t-st-mail2");
+        let mail =
+            one::<i64>("SELECT max(message_id) FROM claimed WHERE conversation = 't-st-mail2'")
+                .unwrap();
+        report_sent(mail, "smtp:250");
+        assert_eq!(
+            provider_status("smtp:250", None, "failed", false),
+            "unknown"
+        );
+        assert_eq!(
+            message_field("t-st-mail2", "state").as_deref(),
+            Some("sent")
+        );
+    }
+
+    /// The time a provider gives is the audit event's, within reason: never
+    /// before the message was sent, never after now.
+    #[pg_test]
+    fn a_status_time_cannot_backdate_the_audit_trail() {
+        fixture();
+        let (id, _) = sent_on_whatsapp("t-st-time", "wamid.time");
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT otp_outbox_status('wamid.time', {id}, 'delivered', '-infinity', NULL, false)"
+            ))
+            .as_deref(),
+            Some("recorded")
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.event WHERE conversation = 't-st-time' AND event = 'received'
+                     AND at >= (SELECT created_at FROM otp.outbox WHERE id = (SELECT max(id) FROM otp.outbox WHERE conversation = 't-st-time'))"),
+            1
+        );
+    }
 }

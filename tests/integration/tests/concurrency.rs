@@ -3,6 +3,7 @@
 
 use pg_otp_integration::*;
 use postgres::fallible_iterator::FallibleIterator;
+use std::time::Duration;
 
 const CONNECTIONS: usize = 32;
 const ROUNDS: usize = 5;
@@ -303,4 +304,110 @@ fn parallel_guesses_across_conversations_stop_at_the_lockout_threshold() {
             assert_eq!(status, "locked");
         }
     }
+}
+
+/// Waits until backend `pid` is waiting for a lock.
+fn wait_for_lock_wait(watch: &mut Client, pid: i32) {
+    wait_until(
+        "a backend to wait for a lock",
+        Duration::from_secs(30),
+        || {
+            watch
+            .query_one(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false)
+        },
+    );
+}
+
+/// A provider's status about a message and the right code for it, at the
+/// same moment: whatever the order their locks are taken in, the code
+/// verifies. (Locks taken in opposite orders would deadlock, and the
+/// verification that PostgreSQL picked to abort would burn the right code.)
+#[test]
+fn a_status_racing_the_right_code_never_burns_it() {
+    let mut db = superuser();
+    let mut watch = superuser();
+    let person = conversation("race-person");
+    db.execute(
+        "INSERT INTO people VALUES ($1, '+34 600 55 66 78', NULL)",
+        &[&person],
+    )
+    .unwrap();
+    let mut app = connect(APP);
+    let mut sender = connect(SENDER);
+    let talk = conversation("status-race");
+    let issued: String = app
+        .query_one(
+            "SELECT status FROM otp_issue($1, $2, $3)",
+            &[&AGENT, &talk, &person],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(issued, "code_sent");
+    let code = claim_code(&mut sender, &talk);
+    let row = db
+        .query_one(
+            "SELECT id, attempt FROM otp.outbox WHERE conversation = $1",
+            &[&talk],
+        )
+        .unwrap();
+    let (id, attempt): (i64, i32) = (row.get(0), row.get(1));
+    let reference = format!("wamid.{talk}");
+    let sent: bool = sender
+        .query_one(
+            "SELECT otp_outbox_sent($1, $2, $3)",
+            &[&id, &attempt, &reference],
+        )
+        .unwrap()
+        .get(0);
+    assert!(sent);
+
+    // Hold the person's guard row: the verification stops between locking
+    // the challenge and its later writes.
+    let mut hold = db.transaction().unwrap();
+    hold.execute(
+        "INSERT INTO otp.subject_guard AS g (agent, subject) VALUES ($1, $2)
+         ON CONFLICT (agent, subject) DO UPDATE SET consecutive_failures = g.consecutive_failures",
+        &[&AGENT, &person],
+    )
+    .unwrap();
+    let app_pid: i32 = app
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let sender_pid: i32 = sender
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    std::thread::scope(|scope| {
+        let verifying = scope.spawn(|| {
+            app.query_one(
+                "SELECT status FROM otp_verify($1, $2, $3)",
+                &[&AGENT, &talk, &code],
+            )
+            .map(|row| row.get::<_, String>(0))
+        });
+        wait_for_lock_wait(&mut watch, app_pid);
+        let reporting = scope.spawn(|| {
+            sender
+                .query_one(
+                    "SELECT otp_outbox_status($1, $2, 'read', now(), NULL, false)",
+                    &[&reference, &id],
+                )
+                .map(|row| row.get::<_, String>(0))
+        });
+        wait_for_lock_wait(&mut watch, sender_pid);
+        hold.commit().unwrap();
+        let verified = verifying.join().unwrap();
+        let reported = reporting.join().unwrap();
+        assert_eq!(
+            verified.as_deref().map_err(|e| e.to_string()),
+            Ok("verified")
+        );
+        assert!(reported.is_ok(), "{reported:?}");
+    });
 }
