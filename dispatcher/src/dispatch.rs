@@ -33,6 +33,8 @@ const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// How often, at most, the loop sweeps.
 const SWEEP_EVERY: Duration = Duration::from_millis(200);
+/// How soon a report whose challenge a transaction holds is tried again.
+const HELD_RETRY: Duration = Duration::from_millis(200);
 
 /// Runs until `shutdown` resolves, then finishes the sends in flight,
 /// reports them and returns.
@@ -43,6 +45,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let wake = Arc::new(Notify::new());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut unreported: Vec<Outcome> = Vec::new();
+    // Reports the database could not take yet: an application's open
+    // transaction holds their challenge. Retried on their own schedule,
+    // so that they hold up nothing else.
+    let mut held: Vec<Outcome> = Vec::new();
+    let mut held_retry = Instant::now();
     let mut outbox: Option<Outbox> = None;
     let mut reconnect_delay = RECONNECT_FIRST;
     let mut stopping = false;
@@ -55,6 +62,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         let in_flight = concurrency - slots.available_permits();
         if stopping && in_flight == 0 && unreported.is_empty() {
+            if !held.is_empty() {
+                warn!(
+                    held = held.len(),
+                    "stopping with reports whose challenge a transaction still holds; \
+                     their messages are offered again when the lease ends"
+                );
+            }
             info!("all deliveries finished and reported; stopping");
             return Ok(());
         }
@@ -84,9 +98,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         let db = outbox.as_mut().expect("connected above");
 
+        if !held.is_empty() && Instant::now() >= held_retry {
+            unreported.append(&mut held);
+        }
         if !unreported.is_empty() {
             match db.report(&unreported).await {
-                Ok(()) => unreported.clear(),
+                Ok(later) => {
+                    unreported.clear();
+                    if !later.is_empty() {
+                        held = later;
+                        held_retry = Instant::now() + HELD_RETRY;
+                    }
+                }
                 Err(err) => {
                     warn!(error = %format!("{err:#}"), pending = unreported.len(), "could not report results; will retry");
                     continue;
@@ -161,6 +184,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             () = wake.notified() => {}
             Some(outcome) = done_rx.recv() => unreported.push(outcome),
             () = tokio::time::sleep(config.poll_interval) => {}
+            () = tokio::time::sleep_until(held_retry.into()), if !held.is_empty() => {}
             () = &mut shutdown, if !stopping => {
                 info!(in_flight, "shutting down: finishing deliveries in flight");
                 stopping = true;

@@ -80,14 +80,14 @@ impl DeliveryError {
 /// The result of handling one claimed message, to report to the database
 /// with the attempt the claim returned (a report for an attempt whose lease
 /// ran out is ignored by the database).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub id: i64,
     pub attempt: i32,
     pub result: Delivered,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Delivered {
     Sent {
         provider_ref: String,

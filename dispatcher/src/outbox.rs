@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use futures_util::future::try_join_all;
 use futures_util::{stream, StreamExt};
 use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client};
 use tracing::{debug, warn};
 
@@ -134,11 +135,13 @@ impl Outbox {
     }
 
     /// Reports outcomes. All in one transaction; if that fails for a reason
-    /// other than the connection, each is retried on its own so that one bad
-    /// report cannot hold back the others.
-    pub async fn report(&mut self, outcomes: &[Outcome]) -> Result<()> {
+    /// other than the connection, each is reported on its own so that one
+    /// bad report cannot hold back the others. Returns the outcomes to
+    /// report again later: those whose challenge an application's open
+    /// transaction holds (55P03, lock_not_available).
+    pub async fn report(&mut self, outcomes: &[Outcome]) -> Result<Vec<Outcome>> {
         if outcomes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let batch = async {
             let transaction = self.client.transaction().await?;
@@ -151,19 +154,30 @@ impl Outbox {
             transaction.commit().await
         };
         match batch.await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(Vec::new()),
             Err(err) if self.client.is_closed() => Err(err).context("reporting delivery results"),
             Err(err) => {
-                warn!(error = %err, "reporting a batch failed; reporting one by one");
+                if err.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                    warn!(error = %err, "reporting a batch failed; reporting one by one");
+                }
+                let mut later = Vec::new();
                 for outcome in outcomes {
-                    if let Err(err) = report_one(&self.client, &self.sql, outcome).await {
-                        if self.client.is_closed() {
-                            return Err(err).context("reporting delivery results");
+                    match report_one(&self.client, &self.sql, outcome).await {
+                        Ok(()) => {}
+                        Err(err) if self.client.is_closed() => {
+                            return Err(err).context("reporting delivery results")
                         }
-                        warn!(?outcome, error = %err, "the database refused a report");
+                        Err(err) if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                            debug!(
+                                ?outcome,
+                                "its challenge is held by a transaction; reporting later"
+                            );
+                            later.push(outcome.clone());
+                        }
+                        Err(err) => warn!(?outcome, error = %err, "the database refused a report"),
                     }
                 }
-                Ok(())
+                Ok(later)
             }
         }
     }

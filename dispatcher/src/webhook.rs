@@ -286,32 +286,70 @@ impl Webhook {
             let transaction = client.transaction().await?;
             // Sent together, answered in order (tokio-postgres pipelines
             // them): one round trip for the whole batch.
-            let pending = &transaction;
-            let rows = try_join_all(statuses.iter().map(|status| async move {
-                pending
-                    .query_one(
-                        &self.record_sql,
-                        &[
-                            &status.provider_ref,
-                            &status.message_id,
-                            &status.status,
-                            &status.at,
-                            &status.error,
-                            &status.retryable,
-                        ],
-                    )
-                    .await
-            }))
+            let outcomes = try_join_all(
+                statuses
+                    .iter()
+                    .map(|status| record_one(&transaction, &self.record_sql, status)),
+            )
             .await?;
             transaction.commit().await?;
-            Ok::<_, tokio_postgres::Error>(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+            Ok::<_, tokio_postgres::Error>(outcomes)
         }
         .await;
-        if result.is_err() && client.is_closed() {
-            *db = None;
+        match result {
+            Ok(outcomes) => Ok(outcomes),
+            Err(err) if client.is_closed() => {
+                *db = None;
+                Err(err).context("otp_outbox_status")
+            }
+            // One status the database cannot take now (its challenge held
+            // by an open transaction, say) must not keep the others out:
+            // each on its own; Meta repeats the request if any failed, and
+            // repeats change nothing.
+            Err(_) => {
+                let mut outcomes = Vec::with_capacity(statuses.len());
+                let mut failed = None;
+                for status in statuses {
+                    match record_one(&*client, &self.record_sql, status).await {
+                        Ok(outcome) => outcomes.push(outcome),
+                        Err(err) => failed = Some(err),
+                    }
+                    if client.is_closed() {
+                        break;
+                    }
+                }
+                if client.is_closed() {
+                    *db = None;
+                }
+                match failed {
+                    None => Ok(outcomes),
+                    Some(err) => Err(err).context("otp_outbox_status"),
+                }
+            }
         }
-        result.context("otp_outbox_status")
     }
+}
+
+/// Records one status; what the extension did with it.
+async fn record_one<C: tokio_postgres::GenericClient>(
+    client: &C,
+    sql: &str,
+    status: &Status,
+) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            sql,
+            &[
+                &status.provider_ref,
+                &status.message_id,
+                &status.status,
+                &status.at,
+                &status.error,
+                &status.retryable,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// One status, as the extension takes it.

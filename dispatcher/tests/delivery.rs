@@ -656,3 +656,43 @@ async fn secrets_can_come_from_files_and_stay_out_of_the_command_line() {
     );
     assert_eq!(smtp.messages().len(), 1);
 }
+
+/// An application that keeps a verification's transaction open holds that
+/// challenge; the dispatcher's report about its code must not hold up
+/// everyone else's deliveries meanwhile (the report waits for later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_challenge_held_by_the_application_does_not_stall_other_deliveries() {
+    let (db, app) = setup().await;
+    // A slow provider: the application's verification starts while the
+    // held code is still being sent.
+    let server = fake_whatsapp(accepted("wamid.slow").set_delay(Duration::from_millis(1500))).await;
+    let _dispatcher = start(&whatsapp_args(&server)).await;
+    assert_eq!(issue_for(&app, "it", "held", "p1").await, "code_sent");
+    wait_for("the held code to be claimed", WAIT, async || {
+        (message_states(&db, "held").await == ["sending"]).then_some(())
+    })
+    .await;
+    let holder = connect(pg_otp_integration::APP).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let guess: String = holder
+        .query_one("SELECT status FROM otp_verify('it', 'held', '000000')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(guess == "incorrect" || guess == "locked", "{guess}");
+    // While the application holds it, another person's code goes out and
+    // is reported.
+    db.batch_execute(
+        "INSERT INTO people VALUES ('wa-other', '+34 600 77 88 78', NULL) ON CONFLICT DO NOTHING",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        issue_for(&app, "it", "not-held", "wa-other").await,
+        "code_sent"
+    );
+    assert_eq!(wait_until_final(&db, "not-held").await, ["sent"]);
+    holder.batch_execute("COMMIT").await.unwrap();
+    // and the held one's report lands once the application lets go
+    assert_eq!(wait_until_final(&db, "held").await, ["sent"]);
+}

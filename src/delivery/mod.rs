@@ -219,8 +219,14 @@ fn mirror(
     }
     prepared::update(
         client,
+        // SKIP LOCKED: a challenge an application's open transaction holds
+        // keeps its old mirror rather than stall the sweep (and with it the
+        // dispatcher's loop) until the application lets go.
         "WITH mirrored AS (
-             UPDATE otp.challenge SET delivery = $2 WHERE id = ANY ($1) AND delivery = $3
+             UPDATE otp.challenge SET delivery = $2
+              WHERE id IN (SELECT id FROM otp.challenge
+                            WHERE id = ANY ($1) AND delivery = $3
+                              FOR UPDATE SKIP LOCKED)
           RETURNING agent, conversation, subject, channel, destination_hint)
          INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
          SELECT $4, agent, conversation, subject, $5, channel, destination_hint FROM mirrored

@@ -69,13 +69,16 @@ pub(super) fn lock(client: &mut SpiClient<'_>, message_id: i64) -> Result<Option
     // The challenge first, then the message: the order otp_verify takes
     // them in (it ends the challenge, then stops its messages). The other
     // order deadlocks with a verification, and PostgreSQL may abort the
-    // verification and so burn a right code. update(), not select(): a
+    // verification and so burn a right code. NOWAIT: a challenge held by an
+    // application's open transaction makes this report fail at once
+    // (55P03) for the dispatcher to repeat later, instead of holding up
+    // every report and delivery behind it. update(), not select(): a
     // locking read needs a read-write SPI call.
     prepared::update(
         client,
         "SELECT FROM otp.challenge
           WHERE id = (SELECT challenge_id FROM otp.outbox WHERE id = $1)
-            FOR UPDATE",
+            FOR UPDATE NOWAIT",
         None,
         &[message_id.into()],
     )?;
