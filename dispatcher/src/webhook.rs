@@ -51,6 +51,8 @@ const MAX_CONNECTIONS: usize = 256;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection may stay open, keep-alive included.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Unsigned requests are logged at most this often (anyone can send them).
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(60);
 /// How long recording one request may take before Meta is told to retry.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,6 +65,31 @@ struct Webhook {
     record_sql: String,
     /// One connection, opened on first use and again after it broke.
     db: Mutex<Option<tokio_postgres::Client>>,
+    /// When requests without a valid signature were last logged, and how
+    /// many came since.
+    refusals: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl Webhook {
+    /// Counts a request refused for its signature, and logs the count at
+    /// most once every REFUSALS_LOGGED_EVERY, so that nobody can fill the
+    /// log (the metric counts each one).
+    fn refused(&self) {
+        metrics::webhook_request("bad_signature");
+        let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        refusals.1 += 1;
+        if refusals
+            .0
+            .is_none_or(|at| at.elapsed() >= REFUSALS_LOGGED_EVERY)
+        {
+            warn!(
+                refused = refusals.1,
+                "refused webhook requests without a valid signature (X-Hub-Signature-256); \
+                 logged at most once a minute"
+            );
+            *refusals = (Some(Instant::now()), 0);
+        }
+    }
 }
 
 /// Binds `config.listen` and serves the webhook until `shutdown` resolves.
@@ -83,6 +110,7 @@ pub async fn serve(
                                                $5::pg_catalog.text, $6::pg_catalog.bool)"
         ),
         db: Mutex::new(None),
+        refusals: std::sync::Mutex::new((None, 0)),
     });
     let app = Router::new()
         .route(PATH, get(handshake).post(receive))
@@ -180,8 +208,7 @@ async fn receive(
     let received = Instant::now();
     // Nothing of an unsigned request is read: no memory for strangers.
     let Some(signature) = signature(&headers) else {
-        metrics::webhook_request("bad_signature");
-        warn!("refused a webhook request without an X-Hub-Signature-256");
+        hook.refused();
         return StatusCode::UNAUTHORIZED;
     };
     let body = match tokio::time::timeout(READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
@@ -197,8 +224,7 @@ async fn receive(
         }
     };
     if !signed_by(&hook.app_secret, &signature, &body) {
-        metrics::webhook_request("bad_signature");
-        warn!("refused a webhook request with a missing or wrong X-Hub-Signature-256");
+        hook.refused();
         return StatusCode::UNAUTHORIZED;
     }
     let json = headers

@@ -306,6 +306,16 @@ async fn unsigned_oversized_or_malformed_requests_change_nothing() {
             && scraped.contains(r#"otp_dispatcher_webhook_requests_total{outcome="malformed"} 2"#),
         "{scraped}"
     );
+    // Anyone can send unsigned requests: the log notes them at most once
+    // a minute, with their number, and does not fill up.
+    let logs = setup._dispatcher.logs();
+    assert_eq!(
+        logs.matches("refused webhook requests without a valid signature")
+            .count(),
+        1,
+        "{logs}"
+    );
+    assert!(!logs.contains("refused a webhook request with"), "{logs}");
     // and the genuine one counts
     assert_eq!(post_signed(&setup.webhook, body).await, 200);
     assert_eq!(
