@@ -181,6 +181,17 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// Prints a Markdown row: `what`, then p50, p99 and max of `latencies`.
+fn latency_row(what: &str, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    println!(
+        "| {what} | p50 {} | p99 {} | max {} |",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap())
+    );
+}
+
 /// A real SMTP server (the dispatcher tests' aiosmtpd sink) that announces
 /// each message's arrival; the announcements, as times since the epoch.
 struct SmtpSink {
@@ -301,15 +312,12 @@ async fn latency(
             email.push(accepted.saturating_sub(committed_at));
         }
     }
-    for (channel, mut latencies) in [("WhatsApp", whatsapp), ("email", email)] {
-        latencies.sort();
-        println!(
-            "| latency, commit → {channel} provider, {} codes, {label} | p50 {} | p99 {} | max {} |",
-            latencies.len(),
-            ms(percentile(&latencies, 0.50)),
-            ms(percentile(&latencies, 0.99)),
-            ms(*latencies.last().unwrap())
+    for (channel, latencies) in [("WhatsApp", whatsapp), ("email", email)] {
+        let what = format!(
+            "latency, commit → {channel} provider, {} codes, {label}",
+            latencies.len()
         );
+        latency_row(&what, latencies);
     }
     Ok(())
 }
@@ -518,14 +526,11 @@ async fn webhooks(args: &Args, url: &str, db: &Client, app: &Client) -> Result<(
         post_statuses(&http, &hook, &[(wamid.clone(), *id, "delivered")]).await?;
         latencies.push(started.elapsed());
     }
-    latencies.sort();
-    println!(
-        "| webhook, one `delivered` per request, {} requests | p50 {} | p99 {} | max {} |",
-        latencies.len(),
-        ms(percentile(&latencies, 0.50)),
-        ms(percentile(&latencies, 0.99)),
-        ms(*latencies.last().unwrap())
+    let what = format!(
+        "webhook, one `delivered` per request, {} requests",
+        latencies.len()
     );
+    latency_row(&what, latencies);
 
     // Ingest: 8 clients, 20 statuses per request.
     let batched = sent_messages(app, db, "hook-batch", "p1", args.codes).await?;
@@ -568,13 +573,10 @@ async fn webhooks(args: &Args, url: &str, db: &Client, app: &Client) -> Result<(
             .context("the SMTP server stopped")?;
         fallbacks.push(accepted.saturating_sub(posted));
     }
-    fallbacks.sort();
-    println!(
-        "| late fallback, `failed` webhook POSTed → email accepted by SMTP, {} codes | p50 {} | p99 {} | max {} |",
-        fallbacks.len(),
-        ms(percentile(&fallbacks, 0.50)),
-        ms(percentile(&fallbacks, 0.99)),
-        ms(*fallbacks.last().unwrap())
+    let what = format!(
+        "late fallback, `failed` webhook POSTed → email accepted by SMTP, {} codes",
+        fallbacks.len()
     );
+    latency_row(&what, fallbacks);
     Ok(())
 }

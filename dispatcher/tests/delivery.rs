@@ -86,14 +86,6 @@ async fn start(args: &[String]) -> Dispatcher {
     Dispatcher::start(&args).await
 }
 
-/// The code carried by a WhatsApp request body.
-fn code_in(body: &Value) -> String {
-    body["template"]["components"][0]["parameters"][0]["text"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn whatsapp_requests(server: &MockServer) -> Vec<Value> {
     server
         .received_requests()

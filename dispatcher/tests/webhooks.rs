@@ -428,11 +428,7 @@ async fn a_late_whatsapp_failure_sends_the_same_code_by_email() {
     );
     let whatsapp_code = {
         let requests = setup.whatsapp.received_requests().await.unwrap();
-        let body: Value = serde_json::from_slice(&requests.last().unwrap().body).unwrap();
-        body["template"]["components"][0]["parameters"][0]["text"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        code_in(&serde_json::from_slice(&requests.last().unwrap().body).unwrap())
     };
 
     assert_eq!(

@@ -53,6 +53,19 @@ pub(super) struct Message {
     code_hash: Option<(Vec<u8>, String, String, Vec<u8>)>,
 }
 
+impl Message {
+    /// Ends the message as `state` (a final one other than `sent`), its code
+    /// erased; mirrored on its challenge.
+    fn end(
+        &self,
+        client: &mut SpiClient<'_>,
+        state: MessageState,
+        now: TimestampWithTimeZone,
+    ) -> Result<()> {
+        finish(client, self.id, self.challenge_id, state, None, now, false)
+    }
+}
+
 fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<Message> {
     let message_id = message_id.ok_or_else(|| OtpError::null_argument("message_id"))?;
     lock(client, message_id)?.ok_or_else(|| {
@@ -301,15 +314,7 @@ pub(super) fn fail(
         } else {
             None
         };
-        finish(
-            client,
-            message.id,
-            message.challenge_id,
-            MessageState::Failed,
-            None,
-            now,
-            false,
-        )?;
+        message.end(client, MessageState::Failed, now)?;
         let Some((channel, destination)) = fallback else {
             return Ok(Failure::Failed);
         };
@@ -364,15 +369,7 @@ pub(super) fn fail(
     )?;
     if requeued.is_empty() {
         // No retry can arrive before the code expires: never deliver late.
-        finish(
-            client,
-            message.id,
-            message.challenge_id,
-            MessageState::Expired,
-            None,
-            now,
-            false,
-        )?;
+        message.end(client, MessageState::Expired, now)?;
         return Ok(Failure::Expired);
     }
     if message.state != MessageState::Sending {
@@ -428,15 +425,7 @@ pub fn expired(
     }
     if message.state == MessageState::Sending {
         let now = clock::now();
-        finish(
-            client,
-            message.id,
-            message.challenge_id,
-            MessageState::Expired,
-            None,
-            now,
-            false,
-        )?;
+        message.end(client, MessageState::Expired, now)?;
     }
     Ok(true)
 }

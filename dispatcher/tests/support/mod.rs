@@ -61,6 +61,14 @@ pub async fn dispatcher_url() -> String {
     .unwrap()
 }
 
+/// The code carried by a WhatsApp request body.
+pub fn code_in(body: &serde_json::Value) -> String {
+    body["template"]["components"][0]["parameters"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Empties the outbox, challenges and sessions; adds the people the tests use.
 pub async fn reset(db: &Client) {
     db.batch_execute(
