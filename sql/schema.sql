@@ -38,6 +38,9 @@ CREATE TABLE otp.agent (
     -- a sample of the source taken at otp_configure ('whatsapp' or
     -- 'email:<domain>'; see src/record.rs, decoy_shapes)
     decoy_shapes      text[],
+    -- the column of the source holding the person's language (a BCP 47 tag
+    -- such as 'es-MX'), passed to the dispatcher with each message
+    language_column   text,
     CHECK (phone_column IS NOT NULL OR email_column IS NOT NULL),
     CHECK (idle_timeout <= absolute_timeout)
 );
@@ -132,6 +135,10 @@ CREATE TABLE otp.outbox (
     created_at   timestamptz NOT NULL,
     sent_at      timestamptz,
     finished_at  timestamptz,
+    -- the person's language, from the agent's language_column: a well-formed
+    -- BCP 47 tag, or NULL (the dispatcher then uses the agent's language)
+    language     text CONSTRAINT outbox_language_is_a_tag
+                 CHECK (length(language) <= 35 AND language ~ '^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$'),
     -- a message holds its code while it waits or is sent, and after that only
     -- while `sent` (until its provider confirms delivery, the code expires or
     -- the challenge ends: a late failure may still fall back); never later

@@ -25,11 +25,13 @@ use crate::{audit, binding, challenge, config, delivery, gucs, limits, purge, se
 /// superuser or a member of otp_admin, and have the rights of the owner of
 /// the source (and of the agent's current source, when replacing it).
 /// `app_role`, when given, names the role whose members alone may act for
-/// the agent.
+/// the agent; `language_column`, the source's column holding each person's
+/// language (a BCP 47 tag such as 'es-MX'), which otp_outbox_claim passes
+/// to the dispatcher.
 #[pg_extern(name = "otp_configure", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
-fn otp_configure_with_role(
+fn otp_configure_with_language(
     agent: Option<&str>,
     source: Option<pgrx::PgRelation>,
     id_column: Option<&str>,
@@ -48,6 +50,7 @@ fn otp_configure_with_role(
     lockout_duration: default!(Option<Interval>, "'1 hour'"),
     reveal_unknown: default!(Option<bool>, true),
     app_role: default!(Option<&str>, "NULL"),
+    language_column: default!(Option<&str>, "NULL"),
 ) {
     let settings = AgentSettings {
         agent,
@@ -68,11 +71,59 @@ fn otp_configure_with_role(
         lockout_duration,
         reveal_unknown,
         app_role,
+        language_column,
     };
     Spi::connect_mut(|client| config::configure(client, settings)).or_raise()
 }
 
-/// otp_configure of pg_otp 0.3.0 and before (no app_role): its C entry
+/// otp_configure of pg_otp 0.3.0 (no language_column): its C entry point
+/// stays for that schema until ALTER EXTENSION pg_otp UPDATE (see `schema`).
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn otp_configure_with_role(
+    agent: Option<&str>,
+    source: Option<pgrx::PgRelation>,
+    id_column: Option<&str>,
+    phone_column: Option<&str>,
+    email_column: Option<&str>,
+    require_otp: Option<bool>,
+    code_ttl: Option<Interval>,
+    max_attempts: Option<i32>,
+    idle_timeout: Option<Interval>,
+    absolute_timeout: Option<Interval>,
+    preferred_channel: Option<&str>,
+    max_codes: Option<i32>,
+    code_window: Option<Interval>,
+    resend_cooldown: Option<Interval>,
+    lockout_threshold: Option<i32>,
+    lockout_duration: Option<Interval>,
+    reveal_unknown: Option<bool>,
+    app_role: Option<&str>,
+) {
+    otp_configure_with_language(
+        agent,
+        source,
+        id_column,
+        phone_column,
+        email_column,
+        require_otp,
+        code_ttl,
+        max_attempts,
+        idle_timeout,
+        absolute_timeout,
+        preferred_channel,
+        max_codes,
+        code_window,
+        resend_cooldown,
+        lockout_threshold,
+        lockout_duration,
+        reveal_unknown,
+        app_role,
+        None,
+    )
+}
+
+/// otp_configure of pg_otp 0.2.0 and before (no app_role): its C entry
 /// point stays so that the older schema keeps working with this library
 /// until ALTER EXTENSION pg_otp UPDATE (see `schema`).
 #[pg_extern(sql = false)]
@@ -433,9 +484,47 @@ fn otp_unlock(agent: Option<&str>, subject: Option<&str>) -> bool {
     .or_raise()
 }
 
-/// Delivery protocol: claims due messages, with their codes, for `lease`.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+/// Delivery protocol: claims due messages, with their codes, for `lease`;
+/// `language` is the person's (a BCP 47 tag), when the agent has a
+/// language column and the record a well-formed tag in it.
+#[pg_extern(name = "otp_outbox_claim", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
+fn otp_outbox_claim_with_language(
+    batch_size: default!(Option<i32>, 16),
+    lease: default!(Option<Interval>, "'30 seconds'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(message_id, i64),
+        name!(agent, String),
+        name!(conversation, String),
+        name!(channel, String),
+        name!(destination, String),
+        name!(code, String),
+        name!(expires_at, TimestampWithTimeZone),
+        name!(attempt, i32),
+        name!(language, Option<String>),
+    ),
+> {
+    TableIterator::new(claim(batch_size, lease).into_iter().map(|m| {
+        (
+            m.message_id,
+            m.agent,
+            m.conversation,
+            m.channel,
+            m.destination,
+            m.code.to_string(),
+            m.expires_at,
+            m.attempt,
+            m.language,
+        )
+    }))
+}
+
+/// otp_outbox_claim of pg_otp 0.3.0 and before (no language): its C entry
+/// point stays for the older schema until ALTER EXTENSION pg_otp UPDATE
+/// (see `schema`).
+#[pg_extern(sql = false)]
 fn otp_outbox_claim(
     batch_size: default!(Option<i32>, 16),
     lease: default!(Option<Interval>, "'30 seconds'"),
@@ -452,12 +541,7 @@ fn otp_outbox_claim(
         name!(attempt, i32),
     ),
 > {
-    let claimed = Spi::connect_mut(|client| {
-        let keys = gucs::keys()?;
-        delivery::claim(client, &keys, batch_size, lease)
-    })
-    .or_raise();
-    TableIterator::new(claimed.into_iter().map(|m| {
+    TableIterator::new(claim(batch_size, lease).into_iter().map(|m| {
         (
             m.message_id,
             m.agent,
@@ -469,6 +553,14 @@ fn otp_outbox_claim(
             m.attempt,
         )
     }))
+}
+
+fn claim(batch_size: Option<i32>, lease: Option<Interval>) -> Vec<delivery::Claimed> {
+    Spi::connect_mut(|client| {
+        let keys = gucs::keys()?;
+        delivery::claim(client, &keys, batch_size, lease)
+    })
+    .or_raise()
 }
 
 /// Delivery protocol: moves on messages no claim will hand out (codes that

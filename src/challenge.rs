@@ -261,6 +261,11 @@ pub fn issue(
         destination: &destination,
         fallback: fallback.as_ref(),
         code: &code,
+        // a decoy has no person, so no language
+        language: found
+            .as_ref()
+            .filter(|_| !decoy)
+            .and_then(|person| person.language.as_deref()),
         created_at: now,
         expires_at,
     };

@@ -45,6 +45,9 @@ pub struct Agent {
     pub app_role: Option<pg_sys::Oid>,
     /// What decoys look like (reveal_unknown = false; see `record::decoy`).
     pub decoy_shapes: Vec<String>,
+    /// The source's column holding the person's language (a BCP 47 tag),
+    /// passed to the dispatcher with each message.
+    pub language_column: Option<String>,
 }
 
 /// Abuse resistance settings of an agent (see `limits`).
@@ -84,6 +87,7 @@ pub struct AgentSettings<'a> {
     pub reveal_unknown: Option<bool>,
     /// A role name, or None for no restriction.
     pub app_role: Option<&'a str>,
+    pub language_column: Option<&'a str>,
 }
 
 /// Checks an agent name argument: present, non-empty, bounded.
@@ -199,6 +203,7 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         .ok_or_else(|| OtpError::null_argument("id_column"))?;
     let phone_column = optional_column(settings.phone_column);
     let email_column = optional_column(settings.email_column);
+    let language_column = optional_column(settings.language_column);
     if phone_column.is_none() && email_column.is_none() {
         return Err(OtpError::invalid_argument(
             "phone_column",
@@ -240,6 +245,7 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     let mut columns = vec![("id_column", id_column)];
     columns.extend(phone_column.map(|c| ("phone_column", c)));
     columns.extend(email_column.map(|c| ("email_column", c)));
+    columns.extend(language_column.map(|c| ("language_column", c)));
     // The role calling otp_configure (which runs as otp_owner).
     // SAFETY: set for the life of the session.
     let caller = unsafe { pg_sys::GetOuterUserId() };
@@ -260,14 +266,27 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         check_exact_identifiers(client, source.oid(), id_column)?;
     }
     let app_role = settings.app_role.map(role_oid).transpose()?;
-    if app_role.is_some() && !schema::installed().records_and_roles {
+    let installed = schema::installed();
+    if app_role.is_some() && !installed.records_and_roles {
         return Err(not_updated("app_role"));
     }
+    if language_column.is_some() && !installed.languages {
+        return Err(not_updated("language_column"));
+    }
 
-    // Until ALTER EXTENSION pg_otp UPDATE, the table has no app_role and
-    // decoy_shapes columns (see `schema`); naming a role was refused above.
-    let newer = schema::installed().records_and_roles;
-    let insert = if newer {
+    // Until ALTER EXTENSION pg_otp UPDATE, the table lacks the columns of
+    // the newer schemas (see `schema`); asking for them was refused above.
+    let newer = installed.records_and_roles;
+    let insert = if installed.languages {
+        concat!(
+            agent_upsert!(
+                ", app_role, decoy_shapes, language_column",
+                ", $18, $19, $20"
+            ),
+            ", app_role = EXCLUDED.app_role, decoy_shapes = EXCLUDED.decoy_shapes,
+               language_column = EXCLUDED.language_column"
+        )
+    } else if newer {
         concat!(
             agent_upsert!(", app_role, decoy_shapes", ", $18, $19"),
             ", app_role = EXCLUDED.app_role, decoy_shapes = EXCLUDED.decoy_shapes"
@@ -283,6 +302,7 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
                 id_column,
                 phone_column,
                 email_column,
+                language_column,
                 preferred_channel: preferred,
             },
         )?)
@@ -311,6 +331,9 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     if newer {
         args.push(app_role.into());
         args.push(decoy_shapes.into());
+    }
+    if installed.languages {
+        args.push(language_column.into());
     }
     prepared::update(client, insert, None, &args)?;
 
@@ -524,10 +547,13 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
 /// An agent's settings, if it was configured.
 fn find(client: &SpiClient<'_>, name: &str) -> Result<Option<Agent>> {
     // Until ALTER EXTENSION pg_otp UPDATE, there is no app_role column.
-    let query = if schema::installed().records_and_roles {
-        agent_select!("app_role::oid, decoy_shapes")
+    let installed = schema::installed();
+    let query = if installed.languages {
+        agent_select!("app_role::oid, decoy_shapes, language_column")
+    } else if installed.records_and_roles {
+        agent_select!("app_role::oid, decoy_shapes, NULL::text")
     } else {
-        agent_select!("NULL::oid, NULL::text[]")
+        agent_select!("NULL::oid, NULL::text[], NULL::text")
     };
     let row = prepared::select(client, query, Some(1), &[name.into()])?.first();
     if row.is_empty() {
@@ -556,6 +582,7 @@ fn find(client: &SpiClient<'_>, name: &str) -> Result<Option<Agent>> {
         reveal_unknown: row.get(16)?.unwrap_or(true),
         app_role: row.get(17)?,
         decoy_shapes: row.get(18)?.unwrap_or_default(),
+        language_column: row.get(19)?,
     }))
 }
 

@@ -19,6 +19,9 @@ pub struct Record {
     pub subject: String,
     pub phone: Option<String>,
     pub email: Option<String>,
+    /// The person's language, when the agent has a language column and it
+    /// holds a well-formed BCP 47 tag (normalized); anything else is None.
+    pub language: Option<String>,
 }
 
 /// Where a code goes.
@@ -37,8 +40,8 @@ struct Columns {
     relation: String,
     /// The id column as text.
     id: String,
-    /// The id, phone and email columns as text (NULL for a channel the agent
-    /// does not have), in the order of `Record`'s fields.
+    /// The id, phone, email and language columns as text (NULL for a column
+    /// the agent does not have), in the order of `Record`'s fields.
     fields: String,
 }
 
@@ -49,6 +52,7 @@ pub struct Lookup<'a> {
     pub id_column: &'a str,
     pub phone_column: Option<&'a str>,
     pub email_column: Option<&'a str>,
+    pub language_column: Option<&'a str>,
     pub preferred_channel: Channel,
 }
 
@@ -59,6 +63,7 @@ impl<'a> Lookup<'a> {
             id_column: &agent.id_column,
             phone_column: agent.phone_column.as_deref(),
             email_column: agent.email_column.as_deref(),
+            language_column: agent.language_column.as_deref(),
             preferred_channel: agent.preferred_channel,
         }
     }
@@ -69,6 +74,7 @@ impl Columns {
         let mut columns = vec![("id_column", lookup.id_column)];
         columns.extend(lookup.phone_column.map(|c| ("phone_column", c)));
         columns.extend(lookup.email_column.map(|c| ("email_column", c)));
+        columns.extend(lookup.language_column.map(|c| ("language_column", c)));
         let relation = check_source(lookup.source, &columns)?;
         let as_text = |column: Option<&str>| match column {
             Some(c) => format!("{}::text", pgrx::spi::quote_identifier(c)),
@@ -76,9 +82,10 @@ impl Columns {
         };
         let id = as_text(Some(lookup.id_column));
         let fields = format!(
-            "{id}, {phone}, {email}",
+            "{id}, {phone}, {email}, {language}",
             phone = as_text(lookup.phone_column),
             email = as_text(lookup.email_column),
+            language = as_text(lookup.language_column),
         );
         Ok(Columns {
             relation,
@@ -127,6 +134,10 @@ fn records_as_owner(
                     subject: row.get(1)?.unwrap_or_default(),
                     phone: row.get(2)?,
                     email: row.get(3)?,
+                    language: row
+                        .get::<String>(4)?
+                        .as_deref()
+                        .and_then(otp_common::language::normalize),
                 })
             })
             .collect()
@@ -332,6 +343,7 @@ mod tests {
             subject: "4721".into(),
             phone: phone.map(Into::into),
             email: email.map(Into::into),
+            language: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! What the pg_otp extension and otp-dispatcher must spell and do the same
 //! way: the delivery channels, and how a destination is masked for people
-//! (the agent's "the code went to ***78") and for logs.
+//! (the agent's "the code went to ***78") and for logs, and the languages of
+//! messages (`language`).
 
 /// Delivery channels. The SQL spelling is the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +93,8 @@ mod tests {
         assert_eq!(Channel::parse("sms"), None);
     }
 }
+
+pub mod language;
 
 #[cfg(feature = "client")]
 pub mod pg_tls;

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use crate::routes::{self, Routes};
+
 /// A value that must never be printed (tokens, passwords, URLs with them).
 #[derive(Clone)]
 pub struct Secret(String);
@@ -52,17 +54,25 @@ pub struct Args {
     #[arg(long, env = "OTP_DATABASE_URL_FILE", conflicts_with = "database_url")]
     pub database_url_file: Option<PathBuf>,
 
+    /// Configuration file (TOML) of senders, texts and agents: several WhatsApp numbers and
+    /// SMTP accounts, each agent with its own, in its people's languages. Reloaded on SIGHUP.
+    /// Without it, the --whatsapp-* and --smtp-*/--email-* flags configure one sender per
+    /// channel for every agent.
+    #[arg(long, env = "OTP_CONFIG", conflicts_with_all = [
+        "whatsapp_phone_number_id", "whatsapp_token", "whatsapp_token_file", "smtp_url",
+        "smtp_url_file", "email_from", "email_subject", "email_code_in_subject",
+        "whatsapp_template", "whatsapp_language", "whatsapp_api_url"
+    ])]
+    pub config: Option<PathBuf>,
+
     /// Schema the pg_otp functions were created in (CREATE EXTENSION pg_otp SCHEMA ...).
     #[arg(long, env = "OTP_SCHEMA", default_value = "public")]
     pub schema: String,
 
-    /// WhatsApp Business Cloud API base URL (with the Graph API version).
-    #[arg(
-        long,
-        env = "OTP_WHATSAPP_API_URL",
-        default_value = "https://graph.facebook.com/v21.0"
-    )]
-    pub whatsapp_api_url: String,
+    /// WhatsApp Business Cloud API base URL (with the Graph API version)
+    /// [default: https://graph.facebook.com/v21.0].
+    #[arg(long, env = "OTP_WHATSAPP_API_URL")]
+    pub whatsapp_api_url: Option<String>,
 
     /// WhatsApp Business phone number id that sends the codes.
     #[arg(long, env = "OTP_WHATSAPP_PHONE_NUMBER_ID")]
@@ -81,13 +91,13 @@ pub struct Args {
     )]
     pub whatsapp_token_file: Option<PathBuf>,
 
-    /// Name of the approved authentication template.
-    #[arg(long, env = "OTP_WHATSAPP_TEMPLATE", default_value = "otp_code")]
-    pub whatsapp_template: String,
+    /// Name of the approved authentication template [default: otp_code].
+    #[arg(long, env = "OTP_WHATSAPP_TEMPLATE")]
+    pub whatsapp_template: Option<String>,
 
-    /// Language code of the template.
-    #[arg(long, env = "OTP_WHATSAPP_LANGUAGE", default_value = "en_US")]
-    pub whatsapp_language: String,
+    /// Language code of the template [default: en_US].
+    #[arg(long, env = "OTP_WHATSAPP_LANGUAGE")]
+    pub whatsapp_language: Option<String>,
 
     /// SMTP server URL: smtps://user:pass@host (TLS, port 465), smtp://user:pass@host?tls=required
     /// (STARTTLS, port 587), or smtp://host:port (unencrypted: only for a relay on the same host).
@@ -103,20 +113,18 @@ pub struct Args {
     #[arg(long, env = "OTP_EMAIL_FROM")]
     pub email_from: Option<String>,
 
-    /// Subject of code emails. It never contains the code unless --email-code-in-subject.
-    #[arg(
-        long,
-        env = "OTP_EMAIL_SUBJECT",
-        default_value = "Your verification code"
-    )]
-    pub email_subject: String,
+    /// Subject of code emails [default: the built-in English text's, "Your verification
+    /// code"]. It never contains the code unless --email-code-in-subject.
+    #[arg(long, env = "OTP_EMAIL_SUBJECT")]
+    pub email_subject: Option<String>,
 
     /// Append the code to the email subject (shows in notifications and lock screens).
     #[arg(long, env = "OTP_EMAIL_CODE_IN_SUBJECT")]
     pub email_code_in_subject: bool,
 
     /// Print deliveries, codes included, to standard output instead of sending them
-    /// (development and demos). Handles every channel that has no other transport.
+    /// (development and demos). Handles every message whose agent has no sender for its
+    /// channel.
     #[arg(long, env = "OTP_CONSOLE")]
     pub console: bool,
 
@@ -185,21 +193,47 @@ pub struct Args {
     pub log_format: String,
 }
 
+/// A WhatsApp Business phone number that sends codes.
 #[derive(Debug, Clone)]
 pub struct WhatsAppConfig {
     pub api_url: String,
     pub phone_number_id: String,
     pub token: Secret,
-    pub template: String,
-    pub language: String,
 }
 
+impl WhatsAppConfig {
+    pub fn new(api_url: &str, phone_number_id: String, token: Secret) -> Result<Self> {
+        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+            bail!("api_url {api_url:?} is not an http(s) URL");
+        }
+        if phone_number_id.is_empty() || !phone_number_id.chars().all(|c| c.is_ascii_digit()) {
+            bail!("phone_number_id {phone_number_id:?} is not a phone number id (digits)");
+        }
+        Ok(Self {
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            phone_number_id,
+            token,
+        })
+    }
+}
+
+/// An SMTP account that sends codes.
 #[derive(Debug, Clone)]
 pub struct EmailConfig {
     pub smtp_url: Secret,
-    pub from: String,
-    pub subject: String,
-    pub code_in_subject: bool,
+    pub from: lettre::message::Mailbox,
+}
+
+impl EmailConfig {
+    pub fn new(smtp_url: Secret, from: &str) -> Result<Self> {
+        let from = from
+            .parse()
+            .map_err(|_| anyhow::anyhow!("from {from:?} is not an address"))?;
+        // Checked now, not at the first message (the URL is never printed).
+        lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(smtp_url.expose())
+            .map_err(|_| anyhow::anyhow!("url is not a valid smtp:// or smtps:// URL"))?;
+        Ok(Self { smtp_url, from })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -209,7 +243,7 @@ pub struct WebhookConfig {
     pub app_secret: Secret,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Config {
     pub database_url: Secret,
     /// Network hosts of the database reached without a verified
@@ -217,8 +251,10 @@ pub struct Config {
     pub unverified_tls: Vec<String>,
     /// The extension's schema, already quoted for SQL.
     pub schema: String,
-    pub whatsapp: Option<WhatsAppConfig>,
-    pub email: Option<EmailConfig>,
+    /// Senders, texts and agents (see `routes`).
+    pub routes: Routes,
+    /// Where `routes` came from, to read again on SIGHUP (None: the flags).
+    pub config_file: Option<PathBuf>,
     pub console: bool,
     pub batch_size: u16,
     pub concurrency: u16,
@@ -274,8 +310,56 @@ fn secret(value: Option<String>, file: Option<PathBuf>, flag: &str) -> Result<Op
     }
 }
 
+/// The single-sender flags as routes (see `routes::Flags`).
+fn flag_routes(args: &Args) -> Result<Routes> {
+    let whatsapp_token = secret(
+        args.whatsapp_token.clone(),
+        args.whatsapp_token_file.clone(),
+        "whatsapp-token",
+    )?;
+    let smtp_url = secret(
+        args.smtp_url.clone(),
+        args.smtp_url_file.clone(),
+        "smtp-url",
+    )?;
+    let whatsapp = match (&args.whatsapp_phone_number_id, whatsapp_token) {
+        (Some(phone_number_id), Some(token)) => Some((
+            WhatsAppConfig::new(
+                args.whatsapp_api_url
+                    .as_deref()
+                    .unwrap_or(routes::DEFAULT_API_URL),
+                phone_number_id.clone(),
+                token.into(),
+            )
+            .context("--whatsapp-*")?,
+            args.whatsapp_template
+                .clone()
+                .unwrap_or_else(|| "otp_code".into()),
+            args.whatsapp_language
+                .clone()
+                .unwrap_or_else(|| "en_US".into()),
+        )),
+        (None, None) => None,
+        _ => bail!("WhatsApp needs both --whatsapp-phone-number-id and --whatsapp-token(-file)"),
+    };
+    let email = match (smtp_url, &args.email_from) {
+        (Some(smtp_url), Some(from)) => Some((
+            EmailConfig::new(smtp_url.into(), from).context("--smtp-url / --email-from")?,
+            args.email_subject.clone(),
+            args.email_code_in_subject,
+        )),
+        (None, None) => None,
+        _ => bail!("email needs both --smtp-url(-file) and --email-from"),
+    };
+    routes::Flags { whatsapp, email }.routes()
+}
+
 impl Config {
     pub fn from_args(args: Args) -> Result<Self> {
+        let routes = match &args.config {
+            Some(path) => Routes::load(path)?,
+            None => flag_routes(&args)?,
+        };
         let database_url = secret(args.database_url, args.database_url_file, "database-url")?
             .context("the database is required: give --database-url-file (or --database-url)")?;
         // Its TLS settings are checked now (a mode without the CA it needs, a
@@ -283,39 +367,7 @@ impl Config {
         let target = otp_common::pg_tls::parse(&database_url).context("--database-url")?;
         otp_common::pg_tls::connector(&target).context("--database-url")?;
         let unverified_tls = unverified_network_hosts(&target);
-        let whatsapp_token = secret(
-            args.whatsapp_token,
-            args.whatsapp_token_file,
-            "whatsapp-token",
-        )?;
-        let smtp_url = secret(args.smtp_url, args.smtp_url_file, "smtp-url")?;
-        let whatsapp = match (args.whatsapp_phone_number_id, whatsapp_token) {
-            (Some(phone_number_id), Some(token)) => Some(WhatsAppConfig {
-                api_url: args.whatsapp_api_url.trim_end_matches('/').to_owned(),
-                phone_number_id,
-                token: token.into(),
-                template: args.whatsapp_template,
-                language: args.whatsapp_language,
-            }),
-            (None, None) => None,
-            _ => {
-                bail!("WhatsApp needs both --whatsapp-phone-number-id and --whatsapp-token(-file)")
-            }
-        };
-        let email = match (smtp_url, args.email_from) {
-            (Some(smtp_url), Some(from)) => {
-                from.parse::<lettre::message::Mailbox>()
-                    .with_context(|| format!("--email-from {from:?} is not an address"))?;
-                Some(EmailConfig {
-                    smtp_url: smtp_url.into(),
-                    from,
-                    subject: args.email_subject,
-                    code_in_subject: args.email_code_in_subject,
-                })
-            }
-            (None, None) => None,
-            _ => bail!("email needs both --smtp-url(-file) and --email-from"),
-        };
+
         let verify_token = secret(
             args.webhook_verify_token,
             args.webhook_verify_token_file,
@@ -346,8 +398,8 @@ impl Config {
                 "--webhook-listen needs --webhook-verify-token(-file) and --whatsapp-app-secret(-file): unsigned webhooks are never accepted"
             ),
         };
-        if whatsapp.is_none() && email.is_none() && !args.console {
-            bail!("no transport configured: give WhatsApp (--whatsapp-phone-number-id, --whatsapp-token), SMTP (--smtp-url, --email-from) or --console");
+        if !routes.has_senders() && !args.console {
+            bail!("no transport configured: give --config, WhatsApp (--whatsapp-phone-number-id, --whatsapp-token), SMTP (--smtp-url, --email-from) or --console");
         }
         if args.batch_size == 0
             || args.concurrency == 0
@@ -374,8 +426,8 @@ impl Config {
             database_url: database_url.into(),
             unverified_tls,
             schema: format!("\"{}\"", args.schema),
-            whatsapp,
-            email,
+            routes,
+            config_file: args.config,
             console: args.console,
             batch_size: args.batch_size,
             concurrency: args.concurrency,
@@ -485,7 +537,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.database_url.expose(), "host=/tmp user=from-file");
-        assert_eq!(config.whatsapp.unwrap().token.expose(), "EAAG-from-file");
+        assert_eq!(
+            config.routes.whatsapp["default"].token.expose(),
+            "EAAG-from-file"
+        );
         // both forms at once, or a missing file, are errors
         assert!(Args::try_parse_from([
             "otp-dispatcher",
@@ -561,7 +616,7 @@ mod tests {
                 && !printed.contains("user=u")
         );
         assert_eq!(
-            config.whatsapp.unwrap().api_url,
+            config.routes.whatsapp["default"].api_url,
             "https://graph.facebook.com/v21.0"
         );
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use rand::Rng;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -37,9 +37,13 @@ const SWEEP_EVERY: Duration = Duration::from_millis(200);
 const HELD_RETRY: Duration = Duration::from_millis(200);
 
 /// Runs until `shutdown` resolves, then finishes the sends in flight,
-/// reports them and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let transports = Arc::new(Transports::new(&config)?);
+/// reports them and returns. Each claimed message is sent with the
+/// transports current when it was claimed (`transports` changes on reload).
+pub async fn run(
+    config: Config,
+    transports: watch::Receiver<Arc<Transports>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let concurrency = usize::from(config.concurrency);
     let slots = Arc::new(Semaphore::new(concurrency));
     let wake = Arc::new(Notify::new());
@@ -152,6 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             match claimed {
                 Ok(messages) => {
                     full_batch = messages.len() == room;
+                    let transports = transports.borrow().clone();
                     for message in messages {
                         let slot = slots
                             .clone()

@@ -5,11 +5,16 @@ mod dispatch;
 mod message;
 mod metrics;
 mod outbox;
+mod routes;
+mod texts;
 mod transport;
 mod webhook;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tracing::{error, info, warn};
@@ -51,6 +56,16 @@ fn main() -> ExitCode {
         if config.console {
             warn!("console transport on: codes are printed to standard output (development only)");
         }
+        info!(routes = ?config.routes, "delivery configured");
+        let transports =
+            transport::Transports::new(config.routes.clone(), config.console, config.send_timeout)?;
+        let (transports_tx, transports_rx) = tokio::sync::watch::channel(Arc::new(transports));
+        tokio::spawn(reload_on_sighup(
+            config.config_file.clone(),
+            config.console,
+            config.send_timeout,
+            transports_tx,
+        ));
         // One signal stops both the claim loop and the webhook server.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -69,7 +84,7 @@ fn main() -> ExitCode {
             )
             .await?;
         }
-        dispatch::run(config, stopped(stop_rx)).await
+        dispatch::run(config, transports_rx, stopped(stop_rx)).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +106,43 @@ fn init_logging(json: bool) {
         logs.json().init();
     } else {
         logs.init();
+    }
+}
+
+/// Reads the configuration file again on each SIGHUP. A file that does not
+/// load is refused with one log line and the running configuration stays;
+/// deliveries under way finish with the transports they started with.
+async fn reload_on_sighup(
+    file: Option<PathBuf>,
+    console: bool,
+    timeout: Duration,
+    transports: tokio::sync::watch::Sender<Arc<transport::Transports>>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed in every case: SIGHUP's default action ends the process.
+    let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+    while hangup.recv().await.is_some() {
+        let Some(path) = &file else {
+            info!("SIGHUP received, but there is no --config file to reload");
+            continue;
+        };
+        let loaded = routes::Routes::load(path).and_then(|routes| {
+            if !routes.has_senders() && !console {
+                anyhow::bail!("no sender is configured");
+            }
+            info!(routes = ?routes, "configuration loaded");
+            transport::Transports::new(routes, console, timeout)
+        });
+        match loaded {
+            Ok(new) => {
+                transports.send_replace(Arc::new(new));
+                info!(file = %path.display(), "configuration reloaded");
+            }
+            Err(err) => error!(
+                error = %format!("{err:#}"),
+                "configuration not reloaded: the previous one stays in use"
+            ),
+        }
     }
 }
 

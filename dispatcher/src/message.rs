@@ -9,11 +9,15 @@ use otp_common::{mask, Channel};
 /// masked destination only: the code and the full address never reach a log.
 pub struct Message {
     pub id: i64,
+    /// The agent whose person asked for the code: it chooses the sender.
+    pub agent: String,
     pub channel: String,
     pub destination: String,
     pub code: String,
     pub expires_at: SystemTime,
     pub attempt: i32,
+    /// The person's language (a BCP 47 tag), when their record names one.
+    pub language: Option<String>,
     /// When this dispatcher claimed it, for the claim-to-send latency.
     pub claimed_at: Instant,
 }
@@ -42,6 +46,7 @@ impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
             .field("id", &self.id)
+            .field("agent", &self.agent)
             .field("channel", &self.channel)
             .field("to", &self.masked_destination())
             .field("attempt", &self.attempt)
@@ -107,11 +112,13 @@ mod tests {
     fn message(channel: &str, destination: &str) -> Message {
         Message {
             id: 7,
+            agent: "payroll".into(),
             channel: channel.into(),
             destination: destination.into(),
             code: "042042".into(),
             expires_at: SystemTime::now(),
             attempt: 1,
+            language: None,
             claimed_at: Instant::now(),
         }
     }

@@ -42,7 +42,7 @@ impl Statements {
     fn new(schema: &str) -> Self {
         Self {
             claim: format!(
-                "SELECT message_id, channel, destination, code, expires_at, attempt
+                "SELECT message_id, agent, channel, destination, code, expires_at, attempt, language
                    FROM {schema}.otp_outbox_claim($1::pg_catalog.int4,
                                                   pg_catalog.make_interval(secs => $2::pg_catalog.float8))"
             ),
@@ -113,11 +113,13 @@ impl Outbox {
             .iter()
             .map(|row| Message {
                 id: row.get(0),
-                channel: row.get(1),
-                destination: row.get(2),
-                code: row.get(3),
-                expires_at: row.get::<_, SystemTime>(4),
-                attempt: row.get(5),
+                agent: row.get(1),
+                channel: row.get(2),
+                destination: row.get(3),
+                code: row.get(4),
+                expires_at: row.get::<_, SystemTime>(5),
+                attempt: row.get(6),
+                language: row.get(7),
                 claimed_at,
             })
             .collect())

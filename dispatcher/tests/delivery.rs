@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -84,16 +84,6 @@ fn whatsapp_args(server: &MockServer) -> Vec<String> {
 async fn start(args: &[String]) -> Dispatcher {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Dispatcher::start(&args).await
-}
-
-async fn whatsapp_requests(server: &MockServer) -> Vec<Value> {
-    server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
 }
 
 async fn setup() -> (tokio_postgres::Client, tokio_postgres::Client) {

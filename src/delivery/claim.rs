@@ -13,8 +13,9 @@ use crate::prepared;
 
 pub const MAX_BATCH: i32 = 1000;
 
-/// The claim's statement (see `claim`).
-static CLAIM: LazyLock<String> = LazyLock::new(|| {
+/// The claim's statement (see `claim`), returning the person's language
+/// (`language`: the column, or NULL before ALTER EXTENSION pg_otp UPDATE).
+fn claim_sql(language: &str) -> String {
     state::sql(
         "WITH due AS (
              SELECT o.id
@@ -29,9 +30,12 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
             SET state = {sending}, attempt = o.attempt + 1, available_at = $1 + $3
            FROM due WHERE o.id = due.id
       RETURNING o.id, o.challenge_id, o.agent, o.conversation, o.channel, o.destination,
-                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id",
+                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id, {language}",
     )
-});
+    .replace("{language}", language)
+}
+static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql("o.language"));
+static CLAIM_BEFORE_0_4: LazyLock<String> = LazyLock::new(|| claim_sql("NULL::text"));
 
 /// A claimed message, as otp_outbox_claim returns it.
 pub struct Claimed {
@@ -43,6 +47,8 @@ pub struct Claimed {
     pub code: Code,
     pub expires_at: TimestampWithTimeZone,
     pub attempt: i32,
+    /// The person's language (a BCP 47 tag), when the agent knows it.
+    pub language: Option<String>,
 }
 
 /// Claims up to `batch_size` due messages that can still be delivered (their
@@ -76,9 +82,14 @@ pub fn claim(
     // The scan follows the outbox_due index in its order and stops at
     // `batch_size`; each message's challenge is looked up by its key; SKIP
     // LOCKED: dispatchers never wait on, or deadlock with, each other.
+    let statement = if crate::schema::installed().languages {
+        &CLAIM
+    } else {
+        &CLAIM_BEFORE_0_4
+    };
     let rows = prepared::update(
         client,
-        &CLAIM,
+        statement,
         None,
         &[now.into(), i64::from(batch_size).into(), lease.into()],
     )?;
@@ -106,6 +117,7 @@ pub fn claim(
             code,
             expires_at: row.get(9)?.expect("NOT NULL column"),
             attempt: row.get(10)?.unwrap_or_default(),
+            language: row.get(12)?,
         });
     }
     for (message_id, challenge_id) in unopenable {

@@ -31,7 +31,7 @@ use crate::errors::Result;
 use crate::prepared;
 use crate::record::Destination;
 
-pub use claim::claim;
+pub use claim::{claim, Claimed};
 pub use report::{current_attempt, expired, failed, sent};
 pub use state::MessageState;
 pub use status::status;
@@ -52,40 +52,62 @@ pub struct Outgoing<'a> {
     pub destination: &'a Destination,
     pub fallback: Option<&'a Destination>,
     pub code: &'a str,
+    /// The person's language (a normalized BCP 47 tag), for the dispatcher.
+    pub language: Option<&'a str>,
     pub created_at: TimestampWithTimeZone,
     pub expires_at: TimestampWithTimeZone,
+}
+
+/// The insert of a new message, with `$column` and `$value` added (a column
+/// of a newer schema).
+macro_rules! enqueue_sql {
+    ($column:literal, $value:literal) => {
+        concat!(
+            "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination,
+                                     fallback_channel, fallback_destination, code_nonce, code_sealed,
+                                     available_at, expires_at, created_at, key_id",
+            $column,
+            ")
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12",
+            $value,
+            "
+               -- wakes the dispatchers when the transaction commits (one row, no
+               -- extra round trip; a constant payload, so repeats fold into one)
+               FROM pg_catalog.pg_notify($13, '') AS wake"
+        )
+    };
 }
 
 /// Queues the code of a new challenge for delivery and wakes the dispatchers.
 /// (The challenge's delivery mirror starts as `queued`, its column default.)
 pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) -> Result<()> {
     let sealed = keys.seal_code(message.challenge_id, message.code)?;
-    prepared::update(
-        client,
-        "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination,
-                                 fallback_channel, fallback_destination, code_nonce, code_sealed,
-                                 available_at, expires_at, created_at, key_id)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12
-           -- wakes the dispatchers when the transaction commits (one row, no
-           -- extra round trip; a constant payload, so repeats fold into one)
-           FROM pg_catalog.pg_notify($13, '') AS wake",
-        None,
-        &[
-            message.challenge_id.into(),
-            message.agent.into(),
-            message.conversation.into(),
-            message.destination.channel.as_str().into(),
-            message.destination.address.as_str().into(),
-            message.fallback.map(|f| f.channel.as_str()).into(),
-            message.fallback.map(|f| f.address.as_str()).into(),
-            sealed.nonce.into(),
-            sealed.ciphertext.into(),
-            message.created_at.into(),
-            message.expires_at.into(),
-            keys.id.to_vec().into(),
-            NOTIFY_CHANNEL.into(),
-        ],
-    )?;
+    // Until ALTER EXTENSION pg_otp UPDATE there is no language column.
+    let with_language = crate::schema::installed().languages;
+    let insert = if with_language {
+        enqueue_sql!(", language", ", $14")
+    } else {
+        enqueue_sql!("", "")
+    };
+    let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = vec![
+        message.challenge_id.into(),
+        message.agent.into(),
+        message.conversation.into(),
+        message.destination.channel.as_str().into(),
+        message.destination.address.as_str().into(),
+        message.fallback.map(|f| f.channel.as_str()).into(),
+        message.fallback.map(|f| f.address.as_str()).into(),
+        sealed.nonce.into(),
+        sealed.ciphertext.into(),
+        message.created_at.into(),
+        message.expires_at.into(),
+        keys.id.to_vec().into(),
+        NOTIFY_CHANNEL.into(),
+    ];
+    if with_language {
+        args.push(message.language.into());
+    }
+    prepared::update(client, insert, None, &args)?;
     Ok(())
 }
 

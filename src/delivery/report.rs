@@ -386,20 +386,28 @@ fn queue_fallback(
     message_id: i64,
     now: TimestampWithTimeZone,
 ) -> Result<Option<(Channel, String)>> {
-    let queued = prepared::update(
-        client,
-        "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
-                                 available_at, expires_at, created_at, key_id)
-         SELECT o.challenge_id, o.agent, o.conversation, o.fallback_channel, o.fallback_destination,
-                o.code_nonce, o.code_sealed, $2, o.expires_at, $2, o.key_id
-           FROM otp.outbox o JOIN otp.challenge c ON c.id = o.challenge_id
-          WHERE o.id = $1 AND c.state = 'pending' AND o.expires_at > $2
-            -- at most one fallback per challenge
-            AND NOT EXISTS (SELECT FROM otp.outbox f WHERE f.challenge_id = o.challenge_id AND f.id <> o.id)
-      RETURNING channel, destination",
-        None,
-        &[message_id.into(), now.into()],
-    )?;
+    // The person's language goes along (once the schema has it, see `schema`).
+    macro_rules! fallback_sql {
+        ($column:literal, $value:literal) => {
+            concat!(
+                "INSERT INTO otp.outbox (challenge_id, agent, conversation, channel, destination, code_nonce, code_sealed,
+                                         available_at, expires_at, created_at, key_id", $column, ")
+                 SELECT o.challenge_id, o.agent, o.conversation, o.fallback_channel, o.fallback_destination,
+                        o.code_nonce, o.code_sealed, $2, o.expires_at, $2, o.key_id", $value, "
+                   FROM otp.outbox o JOIN otp.challenge c ON c.id = o.challenge_id
+                  WHERE o.id = $1 AND c.state = 'pending' AND o.expires_at > $2
+                    -- at most one fallback per challenge
+                    AND NOT EXISTS (SELECT FROM otp.outbox f WHERE f.challenge_id = o.challenge_id AND f.id <> o.id)
+              RETURNING channel, destination"
+            )
+        };
+    }
+    let insert = if crate::schema::installed().languages {
+        fallback_sql!(", language", ", o.language")
+    } else {
+        fallback_sql!("", "")
+    };
+    let queued = prepared::update(client, insert, None, &[message_id.into(), now.into()])?;
     let Some(row) = queued.into_iter().next() else {
         return Ok(None);
     };

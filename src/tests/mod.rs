@@ -1571,6 +1571,71 @@ mod tests {
         assert_eq!(verify("t-fallback", &code).status, "verified");
     }
 
+    /// Claims every due message; the language each conversation's got.
+    fn claimed_languages() -> std::collections::HashMap<String, Option<String>> {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT conversation, language FROM otp_outbox_claim(1000)",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|row| (row.get(1).unwrap().unwrap(), row.get(2).unwrap()))
+            .collect()
+        })
+    }
+
+    #[pg_test]
+    fn messages_carry_the_persons_language_when_it_is_a_tag() {
+        fixture();
+        run("CREATE TABLE public.people_lang (id text PRIMARY KEY, whatsapp text, email text, lang text);
+             INSERT INTO public.people_lang VALUES
+                 ('1', '+52 55 1234 5601', 'uno@example.com', 'es-mx'),
+                 ('2', '+52 55 1234 5602', NULL, NULL),
+                 ('3', '+52 55 1234 5603', NULL, 'español'),
+                 ('4', '+52 55 1234 5604', NULL, 'x-private'),
+                 ('5', '+52 55 1234 5605', NULL, ' en ');
+             SELECT otp_configure(agent => 'lang', source => 'public.people_lang', id_column => 'id',
+                                  phone_column => 'whatsapp', email_column => 'email',
+                                  language_column => 'lang');");
+        for id in ["1", "2", "3", "4", "5"] {
+            assert_eq!(
+                issue_for("lang", &format!("t-lang-{id}"), id).status,
+                "code_sent"
+            );
+        }
+        issue("t-lang-none", "4721");
+        let claimed = claimed_languages();
+        let language = |conversation: &str| claimed[conversation].clone();
+        assert_eq!(language("t-lang-1").as_deref(), Some("es-MX"));
+        assert_eq!(language("t-lang-2"), None);
+        assert_eq!(language("t-lang-3"), None);
+        assert_eq!(language("t-lang-4"), None);
+        assert_eq!(language("t-lang-5").as_deref(), Some("en"));
+        // an agent without a language column passes none
+        assert_eq!(language("t-lang-none"), None);
+        // the fallback message keeps it
+        let id: i64 = one("SELECT id FROM otp.outbox WHERE conversation = 't-lang-1'").unwrap();
+        report_failed(id, "131026: not a WhatsApp user", false);
+        assert_eq!(claimed_languages()["t-lang-1"].as_deref(), Some("es-MX"));
+        // the table refuses what is not a tag, whoever writes it
+        assert_eq!(
+            sqlstate("UPDATE otp.outbox SET language = 'es MX' WHERE conversation = 't-lang-2'"),
+            "23514"
+        );
+        // a language column that does not exist
+        assert_eq!(
+            sqlstate(
+                "SELECT otp_configure(agent => 'lang', source => 'public.people_lang', id_column => 'id',
+                                      phone_column => 'whatsapp', language_column => 'idioma')"
+            ),
+            "42703"
+        );
+        let stored: Option<String> =
+            one("SELECT language_column FROM otp.agent WHERE name = 'lang'");
+        assert_eq!(stored.as_deref(), Some("lang"));
+    }
+
     #[pg_test]
     fn no_fallback_without_another_channel_or_after_expiry() {
         fixture();

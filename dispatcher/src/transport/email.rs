@@ -1,8 +1,9 @@
-//! Email over SMTP (lettre): multipart plain text and HTML. The subject does
-//! not contain the code unless configured; the body says when the code
-//! expires and what to do when you did not ask for one.
+//! Email over SMTP (lettre): multipart plain text and HTML, written from the
+//! agent's texts in the chosen language (`texts`), From the agent's display
+//! name at the sender's address. The subject does not contain the code
+//! unless configured.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use lettre::message::{Mailbox, MultiPart};
@@ -10,76 +11,124 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::config::EmailConfig;
 use crate::message::{DeliveryError, Message};
+use crate::routes::{Agent, EmailRoute};
+use crate::texts::{Fill, Texts};
 
+/// One SMTP account.
 pub struct Email {
     mailer: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
-    subject: String,
-    code_in_subject: bool,
+}
+
+/// What a message's email is written with: its agent's route and texts, in
+/// the language chosen for it.
+pub struct Compose<'a> {
+    pub texts: &'a Texts,
+    pub route: &'a EmailRoute,
+    pub agent: &'a Agent,
+    pub language: &'a str,
 }
 
 impl Email {
     pub fn new(config: &EmailConfig, timeout: Duration) -> Result<Self> {
         let mailer = AsyncSmtpTransport::<Tokio1Executor>::from_url(config.smtp_url.expose())
-            .context("--smtp-url is not a valid smtp:// or smtps:// URL")?
+            .context("the SMTP URL is not a valid smtp:// or smtps:// URL")?
             .timeout(Some(timeout))
             .build();
         Ok(Self {
             mailer,
-            from: config
-                .from
-                .parse()
-                .context("--email-from is not an address")?,
-            subject: config.subject.clone(),
-            code_in_subject: config.code_in_subject,
+            from: config.from.clone(),
         })
     }
 
-    pub fn compose(&self, message: &Message) -> Result<lettre::Message, DeliveryError> {
+    pub fn compose(
+        &self,
+        message: &Message,
+        with: &Compose<'_>,
+    ) -> Result<lettre::Message, DeliveryError> {
         let to: Mailbox = message.destination.parse().map_err(|_| {
             DeliveryError::permanent("invalid_address", "the destination is not an email address")
         })?;
-        let minutes = minutes_left(message.expires_at);
-        let at = utc_clock(message.expires_at);
-        let plain = format!(
-            "Your verification code is {code}.\n\n\
-             It expires in {minutes} minute{s} (at {at} UTC) and works once.\n\n\
-             If you did not ask for a code, ignore this message and tell us: \
-             someone may be trying to use your details.\n",
-            code = message.code,
-            s = if minutes == 1 { "" } else { "s" },
-        );
-        let html = format!(
-            "<p>Your verification code is</p>\
-             <p style=\"font-size:28px;font-weight:bold;letter-spacing:4px\">{code}</p>\
-             <p>It expires in {minutes} minute{s} (at {at} UTC) and works once.</p>\
-             <p>If you did not ask for a code, ignore this message and tell us: \
-             someone may be trying to use your details.</p>",
-            code = message.code,
-            s = if minutes == 1 { "" } else { "s" },
-        );
-        let subject = if self.code_in_subject {
-            format!("{}: {}", self.subject, message.code)
+        let local = jiff::Timestamp::try_from(message.expires_at)
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+            .to_zoned_datetime(with.agent.time_zone.clone());
+        let expires_at = local.strftime("%H:%M").to_string();
+        let time_zone = local.strftime("%Z").to_string();
+        let rendered = with
+            .texts
+            .render(
+                &with.route.texts,
+                with.language,
+                &Fill {
+                    code: &message.code,
+                    minutes: minutes_left(message.expires_at),
+                    expires_at: &expires_at,
+                    time_zone: &time_zone,
+                    agent_name: &with.agent.display_name,
+                },
+            )
+            .map_err(|err| {
+                DeliveryError::permanent("template", format!("rendering the email failed: {err:#}"))
+            })?;
+        let subject = with.route.subject.clone().unwrap_or(rendered.subject);
+        let subject = if with.route.code_in_subject {
+            format!("{subject}: {}", message.code)
         } else {
-            self.subject.clone()
+            subject
+        };
+        // The agent's display name over the sender's address.
+        let from = if with.agent.display_name.is_empty() {
+            self.from.clone()
+        } else {
+            Mailbox::new(
+                Some(with.agent.display_name.clone()),
+                self.from.email.clone(),
+            )
         };
         lettre::Message::builder()
-            .from(self.from.clone())
+            .from(from)
             .to(to)
             .subject(subject)
-            .multipart(MultiPart::alternative_plain_html(plain, html))
+            .header(ContentLanguage(with.language.to_owned()))
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))
             .map_err(|err| {
                 DeliveryError::permanent("compose", format!("could not build the email: {err}"))
             })
     }
 
     /// Sends one message; the SMTP server's reply as the provider reference.
-    pub async fn send(&self, message: &Message) -> Result<String, DeliveryError> {
-        let email = self.compose(message)?;
+    pub async fn send(
+        &self,
+        message: &Message,
+        with: &Compose<'_>,
+    ) -> Result<String, DeliveryError> {
+        let email = self.compose(message, with)?;
         match self.mailer.send(email).await {
             Ok(response) => Ok(format!("smtp:{}", response.code())),
             Err(err) => Err(classify(&err)),
         }
+    }
+}
+
+/// RFC 3282's Content-Language: the language the texts were chosen in
+/// (screen readers and mail clients' translation offers use it).
+#[derive(Clone)]
+struct ContentLanguage(String);
+
+impl lettre::message::header::Header for ContentLanguage {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("Content-Language")
+    }
+
+    fn parse(text: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self(text.to_owned()))
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), self.0.clone())
     }
 }
 
@@ -103,27 +152,9 @@ fn minutes_left(expires_at: SystemTime) -> u64 {
     (left.as_millis().div_ceil(60_000) as u64).max(1)
 }
 
-/// "14:05" in UTC.
-fn utc_clock(at: SystemTime) -> String {
-    let seconds_of_day = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() % 86_400;
-    format!(
-        "{:02}:{:02}",
-        seconds_of_day / 3600,
-        seconds_of_day / 60 % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_clock_formats_hours_and_minutes() {
-        assert_eq!(
-            utc_clock(UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 14 * 3600 + 5 * 60 + 59)),
-            "14:05"
-        );
-    }
 
     #[test]
     fn minutes_left_rounds_up() {

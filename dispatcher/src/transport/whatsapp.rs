@@ -59,12 +59,11 @@ pub fn retryable_code(code: i64) -> Option<bool> {
         .map(|(_, retryable)| *retryable)
 }
 
+/// One WhatsApp Business phone number.
 pub struct WhatsApp {
     http: reqwest::Client,
     messages_url: String,
     token: Secret,
-    template: String,
-    language: String,
 }
 
 impl WhatsApp {
@@ -79,13 +78,12 @@ impl WhatsApp {
             http,
             messages_url: format!("{}/{}/messages", config.api_url, config.phone_number_id),
             token: config.token.clone(),
-            template: config.template.clone(),
-            language: config.language.clone(),
         })
     }
 
-    /// The request body for one message.
-    pub fn request_body(&self, message: &Message, to: &str) -> Value {
+    /// The request body for one message: `template` in `language` (the
+    /// template's WhatsApp language code, as es_MX).
+    pub fn request_body(message: &Message, to: &str, template: &str, language: &str) -> Value {
         json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -93,8 +91,8 @@ impl WhatsApp {
             "type": "template",
             "biz_opaque_callback_data": message.id.to_string(),
             "template": {
-                "name": self.template,
-                "language": { "code": self.language },
+                "name": template,
+                "language": { "code": language },
                 "components": [
                     { "type": "body", "parameters": [ { "type": "text", "text": message.code } ] },
                     {
@@ -109,7 +107,12 @@ impl WhatsApp {
     }
 
     /// Sends one message; the provider's message id on success.
-    pub async fn send(&self, message: &Message) -> Result<String, DeliveryError> {
+    pub async fn send(
+        &self,
+        message: &Message,
+        template: &str,
+        language: &str,
+    ) -> Result<String, DeliveryError> {
         let to = whatsapp_number(&message.destination).ok_or_else(|| {
             DeliveryError::permanent(
                 "invalid_number",
@@ -120,7 +123,7 @@ impl WhatsApp {
             .http
             .post(&self.messages_url)
             .bearer_auth(self.token.expose())
-            .json(&self.request_body(message, &to))
+            .json(&Self::request_body(message, &to, template, language))
             .send()
             .await
             .map_err(|err| {

@@ -69,6 +69,17 @@ pub fn code_in(body: &serde_json::Value) -> String {
         .to_owned()
 }
 
+/// The JSON bodies a fake Graph API (wiremock) received, oldest first.
+pub async fn whatsapp_requests(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
 /// Empties the outbox, challenges and sessions; adds the people the tests use.
 pub async fn reset(db: &Client) {
     db.batch_execute(
@@ -204,7 +215,7 @@ impl Dispatcher {
         self.child.id()
     }
 
-    fn signal(&self, name: &str) {
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.pid().to_string())

@@ -18,6 +18,11 @@ fn update_from_0_2_0() {
     update_from("0.2.0", "pg_otp_upgraded_020");
 }
 
+#[test]
+fn update_from_0_3_0() {
+    update_from("0.3.0", "pg_otp_upgraded_030");
+}
+
 /// Everything an install of pg_otp consists of, as sorted lines of text
 /// without OIDs: tables and their columns, constraints, indexes, triggers,
 /// privileges, and the extension's functions with their settings.
@@ -143,9 +148,14 @@ fn update_from(old: &str, database: &str) {
     issue_for(&mut db, "session-before", "p2");
     let claimed = claim_all(&mut db);
     assert_eq!(claimed.len(), 2, "both messages claimed: {claimed:?}");
+    // Reports name the claim's attempt from 0.3.0 on.
+    let report = if matches!(old, "0.1.0" | "0.2.0") {
+        "SELECT otp_outbox_sent($1, 'before')"
+    } else {
+        "SELECT otp_outbox_sent($1, (SELECT attempt FROM otp.outbox WHERE id = $1), 'before')"
+    };
     for (_, message_id, _) in &claimed {
-        db.execute("SELECT otp_outbox_sent($1, 'before')", &[message_id])
-            .unwrap();
+        db.execute(report, &[message_id]).unwrap();
     }
     let code_of = |conversation: &str| {
         claimed
