@@ -2,7 +2,8 @@
 # Installs what building and testing pg_otp needs on Debian 12, as root:
 # PostgreSQL 15 with server headers, clang (for pgrx's bindgen), sudo (pgrx
 # runs the test cluster as postgres through it), aiosmtpd (a real SMTP server
-# for the dispatcher tests) and cargo-pgrx 0.18.0.
+# for the dispatcher tests), systemd (systemd-analyze checks the dispatcher's
+# unit) and cargo-pgrx 0.18.0.
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -16,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-for package in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-aiosmtpd; do
+for package in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-aiosmtpd systemd; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

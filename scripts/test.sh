@@ -8,7 +8,8 @@
 #      attacks, a crash under load, key rotation, a million rows of history,
 #      the upgrade from the last release
 #   5. otp-dispatcher tests: the binary against the same cluster, a fake
-#      WhatsApp Cloud API and a real SMTP server, all on loopback
+#      WhatsApp Cloud API and a real SMTP server, all on loopback; its
+#      systemd unit checked with systemd-analyze
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -59,6 +60,9 @@ counted cargo test -p pg_otp_integration -- --test-threads=1
 
 step "otp-dispatcher tests (fake WhatsApp API, real SMTP server, database restart)"
 counted cargo test -p otp-dispatcher -- --test-threads=1
+
+step "the dispatcher's systemd unit (systemd-analyze verify and security)"
+bash scripts/check-unit.sh target/debug/otp-dispatcher
 
 step "otp-demo: the example conversation through the real dispatcher"
 cargo build -q -p otp-dispatcher

@@ -601,6 +601,36 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_loads() {
+        // with the secrets the service's unit hands over as credentials
+        let dir = std::env::temp_dir().join(format!("otp-routes-example-{}", std::process::id()));
+        let credentials = dir.join("credentials");
+        std::fs::create_dir_all(&credentials).unwrap();
+        let _cleanup = Dir(dir.clone());
+        std::fs::write(credentials.join("acme-whatsapp-token"), "EAAG\n").unwrap();
+        std::fs::write(
+            credentials.join("acme-smtp-url"),
+            "smtps://u:p@mail.acme.example\n",
+        )
+        .unwrap();
+        let base = Base {
+            credentials: Some(credentials),
+            config_dir: dir,
+        };
+        let text = include_str!("../otp-dispatcher.example.toml");
+        let routes = toml::from_str::<File>(text).unwrap().build(&base).unwrap();
+        let payroll = routes.agent("payroll").unwrap();
+        assert_eq!(payroll.language, "es-MX");
+        assert_eq!(routes.texts.languages("acme").unwrap(), ["en", "es"]);
+        assert!(routes.agent("someone else").unwrap().email.is_some());
+        // and the unit names the same credentials
+        let unit = include_str!("../packaging/otp-dispatcher.service");
+        for name in ["acme-whatsapp-token", "acme-smtp-url"] {
+            assert!(unit.contains(&format!("LoadCredential={name}:")), "{name}");
+        }
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let routes = load("debug", &format!("{SENDERS}\n[default]\n")).unwrap();
         let printed = format!("{:?} {:?}", routes.whatsapp, routes.email);
