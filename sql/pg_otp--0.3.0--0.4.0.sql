@@ -1,18 +1,23 @@
--- pg_otp 0.3.0 -> 0.4.0: messages in the person's language. An agent may
--- name the source's column holding each person's language (a BCP 47 tag);
--- every message carries it, and otp_outbox_claim returns it, so that the
--- dispatcher writes to each person in their language (README, Delivery).
+-- pg_otp 0.3.0 -> 0.4.0: messages in the person's language and time zone.
+-- An agent may name the source's columns holding each person's language (a
+-- BCP 47 tag) and time zone (an IANA name); every message carries them, and
+-- otp_outbox_claim returns them, so that the dispatcher writes to each
+-- person in their language and tells the expiry in their time.
 -- Run by ALTER EXTENSION pg_otp UPDATE TO '0.4.0'. Nothing here rewrites a
 -- row: pending codes, queued messages and sessions carry on (messages
 -- queued before have no language: they go out in the agent's).
 \echo Use "ALTER EXTENSION pg_otp UPDATE TO '0.4.0'" to load this file. \quit
 
-ALTER TABLE otp.agent ADD COLUMN language_column text;
-ALTER TABLE otp.outbox ADD COLUMN language text
-    CONSTRAINT outbox_language_is_a_tag
-    CHECK (length(language) <= 35 AND language ~ '^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$');
+ALTER TABLE otp.agent ADD COLUMN language_column text, ADD COLUMN time_zone_column text;
+ALTER TABLE otp.outbox
+    ADD COLUMN language text
+        CONSTRAINT outbox_language_is_a_tag
+        CHECK (length(language) <= 35 AND language ~ '^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$'),
+    ADD COLUMN time_zone text
+        CONSTRAINT outbox_time_zone_is_a_name
+        CHECK (length(time_zone) <= 64 AND time_zone ~ '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$');
 
--- otp_configure takes language_column. (The library keeps the 0.3.0 entry
+-- otp_configure takes language_column and time_zone_column. (The library keeps the 0.3.0 entry
 -- point, so the old function kept working until now.)
 DROP FUNCTION @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
                                         interval, text, integer, interval, interval, integer, interval, boolean, text);
@@ -35,15 +40,16 @@ CREATE FUNCTION @extschema@."otp_configure"(
 	"lockout_duration" interval DEFAULT '1 hour',
 	"reveal_unknown" bool DEFAULT true,
 	"app_role" TEXT DEFAULT NULL,
-	"language_column" TEXT DEFAULT NULL
+	"language_column" TEXT DEFAULT NULL,
+	"time_zone_column" TEXT DEFAULT NULL
 ) RETURNS void
 SECURITY DEFINER
 VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'otp_configure_with_language_wrapper';
+AS 'MODULE_PATHNAME', 'otp_configure_with_locale_wrapper';
 
--- otp_outbox_claim returns the language. A new result column changes the
+-- otp_outbox_claim returns the language and the time zone. A new result column changes the
 -- function's type: it is dropped and created again (the library keeps the
 -- 0.3.0 entry point, so dispatchers kept claiming until now; they select
 -- their columns by name, so a 0.3.0 dispatcher keeps working after it).
@@ -60,28 +66,29 @@ CREATE FUNCTION @extschema@."otp_outbox_claim"(
 	"code" TEXT,
 	"expires_at" timestamp with time zone,
 	"attempt" INT,
-	"language" TEXT
+	"language" TEXT,
+	"time_zone" TEXT
 )
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'otp_outbox_claim_with_language_wrapper';
+AS 'MODULE_PATHNAME', 'otp_outbox_claim_with_locale_wrapper';
 
 -- The privileges, owner and settings the dropped functions had (see
 -- sql/privileges.sql).
 REVOKE EXECUTE ON FUNCTION
     @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
-                              interval, text, integer, interval, interval, integer, interval, boolean, text, text),
+                              interval, text, integer, interval, interval, integer, interval, boolean, text, text, text),
     @extschema@.otp_outbox_claim(integer, interval)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
-                              interval, text, integer, interval, interval, integer, interval, boolean, text, text)
+                              interval, text, integer, interval, interval, integer, interval, boolean, text, text, text)
 TO otp_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.otp_outbox_claim(integer, interval) TO otp_dispatcher;
 ALTER FUNCTION @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
                                          interval, text, integer, interval, interval, integer, interval, boolean,
-                                         text, text)
+                                         text, text, text)
     OWNER TO otp_owner;
 ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) OWNER TO otp_owner;
 ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) SET plan_cache_mode = force_generic_plan;

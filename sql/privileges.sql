@@ -91,7 +91,7 @@ TO otp_app;
 GRANT USAGE ON SCHEMA @extschema@ TO otp_admin;
 GRANT EXECUTE ON FUNCTION
     @extschema@.otp_configure(text, regclass, text, text, text, boolean, interval, integer, interval,
-                              interval, text, integer, interval, interval, integer, interval, boolean, text, text)
+                              interval, text, integer, interval, interval, integer, interval, boolean, text, text, text)
 TO otp_admin;
 GRANT EXECUTE ON FUNCTION
     @extschema@.otp_outbox_claim(integer, interval),

@@ -41,6 +41,8 @@ CREATE TABLE otp.agent (
     -- the column of the source holding the person's language (a BCP 47 tag
     -- such as 'es-MX'), passed to the dispatcher with each message
     language_column   text,
+    -- ... and their time zone (an IANA name such as 'America/Mexico_City')
+    time_zone_column  text,
     CHECK (phone_column IS NOT NULL OR email_column IS NOT NULL),
     CHECK (idle_timeout <= absolute_timeout)
 );
@@ -139,6 +141,10 @@ CREATE TABLE otp.outbox (
     -- BCP 47 tag, or NULL (the dispatcher then uses the agent's language)
     language     text CONSTRAINT outbox_language_is_a_tag
                  CHECK (length(language) <= 35 AND language ~ '^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$'),
+    -- the person's time zone, from the agent's time_zone_column: a zone
+    -- PostgreSQL knows, or NULL (the dispatcher then uses the agent's)
+    time_zone    text CONSTRAINT outbox_time_zone_is_a_name
+                 CHECK (length(time_zone) <= 64 AND time_zone ~ '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$'),
     -- a message holds its code while it waits or is sent, and after that only
     -- while `sent` (until its provider confirms delivery, the code expires or
     -- the challenge ends: a late failure may still fall back); never later

@@ -25,13 +25,14 @@ use crate::{audit, binding, challenge, config, delivery, gucs, limits, purge, se
 /// superuser or a member of otp_admin, and have the rights of the owner of
 /// the source (and of the agent's current source, when replacing it).
 /// `app_role`, when given, names the role whose members alone may act for
-/// the agent; `language_column`, the source's column holding each person's
-/// language (a BCP 47 tag such as 'es-MX'), which otp_outbox_claim passes
-/// to the dispatcher.
+/// the agent; `language_column` and `time_zone_column`, the source's
+/// columns holding each person's language (a BCP 47 tag such as 'es-MX')
+/// and time zone (an IANA name), which otp_outbox_claim passes to the
+/// dispatcher.
 #[pg_extern(name = "otp_configure", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
-fn otp_configure_with_language(
+fn otp_configure_with_locale(
     agent: Option<&str>,
     source: Option<pgrx::PgRelation>,
     id_column: Option<&str>,
@@ -51,6 +52,7 @@ fn otp_configure_with_language(
     reveal_unknown: default!(Option<bool>, true),
     app_role: default!(Option<&str>, "NULL"),
     language_column: default!(Option<&str>, "NULL"),
+    time_zone_column: default!(Option<&str>, "NULL"),
 ) {
     let settings = AgentSettings {
         agent,
@@ -72,11 +74,12 @@ fn otp_configure_with_language(
         reveal_unknown,
         app_role,
         language_column,
+        time_zone_column,
     };
     Spi::connect_mut(|client| config::configure(client, settings)).or_raise()
 }
 
-/// otp_configure of pg_otp 0.3.0 (no language_column): its C entry point
+/// otp_configure of pg_otp 0.3.0 (no language or time zone columns): its C entry point
 /// stays for that schema until ALTER EXTENSION pg_otp UPDATE (see `schema`).
 #[pg_extern(sql = false)]
 #[allow(clippy::too_many_arguments)]
@@ -100,7 +103,7 @@ fn otp_configure_with_role(
     reveal_unknown: Option<bool>,
     app_role: Option<&str>,
 ) {
-    otp_configure_with_language(
+    otp_configure_with_locale(
         agent,
         source,
         id_column,
@@ -119,6 +122,7 @@ fn otp_configure_with_role(
         lockout_duration,
         reveal_unknown,
         app_role,
+        None,
         None,
     )
 }
@@ -485,11 +489,11 @@ fn otp_unlock(agent: Option<&str>, subject: Option<&str>) -> bool {
 }
 
 /// Delivery protocol: claims due messages, with their codes, for `lease`;
-/// `language` is the person's (a BCP 47 tag), when the agent has a
-/// language column and the record a well-formed tag in it.
+/// `language` and `time_zone` are the person's (a BCP 47 tag, an IANA
+/// name), when the agent has such columns and the record a valid value.
 #[pg_extern(name = "otp_outbox_claim", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn otp_outbox_claim_with_language(
+fn otp_outbox_claim_with_locale(
     batch_size: default!(Option<i32>, 16),
     lease: default!(Option<Interval>, "'30 seconds'"),
 ) -> TableIterator<
@@ -504,6 +508,7 @@ fn otp_outbox_claim_with_language(
         name!(expires_at, TimestampWithTimeZone),
         name!(attempt, i32),
         name!(language, Option<String>),
+        name!(time_zone, Option<String>),
     ),
 > {
     TableIterator::new(claim(batch_size, lease).into_iter().map(|m| {
@@ -517,11 +522,12 @@ fn otp_outbox_claim_with_language(
             m.expires_at,
             m.attempt,
             m.language,
+            m.time_zone,
         )
     }))
 }
 
-/// otp_outbox_claim of pg_otp 0.3.0 and before (no language): its C entry
+/// otp_outbox_claim of pg_otp 0.3.0 and before (no language, time zone): its C entry
 /// point stays for the older schema until ALTER EXTENSION pg_otp UPDATE
 /// (see `schema`).
 #[pg_extern(sql = false)]

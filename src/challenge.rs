@@ -266,6 +266,10 @@ pub fn issue(
             .as_ref()
             .filter(|_| !decoy)
             .and_then(|person| person.language.as_deref()),
+        time_zone: found
+            .as_ref()
+            .filter(|_| !decoy)
+            .and_then(|person| person.time_zone.as_deref()),
         created_at: now,
         expires_at,
     };

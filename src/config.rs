@@ -46,8 +46,10 @@ pub struct Agent {
     /// What decoys look like (reveal_unknown = false; see `record::decoy`).
     pub decoy_shapes: Vec<String>,
     /// The source's column holding the person's language (a BCP 47 tag),
-    /// passed to the dispatcher with each message.
+    /// passed to the dispatcher with each message; and the one holding their
+    /// time zone (an IANA name).
     pub language_column: Option<String>,
+    pub time_zone_column: Option<String>,
 }
 
 /// Abuse resistance settings of an agent (see `limits`).
@@ -88,6 +90,7 @@ pub struct AgentSettings<'a> {
     /// A role name, or None for no restriction.
     pub app_role: Option<&'a str>,
     pub language_column: Option<&'a str>,
+    pub time_zone_column: Option<&'a str>,
 }
 
 /// Checks an agent name argument: present, non-empty, bounded.
@@ -204,6 +207,7 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     let phone_column = optional_column(settings.phone_column);
     let email_column = optional_column(settings.email_column);
     let language_column = optional_column(settings.language_column);
+    let time_zone_column = optional_column(settings.time_zone_column);
     if phone_column.is_none() && email_column.is_none() {
         return Err(OtpError::invalid_argument(
             "phone_column",
@@ -246,6 +250,7 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     columns.extend(phone_column.map(|c| ("phone_column", c)));
     columns.extend(email_column.map(|c| ("email_column", c)));
     columns.extend(language_column.map(|c| ("language_column", c)));
+    columns.extend(time_zone_column.map(|c| ("time_zone_column", c)));
     // The role calling otp_configure (which runs as otp_owner).
     // SAFETY: set for the life of the session.
     let caller = unsafe { pg_sys::GetOuterUserId() };
@@ -270,21 +275,24 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
     if app_role.is_some() && !installed.records_and_roles {
         return Err(not_updated("app_role"));
     }
-    if language_column.is_some() && !installed.languages {
+    if language_column.is_some() && !installed.locales {
         return Err(not_updated("language_column"));
+    }
+    if time_zone_column.is_some() && !installed.locales {
+        return Err(not_updated("time_zone_column"));
     }
 
     // Until ALTER EXTENSION pg_otp UPDATE, the table lacks the columns of
     // the newer schemas (see `schema`); asking for them was refused above.
     let newer = installed.records_and_roles;
-    let insert = if installed.languages {
+    let insert = if installed.locales {
         concat!(
             agent_upsert!(
-                ", app_role, decoy_shapes, language_column",
-                ", $18, $19, $20"
+                ", app_role, decoy_shapes, language_column, time_zone_column",
+                ", $18, $19, $20, $21"
             ),
             ", app_role = EXCLUDED.app_role, decoy_shapes = EXCLUDED.decoy_shapes,
-               language_column = EXCLUDED.language_column"
+               language_column = EXCLUDED.language_column, time_zone_column = EXCLUDED.time_zone_column"
         )
     } else if newer {
         concat!(
@@ -303,6 +311,7 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
                 phone_column,
                 email_column,
                 language_column,
+                time_zone_column,
                 preferred_channel: preferred,
             },
         )?)
@@ -332,8 +341,9 @@ pub fn configure(client: &mut SpiClient<'_>, settings: AgentSettings<'_>) -> Res
         args.push(app_role.into());
         args.push(decoy_shapes.into());
     }
-    if installed.languages {
+    if installed.locales {
         args.push(language_column.into());
+        args.push(time_zone_column.into());
     }
     prepared::update(client, insert, None, &args)?;
 
@@ -548,12 +558,12 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> Result<Agent> {
 fn find(client: &SpiClient<'_>, name: &str) -> Result<Option<Agent>> {
     // Until ALTER EXTENSION pg_otp UPDATE, there is no app_role column.
     let installed = schema::installed();
-    let query = if installed.languages {
-        agent_select!("app_role::oid, decoy_shapes, language_column")
+    let query = if installed.locales {
+        agent_select!("app_role::oid, decoy_shapes, language_column, time_zone_column")
     } else if installed.records_and_roles {
-        agent_select!("app_role::oid, decoy_shapes, NULL::text")
+        agent_select!("app_role::oid, decoy_shapes, NULL::text, NULL::text")
     } else {
-        agent_select!("NULL::oid, NULL::text[], NULL::text")
+        agent_select!("NULL::oid, NULL::text[], NULL::text, NULL::text")
     };
     let row = prepared::select(client, query, Some(1), &[name.into()])?.first();
     if row.is_empty() {
@@ -583,6 +593,7 @@ fn find(client: &SpiClient<'_>, name: &str) -> Result<Option<Agent>> {
         app_role: row.get(17)?,
         decoy_shapes: row.get(18)?.unwrap_or_default(),
         language_column: row.get(19)?,
+        time_zone_column: row.get(20)?,
     }))
 }
 

@@ -22,6 +22,9 @@ pub struct Record {
     /// The person's language, when the agent has a language column and it
     /// holds a well-formed BCP 47 tag (normalized); anything else is None.
     pub language: Option<String>,
+    /// The person's time zone, when the agent has a time zone column and it
+    /// names a zone PostgreSQL knows; anything else is None.
+    pub time_zone: Option<String>,
 }
 
 /// Where a code goes.
@@ -40,8 +43,8 @@ struct Columns {
     relation: String,
     /// The id column as text.
     id: String,
-    /// The id, phone, email and language columns as text (NULL for a column
-    /// the agent does not have), in the order of `Record`'s fields.
+    /// The id, phone, email, language and time zone columns as text (NULL for
+    /// a column the agent does not have), in the order of `Record`'s fields.
     fields: String,
 }
 
@@ -53,6 +56,7 @@ pub struct Lookup<'a> {
     pub phone_column: Option<&'a str>,
     pub email_column: Option<&'a str>,
     pub language_column: Option<&'a str>,
+    pub time_zone_column: Option<&'a str>,
     pub preferred_channel: Channel,
 }
 
@@ -64,6 +68,7 @@ impl<'a> Lookup<'a> {
             phone_column: agent.phone_column.as_deref(),
             email_column: agent.email_column.as_deref(),
             language_column: agent.language_column.as_deref(),
+            time_zone_column: agent.time_zone_column.as_deref(),
             preferred_channel: agent.preferred_channel,
         }
     }
@@ -75,6 +80,7 @@ impl Columns {
         columns.extend(lookup.phone_column.map(|c| ("phone_column", c)));
         columns.extend(lookup.email_column.map(|c| ("email_column", c)));
         columns.extend(lookup.language_column.map(|c| ("language_column", c)));
+        columns.extend(lookup.time_zone_column.map(|c| ("time_zone_column", c)));
         let relation = check_source(lookup.source, &columns)?;
         let as_text = |column: Option<&str>| match column {
             Some(c) => format!("{}::text", pgrx::spi::quote_identifier(c)),
@@ -82,10 +88,11 @@ impl Columns {
         };
         let id = as_text(Some(lookup.id_column));
         let fields = format!(
-            "{id}, {phone}, {email}, {language}",
+            "{id}, {phone}, {email}, {language}, {time_zone}",
             phone = as_text(lookup.phone_column),
             email = as_text(lookup.email_column),
             language = as_text(lookup.language_column),
+            time_zone = as_text(lookup.time_zone_column),
         );
         Ok(Columns {
             relation,
@@ -138,10 +145,28 @@ fn records_as_owner(
                         .get::<String>(4)?
                         .as_deref()
                         .and_then(otp_common::language::normalize),
+                    time_zone: row.get::<String>(5)?.and_then(known_time_zone),
                 })
             })
             .collect()
     })
+}
+
+/// `name` (trimmed) when it is a time zone name PostgreSQL's time zone
+/// database knows and accepts (not a leap-second zone).
+fn known_time_zone(name: String) -> Option<String> {
+    let name = name.trim();
+    if !otp_common::time_zone::well_formed(name) {
+        return None;
+    }
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated name; pg_tzset returns NULL for an unknown
+    // zone and caches what it loads for the life of the backend.
+    let known = unsafe {
+        let tz = pg_sys::pg_tzset(cname.as_ptr());
+        !tz.is_null() && pg_sys::pg_tz_acceptable(tz)
+    };
+    known.then(|| name.to_owned())
 }
 
 /// Where a code goes first, and where it goes if that channel fails for good.
@@ -344,6 +369,7 @@ mod tests {
             phone: phone.map(Into::into),
             email: email.map(Into::into),
             language: None,
+            time_zone: None,
         }
     }
 

@@ -19,16 +19,17 @@ pub struct Schema {
     /// delivery statuses (`delivered`, `read`; a `sent` message may keep
     /// its sealed code for a late fallback).
     pub records_and_roles: bool,
-    /// 0.4.0: messages in the person's language (`otp.agent.language_column`,
-    /// `otp.outbox.language`, returned by otp_outbox_claim).
-    pub languages: bool,
+    /// 0.4.0: messages in the person's language and time zone
+    /// (`otp.agent.language_column` and `time_zone_column`, the same columns
+    /// of `otp.outbox`, returned by otp_outbox_claim).
+    pub locales: bool,
 }
 
 /// The schema of the current database.
 pub fn installed() -> Schema {
     Schema {
         records_and_roles: has_column(c"session", c"record_changed_at"),
-        languages: has_column(c"outbox", c"language"),
+        locales: has_column(c"outbox", c"time_zone"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the pg_otp extension and otp-dispatcher must spell and do the same
 //! way: the delivery channels, and how a destination is masked for people
 //! (the agent's "the code went to ***78") and for logs, and the languages of
-//! messages (`language`).
+//! messages (`language`) and the time zones of their readers (`time_zone`).
 
 /// Delivery channels. The SQL spelling is the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +95,7 @@ mod tests {
 }
 
 pub mod language;
+pub mod time_zone;
 
 #[cfg(feature = "client")]
 pub mod pg_tls;

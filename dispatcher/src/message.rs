@@ -16,8 +16,10 @@ pub struct Message {
     pub code: String,
     pub expires_at: SystemTime,
     pub attempt: i32,
-    /// The person's language (a BCP 47 tag), when their record names one.
+    /// The person's language (a BCP 47 tag) and time zone (an IANA name),
+    /// when their record names them.
     pub language: Option<String>,
+    pub time_zone: Option<String>,
     /// When this dispatcher claimed it, for the claim-to-send latency.
     pub claimed_at: Instant,
 }
@@ -119,6 +121,7 @@ mod tests {
             expires_at: SystemTime::now(),
             attempt: 1,
             language: None,
+            time_zone: None,
             claimed_at: Instant::now(),
         }
     }

@@ -42,7 +42,7 @@ impl Statements {
     fn new(schema: &str) -> Self {
         Self {
             claim: format!(
-                "SELECT message_id, agent, channel, destination, code, expires_at, attempt, language
+                "SELECT message_id, agent, channel, destination, code, expires_at, attempt, language, time_zone
                    FROM {schema}.otp_outbox_claim($1::pg_catalog.int4,
                                                   pg_catalog.make_interval(secs => $2::pg_catalog.float8))"
             ),
@@ -120,6 +120,7 @@ impl Outbox {
                 expires_at: row.get::<_, SystemTime>(5),
                 attempt: row.get(6),
                 language: row.get(7),
+                time_zone: row.get(8),
                 claimed_at,
             })
             .collect())

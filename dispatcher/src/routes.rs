@@ -38,6 +38,7 @@ pub struct Agent {
     pub display_name: String,
     /// The language of people whose record names none (a BCP 47 tag).
     pub language: String,
+    /// The time zone of people whose record names none.
     pub time_zone: jiff::tz::TimeZone,
     pub whatsapp: Option<WhatsAppRoute>,
     pub email: Option<EmailRoute>,

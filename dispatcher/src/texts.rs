@@ -20,9 +20,9 @@ pub const PLACEHOLDERS: &[(&str, &str)] = &[
     ("minutes", "whole minutes until it expires, at least 1"),
     (
         "expires_at",
-        "when it expires, hh:mm in the agent's time zone",
+        "when it expires, hh:mm in the person's time zone, else the agent's",
     ),
-    ("time_zone", "that time zone's abbreviation (CST, CET, UTC)"),
+    ("time_zone", "that time zone's abbreviation (CST, JST, UTC)"),
     ("agent_name", "the agent's display name (may be empty)"),
 ];
 

@@ -59,20 +59,22 @@ async fn setup() -> (tokio_postgres::Client, tokio_postgres::Client) {
     let db = connect("postgres").await;
     reset(&db).await;
     db.batch_execute(
-        "CREATE TABLE IF NOT EXISTS platform_people (id text PRIMARY KEY, phone text, email text, lang text);
+        "CREATE TABLE IF NOT EXISTS platform_people (id text PRIMARY KEY, phone text, email text, lang text,
+                                                      tz text);
          TRUNCATE platform_people;
+         -- (zones without summer time, so that the abbreviations are fixed)
          INSERT INTO platform_people VALUES
-             ('hr-es',    NULL,              'ana@hr.example', 'es-mx'),
-             ('hr-none',  NULL,              'bo@hr.example',  NULL),
-             ('hr-phone', '+52 55 1000 0003', NULL,            'es-MX'),
-             ('hr-both',  '+52 55 1000 0004', 'di@hr.example', NULL),
-             ('cl-es',    '+52 55 2000 0001', NULL,            'es'),
-             ('cl-mail',  NULL,              'eve@client.example', NULL);
+             ('hr-es',    NULL,              'ana@hr.example', 'es-mx', 'Asia/Tokyo'),
+             ('hr-none',  NULL,              'bo@hr.example',  NULL,    NULL),
+             ('hr-phone', '+52 55 1000 0003', NULL,            'es-MX', NULL),
+             ('hr-both',  '+52 55 1000 0004', 'di@hr.example', NULL,    NULL),
+             ('cl-es',    '+52 55 2000 0001', NULL,            'es',    NULL),
+             ('cl-mail',  NULL,              'eve@client.example', NULL, NULL);
          SELECT otp_configure(agent => 'payroll', source => 'platform_people', id_column => 'id',
-                              phone_column => 'phone', email_column => 'email', language_column => 'lang',
+                              phone_column => 'phone', email_column => 'email', language_column => 'lang', time_zone_column => 'tz',
                               preferred_channel => 'email', max_codes => 100000, resend_cooldown => '0');
          SELECT otp_configure(agent => 'clients', source => 'platform_people', id_column => 'id',
-                              phone_column => 'phone', email_column => 'email', language_column => 'lang',
+                              phone_column => 'phone', email_column => 'email', language_column => 'lang', time_zone_column => 'tz',
                               preferred_channel => 'whatsapp', max_codes => 100000, resend_cooldown => '0');",
     )
     .await
@@ -183,6 +185,17 @@ fn from_of(message: &mail_parser::Message<'_>) -> (Option<String>, String) {
     )
 }
 
+/// hh:mm of the conversation's code expiry in `zone`, as PostgreSQL says.
+async fn local_expiry(db: &tokio_postgres::Client, conversation: &str, zone: &str) -> String {
+    db.query_one(
+        "SELECT to_char(expires_at AT TIME ZONE $2, 'HH24:MI') FROM otp.challenge WHERE conversation = $1",
+        &[&conversation, &zone],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_agent_sends_through_its_own_senders_in_each_persons_language() {
     let (db, app) = setup().await;
@@ -247,8 +260,9 @@ async fn each_agent_sends_through_its_own_senders_in_each_persons_language() {
         "{text}"
     );
     assert!(text.contains("y solo sirve una vez"), "{text}");
-    // the time zone of the agent (Mexico City has no summer time since 2022)
-    assert!(text.contains(" CST)"), "{text}");
+    // the expiry in the person's time zone
+    let tokyo = local_expiry(&db, "a-hr-es", "Asia/Tokyo").await;
+    assert!(text.contains(&format!("(a las {tokyo} JST)")), "{text}");
     let html = spanish.body_html(0).unwrap();
     assert!(
         html.contains("Caduca en") && html.contains("Nómina ACME"),
@@ -265,6 +279,10 @@ async fn each_agent_sends_through_its_own_senders_in_each_persons_language() {
     );
     let text = english.body_text(0).unwrap();
     assert!(text.contains("works only once"), "{text}");
+    // no time zone on the record: the agent's (Mexico City has had no summer
+    // time since 2022)
+    let mexico = local_expiry(&db, "a-hr-none", "America/Mexico_City").await;
+    assert!(text.contains(&format!("(at {mexico} CST)")), "{text}");
     assert!(english.body_html(0).unwrap().contains("It expires in"));
 
     let cl_emails = emails(&cl_mail);

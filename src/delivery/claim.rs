@@ -14,8 +14,9 @@ use crate::prepared;
 pub const MAX_BATCH: i32 = 1000;
 
 /// The claim's statement (see `claim`), returning the person's language
-/// (`language`: the column, or NULL before ALTER EXTENSION pg_otp UPDATE).
-fn claim_sql(language: &str) -> String {
+/// and time zone (`locale`: the columns, or NULLs before ALTER EXTENSION
+/// pg_otp UPDATE).
+fn claim_sql(locale: &str) -> String {
     state::sql(
         "WITH due AS (
              SELECT o.id
@@ -30,12 +31,12 @@ fn claim_sql(language: &str) -> String {
             SET state = {sending}, attempt = o.attempt + 1, available_at = $1 + $3
            FROM due WHERE o.id = due.id
       RETURNING o.id, o.challenge_id, o.agent, o.conversation, o.channel, o.destination,
-                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id, {language}",
+                o.code_nonce, o.code_sealed, o.expires_at, o.attempt, o.key_id, {locale}",
     )
-    .replace("{language}", language)
+    .replace("{locale}", locale)
 }
-static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql("o.language"));
-static CLAIM_BEFORE_0_4: LazyLock<String> = LazyLock::new(|| claim_sql("NULL::text"));
+static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql("o.language, o.time_zone"));
+static CLAIM_BEFORE_0_4: LazyLock<String> = LazyLock::new(|| claim_sql("NULL::text, NULL::text"));
 
 /// A claimed message, as otp_outbox_claim returns it.
 pub struct Claimed {
@@ -47,8 +48,10 @@ pub struct Claimed {
     pub code: Code,
     pub expires_at: TimestampWithTimeZone,
     pub attempt: i32,
-    /// The person's language (a BCP 47 tag), when the agent knows it.
+    /// The person's language (a BCP 47 tag) and time zone (an IANA name),
+    /// when the agent knows them.
     pub language: Option<String>,
+    pub time_zone: Option<String>,
 }
 
 /// Claims up to `batch_size` due messages that can still be delivered (their
@@ -82,7 +85,7 @@ pub fn claim(
     // The scan follows the outbox_due index in its order and stops at
     // `batch_size`; each message's challenge is looked up by its key; SKIP
     // LOCKED: dispatchers never wait on, or deadlock with, each other.
-    let statement = if crate::schema::installed().languages {
+    let statement = if crate::schema::installed().locales {
         &CLAIM
     } else {
         &CLAIM_BEFORE_0_4
@@ -118,6 +121,7 @@ pub fn claim(
             expires_at: row.get(9)?.expect("NOT NULL column"),
             attempt: row.get(10)?.unwrap_or_default(),
             language: row.get(12)?,
+            time_zone: row.get(13)?,
         });
     }
     for (message_id, challenge_id) in unopenable {

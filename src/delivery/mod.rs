@@ -52,8 +52,10 @@ pub struct Outgoing<'a> {
     pub destination: &'a Destination,
     pub fallback: Option<&'a Destination>,
     pub code: &'a str,
-    /// The person's language (a normalized BCP 47 tag), for the dispatcher.
+    /// The person's language (a normalized BCP 47 tag) and time zone (an
+    /// IANA name), for the dispatcher.
     pub language: Option<&'a str>,
+    pub time_zone: Option<&'a str>,
     pub created_at: TimestampWithTimeZone,
     pub expires_at: TimestampWithTimeZone,
 }
@@ -82,10 +84,10 @@ macro_rules! enqueue_sql {
 /// (The challenge's delivery mirror starts as `queued`, its column default.)
 pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) -> Result<()> {
     let sealed = keys.seal_code(message.challenge_id, message.code)?;
-    // Until ALTER EXTENSION pg_otp UPDATE there is no language column.
-    let with_language = crate::schema::installed().languages;
-    let insert = if with_language {
-        enqueue_sql!(", language", ", $14")
+    // Until ALTER EXTENSION pg_otp UPDATE there are no locale columns.
+    let with_locale = crate::schema::installed().locales;
+    let insert = if with_locale {
+        enqueue_sql!(", language, time_zone", ", $14, $15")
     } else {
         enqueue_sql!("", "")
     };
@@ -104,8 +106,9 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
         keys.id.to_vec().into(),
         NOTIFY_CHANNEL.into(),
     ];
-    if with_language {
+    if with_locale {
         args.push(message.language.into());
+        args.push(message.time_zone.into());
     }
     prepared::update(client, insert, None, &args)?;
     Ok(())

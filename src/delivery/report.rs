@@ -386,7 +386,8 @@ fn queue_fallback(
     message_id: i64,
     now: TimestampWithTimeZone,
 ) -> Result<Option<(Channel, String)>> {
-    // The person's language goes along (once the schema has it, see `schema`).
+    // The person's language and time zone go along (once the schema has
+    // them, see `schema`).
     macro_rules! fallback_sql {
         ($column:literal, $value:literal) => {
             concat!(
@@ -402,8 +403,8 @@ fn queue_fallback(
             )
         };
     }
-    let insert = if crate::schema::installed().languages {
-        fallback_sql!(", language", ", o.language")
+    let insert = if crate::schema::installed().locales {
+        fallback_sql!(", language, time_zone", ", o.language, o.time_zone")
     } else {
         fallback_sql!("", "")
     };

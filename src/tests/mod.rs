@@ -1571,33 +1571,39 @@ mod tests {
         assert_eq!(verify("t-fallback", &code).status, "verified");
     }
 
-    /// Claims every due message; the language each conversation's got.
-    fn claimed_languages() -> std::collections::HashMap<String, Option<String>> {
+    /// Claims every due message; the language and time zone each
+    /// conversation's got.
+    fn claimed_locales() -> std::collections::HashMap<String, (Option<String>, Option<String>)> {
         Spi::connect(|c| {
             c.select(
-                "SELECT conversation, language FROM otp_outbox_claim(1000)",
+                "SELECT conversation, language, time_zone FROM otp_outbox_claim(1000)",
                 None,
                 &[],
             )
             .unwrap()
-            .map(|row| (row.get(1).unwrap().unwrap(), row.get(2).unwrap()))
+            .map(|row| {
+                (
+                    row.get(1).unwrap().unwrap(),
+                    (row.get(2).unwrap(), row.get(3).unwrap()),
+                )
+            })
             .collect()
         })
     }
 
     #[pg_test]
-    fn messages_carry_the_persons_language_when_it_is_a_tag() {
+    fn messages_carry_the_persons_language_and_time_zone_when_valid() {
         fixture();
-        run("CREATE TABLE public.people_lang (id text PRIMARY KEY, whatsapp text, email text, lang text);
+        run("CREATE TABLE public.people_lang (id text PRIMARY KEY, whatsapp text, email text, lang text, tz text);
              INSERT INTO public.people_lang VALUES
-                 ('1', '+52 55 1234 5601', 'uno@example.com', 'es-mx'),
-                 ('2', '+52 55 1234 5602', NULL, NULL),
-                 ('3', '+52 55 1234 5603', NULL, 'español'),
-                 ('4', '+52 55 1234 5604', NULL, 'x-private'),
-                 ('5', '+52 55 1234 5605', NULL, ' en ');
+                 ('1', '+52 55 1234 5601', 'uno@example.com', 'es-mx', 'America/Mexico_City'),
+                 ('2', '+52 55 1234 5602', NULL, NULL, NULL),
+                 ('3', '+52 55 1234 5603', NULL, 'español', 'Mars/Olympus_Mons'),
+                 ('4', '+52 55 1234 5604', NULL, 'x-private', '../../../etc/passwd'),
+                 ('5', '+52 55 1234 5605', NULL, ' en ', ' Europe/Madrid ');
              SELECT otp_configure(agent => 'lang', source => 'public.people_lang', id_column => 'id',
                                   phone_column => 'whatsapp', email_column => 'email',
-                                  language_column => 'lang');");
+                                  language_column => 'lang', time_zone_column => 'tz');");
         for id in ["1", "2", "3", "4", "5"] {
             assert_eq!(
                 issue_for("lang", &format!("t-lang-{id}"), id).status,
@@ -1605,22 +1611,33 @@ mod tests {
             );
         }
         issue("t-lang-none", "4721");
-        let claimed = claimed_languages();
-        let language = |conversation: &str| claimed[conversation].clone();
-        assert_eq!(language("t-lang-1").as_deref(), Some("es-MX"));
-        assert_eq!(language("t-lang-2"), None);
-        assert_eq!(language("t-lang-3"), None);
-        assert_eq!(language("t-lang-4"), None);
-        assert_eq!(language("t-lang-5").as_deref(), Some("en"));
-        // an agent without a language column passes none
-        assert_eq!(language("t-lang-none"), None);
+        let claimed = claimed_locales();
+        let locale = |conversation: &str| {
+            let (language, time_zone) = &claimed[conversation];
+            (language.clone(), time_zone.clone())
+        };
+        let both = |l: &str, t: &str| (Some(l.to_owned()), Some(t.to_owned()));
+        assert_eq!(locale("t-lang-1"), both("es-MX", "America/Mexico_City"));
+        assert_eq!(locale("t-lang-2"), (None, None));
+        assert_eq!(locale("t-lang-3"), (None, None));
+        assert_eq!(locale("t-lang-4"), (None, None));
+        assert_eq!(locale("t-lang-5"), both("en", "Europe/Madrid"));
+        // an agent without these columns passes none
+        assert_eq!(locale("t-lang-none"), (None, None));
         // the fallback message keeps it
         let id: i64 = one("SELECT id FROM otp.outbox WHERE conversation = 't-lang-1'").unwrap();
         report_failed(id, "131026: not a WhatsApp user", false);
-        assert_eq!(claimed_languages()["t-lang-1"].as_deref(), Some("es-MX"));
+        assert_eq!(
+            claimed_locales()["t-lang-1"],
+            both("es-MX", "America/Mexico_City")
+        );
         // the table refuses what is not a tag, whoever writes it
         assert_eq!(
             sqlstate("UPDATE otp.outbox SET language = 'es MX' WHERE conversation = 't-lang-2'"),
+            "23514"
+        );
+        assert_eq!(
+            sqlstate("UPDATE otp.outbox SET time_zone = '../x' WHERE conversation = 't-lang-2'"),
             "23514"
         );
         // a language column that does not exist
@@ -1631,9 +1648,10 @@ mod tests {
             ),
             "42703"
         );
-        let stored: Option<String> =
-            one("SELECT language_column FROM otp.agent WHERE name = 'lang'");
-        assert_eq!(stored.as_deref(), Some("lang"));
+        let stored: Option<String> = one(
+            "SELECT language_column || ',' || time_zone_column FROM otp.agent WHERE name = 'lang'",
+        );
+        assert_eq!(stored.as_deref(), Some("lang,tz"));
     }
 
     #[pg_test]

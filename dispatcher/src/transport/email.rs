@@ -49,9 +49,16 @@ impl Email {
         let to: Mailbox = message.destination.parse().map_err(|_| {
             DeliveryError::permanent("invalid_address", "the destination is not an email address")
         })?;
+        // The person's time zone when their record names one this build's
+        // time zone database knows, else the agent's.
+        let zone = message
+            .time_zone
+            .as_deref()
+            .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+            .unwrap_or_else(|| with.agent.time_zone.clone());
         let local = jiff::Timestamp::try_from(message.expires_at)
             .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-            .to_zoned_datetime(with.agent.time_zone.clone());
+            .to_zoned_datetime(zone);
         let expires_at = local.strftime("%H:%M").to_string();
         let time_zone = local.strftime("%Z").to_string();
         let rendered = with
