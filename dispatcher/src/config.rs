@@ -202,12 +202,23 @@ pub struct WhatsAppConfig {
 }
 
 impl WhatsAppConfig {
+    /// Checks what a token will be sent to: https, or http to a loopback
+    /// address (a local proxy, a test); never a value in an error, since a
+    /// secret pasted into the wrong key must not reach the log.
     pub fn new(api_url: &str, phone_number_id: String, token: Secret) -> Result<Self> {
-        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-            bail!("api_url {api_url:?} is not an http(s) URL");
+        let url =
+            reqwest::Url::parse(api_url).map_err(|_| anyhow::anyhow!("api_url is not a URL"))?;
+        let loopback = match url.host() {
+            Some(url::Host::Domain(name)) => name == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
+            bail!("api_url must be https:// (http:// only to a loopback address)");
         }
         if phone_number_id.is_empty() || !phone_number_id.chars().all(|c| c.is_ascii_digit()) {
-            bail!("phone_number_id {phone_number_id:?} is not a phone number id (digits)");
+            bail!("phone_number_id is not a phone number id (digits only)");
         }
         Ok(Self {
             api_url: api_url.trim_end_matches('/').to_owned(),
@@ -226,9 +237,9 @@ pub struct EmailConfig {
 
 impl EmailConfig {
     pub fn new(smtp_url: Secret, from: &str) -> Result<Self> {
-        let from = from
-            .parse()
-            .map_err(|_| anyhow::anyhow!("from {from:?} is not an address"))?;
+        let from = from.parse().map_err(|_| {
+            anyhow::anyhow!("from is not an email address (as \"ACME <otp@acme.example>\")")
+        })?;
         // Checked now, not at the first message (the URL is never printed).
         lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(smtp_url.expose())
             .map_err(|_| anyhow::anyhow!("url is not a valid smtp:// or smtps:// URL"))?;

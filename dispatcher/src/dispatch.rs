@@ -15,16 +15,18 @@
 //!   messages.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
+use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::message::{Delivered, Message, Outcome};
+use crate::message::{Delivered, DeliveryError, Message, Outcome};
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::transport::Transports;
@@ -212,7 +214,19 @@ async fn deliver(
         info!(message_id = message.id, %channel, to = %message.masked_destination(), "code expires within the margin; not sent");
         Delivered::Expired
     } else {
-        match transports.deliver(&message).await {
+        // A panic in a transport (a bug, or a library's) must still end in
+        // a report: unreported, the message would be claimed and panic
+        // again until its code expired, and never fall back.
+        let sent = AssertUnwindSafe(transports.deliver(&message))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(DeliveryError::permanent(
+                    "panic",
+                    "the dispatcher failed while sending (see its log)",
+                ))
+            });
+        match sent {
             Ok(provider_ref) => {
                 metrics::sent(&channel, message.claimed_at.elapsed());
                 info!(message_id = message.id, %channel, to = %message.masked_destination(), attempt = message.attempt, "delivered");

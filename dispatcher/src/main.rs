@@ -17,10 +17,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The runtime and the signal handlers come first: SIGHUP's default
+    // action ends the process, and a reload may be asked for (systemctl
+    // reload) as soon as the process exists.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("otp-dispatcher: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signals = {
+        let _entered = runtime.enter();
+        Signals::install()
+    };
     let config = match config::Args::try_parse()
         .map_err(|e| e.exit())
         .and_then(config::Config::from_args)
@@ -34,17 +52,12 @@ fn main() -> ExitCode {
     init_logging(config.json_logs);
     // One TLS provider for reqwest and lettre: ring (no C toolchain needed).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let Signals {
+        hangup,
+        terminate,
+        interrupt,
+    } = signals;
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            error!(error = %err, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
     let result = runtime.block_on(async {
         if let Some(listen) = config.metrics_listen {
             metrics::serve(listen)?;
@@ -61,6 +74,7 @@ fn main() -> ExitCode {
             transport::Transports::new(config.routes.clone(), config.console, config.send_timeout)?;
         let (transports_tx, transports_rx) = tokio::sync::watch::channel(Arc::new(transports));
         tokio::spawn(reload_on_sighup(
+            hangup,
             config.config_file.clone(),
             config.console,
             config.send_timeout,
@@ -69,7 +83,9 @@ fn main() -> ExitCode {
         // One signal stops both the claim loop and the webhook server.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            shutdown_signal().await;
+            shutdown_signal(terminate, interrupt).await;
+            // systemd: stopping (sends in flight are finished first)
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             let _ = stop_tx.send(true);
         });
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -84,6 +100,8 @@ fn main() -> ExitCode {
             )
             .await?;
         }
+        // systemd (Type=notify): started; from now on a reload is handled.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         dispatch::run(config, transports_rx, stopped(stop_rx)).await
     });
     match result {
@@ -113,26 +131,30 @@ fn init_logging(json: bool) {
 /// load is refused with one log line and the running configuration stays;
 /// deliveries under way finish with the transports they started with.
 async fn reload_on_sighup(
+    mut hangup: Signal,
     file: Option<PathBuf>,
     console: bool,
     timeout: Duration,
     transports: tokio::sync::watch::Sender<Arc<transport::Transports>>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    // Installed in every case: SIGHUP's default action ends the process.
-    let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
     while hangup.recv().await.is_some() {
         let Some(path) = &file else {
             info!("SIGHUP received, but there is no --config file to reload");
             continue;
         };
-        let loaded = routes::Routes::load(path).and_then(|routes| {
-            if !routes.has_senders() && !console {
-                anyhow::bail!("no sender is configured");
-            }
-            info!(routes = ?routes, "configuration loaded");
-            transport::Transports::new(routes, console, timeout)
-        });
+        // Files are read on a blocking thread: a slow disk holds no sends.
+        let path_owned = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            routes::Routes::load(&path_owned).and_then(|routes| {
+                if !routes.has_senders() && !console {
+                    anyhow::bail!("no sender is configured");
+                }
+                info!(routes = ?routes, "configuration loaded");
+                transport::Transports::new(routes, console, timeout)
+            })
+        })
+        .await
+        .unwrap_or_else(|err| Err(anyhow::anyhow!("loading the configuration failed: {err}")));
         match loaded {
             Ok(new) => {
                 transports.send_replace(Arc::new(new));
@@ -146,12 +168,28 @@ async fn reload_on_sighup(
     }
 }
 
+/// The signals the dispatcher handles, installed before anything else.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
+        let install = |kind: SignalKind| signal(kind).expect("installing a signal handler");
+        Self {
+            hangup: install(SignalKind::hangup()),
+            terminate: install(SignalKind::terminate()),
+            interrupt: install(SignalKind::interrupt()),
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+async fn shutdown_signal(mut terminate: Signal, mut interrupt: Signal) {
     tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = terminate.recv() => info!("SIGTERM received"),
+        _ = interrupt.recv() => info!("SIGINT received"),
     }
 }

@@ -34,14 +34,47 @@ impl Message {
         }
     }
 
-    /// Removes the code from text that may echo it (provider error bodies).
+    /// Removes the address and the code from text that may echo them
+    /// (provider error texts, which are logged and stored): the address
+    /// becomes its masked form (also a phone number's digits alone, and an
+    /// email address in any case), the code `[code]`. The address goes
+    /// first: a code can be part of a phone number's digits.
     pub fn scrub(&self, text: &str) -> String {
-        if self.code.is_empty() {
-            text.to_owned()
-        } else {
-            text.replace(&self.code, "[code]")
+        let masked = self.masked_destination();
+        let mut forms = vec![self.destination.trim().to_owned()];
+        if Channel::parse(&self.channel) == Some(Channel::WhatsApp) {
+            forms.push(
+                self.destination
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect(),
+            );
         }
+        let mut text = text.to_owned();
+        for form in forms.iter().filter(|form| form.len() >= 4) {
+            text = replace_ignoring_ascii_case(&text, form, &masked);
+        }
+        if !self.code.is_empty() {
+            text = text.replace(&self.code, "[code]");
+        }
+        text
     }
+}
+
+/// `text` with every occurrence of `pattern`, compared without regard to
+/// ASCII case, replaced by `with`. (ASCII lower-casing keeps byte offsets.)
+fn replace_ignoring_ascii_case(text: &str, pattern: &str, with: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in lower.match_indices(&pattern) {
+        out.push_str(&text[rest..at]);
+        out.push_str(with);
+        rest = at + pattern.len();
+    }
+    out.push_str(&text[rest..]);
+    out
 }
 
 impl fmt::Debug for Message {
@@ -137,6 +170,22 @@ mod tests {
         assert!(
             printed.contains("j***@example.com") && !printed.contains("jane.doe"),
             "{printed}"
+        );
+    }
+
+    #[test]
+    fn scrub_removes_echoed_addresses() {
+        // A provider error quoting the address reached the log and the
+        // outbox (attack on issue 12, F7).
+        let m = message("email", "victim.person@example.com");
+        assert_eq!(
+            m.scrub("550 5.1.1 <victim.person@example.com>: Recipient address rejected"),
+            "550 5.1.1 <v***@example.com>: Recipient address rejected"
+        );
+        let m = message("whatsapp", "+34 600 123 478");
+        assert_eq!(
+            m.scrub("(#131026) 34600123478 is not a WhatsApp user; +34 600 123 478"),
+            "(#131026) ***78 is not a WhatsApp user; ***78"
         );
     }
 

@@ -104,13 +104,29 @@ impl Routes {
             anyhow::anyhow!(
                 "configuration {}{at}: {}",
                 path.display(),
-                err.message().trim().replace('\n', " ")
+                without_values(err.message())
             )
         })?;
         let base = Base::of(path);
         file.build(&base)
             .with_context(|| format!("configuration {}", path.display()))
     }
+}
+
+/// A TOML error message on one line, without the values it quotes
+/// ("invalid type: integer `1234`"): a misplaced secret must not reach the
+/// log. Key names ("unknown field `colour`") stay.
+fn without_values(message: &str) -> String {
+    let message = message.trim().replace('\n', " ");
+    if !message.starts_with("invalid") {
+        return message;
+    }
+    message
+        .split('`')
+        .step_by(2)
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("")
 }
 
 /// Where relative paths of secret files point: systemd's credentials
@@ -129,15 +145,15 @@ impl Base {
         }
     }
 
-    fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.credentials
-                .as_deref()
-                .unwrap_or(&self.config_dir)
-                .join(path)
+    /// `file` relative to `dir` (unless absolute); never through `..`.
+    fn resolve(dir: &Path, file: &Path, what: &str) -> Result<PathBuf> {
+        if file
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            bail!("{what}_file must not contain ..");
         }
+        Ok(dir.join(file))
     }
 
     /// A secret given inline or as a file (trailing line breaks dropped).
@@ -145,9 +161,9 @@ impl Base {
         match (inline, file) {
             (Some(value), None) if !value.is_empty() => Ok(value.into()),
             (None, Some(file)) => {
-                let path = self.resolve(&file);
-                let content = std::fs::read_to_string(&path)
-                    .with_context(|| format!("{what}_file {}", path.display()))?;
+                let dir = self.credentials.as_deref().unwrap_or(&self.config_dir);
+                let path = Self::resolve(dir, &file, what)?;
+                let content = read_small_file(&path, what)?;
                 let content = content.trim_end_matches(['\n', '\r']);
                 if content.is_empty() {
                     bail!("{what}_file {} is empty", path.display());
@@ -163,18 +179,34 @@ impl Base {
         match (inline, file) {
             (Some(value), None) => Ok(value),
             (None, Some(file)) => {
-                let path = if file.is_absolute() {
-                    file
-                } else {
-                    self.config_dir.join(file)
-                };
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("{what}_file {}", path.display()))
+                read_small_file(&Self::resolve(&self.config_dir, &file, what)?, what)
             }
             (Some(_), Some(_)) => bail!("give {what} or {what}_file, not both"),
             (None, None) => bail!("{what} (or {what}_file) is required"),
         }
     }
+}
+
+/// The largest secret or template file read (a token is some hundred bytes).
+const MAX_FILE: u64 = 64 * 1024;
+
+/// Reads a regular file of at most MAX_FILE bytes: a FIFO or a device would
+/// block the reload or never end, a huge file would fill memory.
+fn read_small_file(path: &Path, what: &str) -> Result<String> {
+    use std::io::Read;
+    let name = || format!("{what}_file {}", path.display());
+    let metadata = std::fs::metadata(path).with_context(name)?;
+    if !metadata.is_file() {
+        bail!("{} is not a regular file", name());
+    }
+    if metadata.len() > MAX_FILE {
+        bail!("{} is larger than 64 KiB", name());
+    }
+    let mut content = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE + 1).read_to_string(&mut content))
+        .with_context(name)?;
+    Ok(content)
 }
 
 // The file, as written. Unknown keys are errors: a misspelt key must not
@@ -406,8 +438,20 @@ impl AgentFile {
             None if self.texts.is_some() => bail!("texts need an email sender (email = \"NAME\")"),
             None => None,
         };
+        let display_name = self.display_name.unwrap_or_default();
+        // It becomes a mail header's display name: no line breaks, no
+        // control characters.
+        if display_name.chars().any(char::is_control) {
+            bail!("display_name must not contain control characters");
+        }
+        if display_name.chars().count() > texts::MAX_AGENT_NAME {
+            bail!(
+                "display_name is longer than {} characters",
+                texts::MAX_AGENT_NAME
+            );
+        }
         Ok(Agent {
-            display_name: self.display_name.unwrap_or_default(),
+            display_name,
             language,
             time_zone,
             whatsapp,
@@ -570,7 +614,7 @@ mod tests {
             (format!("{SENDERS}\n[texts.x.en]\nsubject = \"s\"\ntext = \"{{{{ code }}}}\"\nhtml = \"{{{{ cod }}}}\"\n[default]\n"), "texts x, en, html: unknown placeholder {{ cod }}"),
             (format!("{SENDERS}\n[texts.x.en]\nsubject = \"s\"\ntext = \"no code\"\nhtml = \"{{{{ code }}}}\"\n[default]\n"), "does not contain {{ code }}"),
             ("[whatsapp.a]\nphone_number_id = \"1\"\ntoken_file = \"missing\"\n[default]\n".to_owned(), "[whatsapp.a]: token_file"),
-            ("[email.a]\nurl_file = \"smtp\"\nfrom = \"not an address\"\n[default]\n".to_owned(), "[email.a]: from \"not an address\" is not an address"),
+            ("[email.a]\nurl_file = \"smtp\"\nfrom = \"not an address\"\n[default]\n".to_owned(), "[email.a]: from is not an email address"),
             ("[email.a]\nurl = \"http://x\"\nfrom = \"a@b.example\"\n[default]\n".to_owned(), "[email.a]: url is not a valid smtp:// or smtps:// URL"),
             (SENDERS.to_owned(), "no agent"),
             ("[default\n".to_owned(), "line 1"),
@@ -599,6 +643,94 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let routes = toml::from_str::<File>(&text).unwrap().build(&base).unwrap();
         assert_eq!(routes.whatsapp["a"].token.expose(), "from-credentials");
+    }
+
+    #[test]
+    fn display_names_with_line_breaks_are_refused() {
+        // A CR or LF in a From name made lettre's header formatting fail,
+        // and the send panic on every attempt (attack on issue 12, F1).
+        for name in [
+            "Evil\\r\\nBcc: victim@evil.example",
+            "a\\nb",
+            "tab\\tname",
+            "nul\\u0000",
+        ] {
+            let err = error(
+                "display-name",
+                &format!("{SENDERS}\n[default]\nemail = \"acme\"\ndisplay_name = \"{name}\"\n"),
+            );
+            assert!(
+                err.contains("display_name must not contain control characters"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_go_only_to_https_or_loopback_and_files_stay_put() {
+        // A configuration could send a token to any host in clear text, or
+        // read any file as a token (attack on issue 12, F4).
+        let sender = |api_url: &str, token_file: &str| {
+            format!("[whatsapp.a]\nphone_number_id = \"1\"\ntoken_file = \"{token_file}\"\napi_url = \"{api_url}\"\n[default]\n")
+        };
+        assert!(load("https-ok", &sender("https://graph.example/v21.0", "token")).is_ok());
+        assert!(load("loopback-ok", &sender("http://127.0.0.1:9/v21.0", "token")).is_ok());
+        assert!(load("localhost-ok", &sender("http://localhost:9/v21.0", "token")).is_ok());
+        let err = error(
+            "http-refused",
+            &sender("http://graph.evil.example/v21.0", "token"),
+        );
+        assert!(
+            err.contains("api_url must be https:// (http:// only to a loopback address)"),
+            "{err}"
+        );
+        let err = error(
+            "dotdot-refused",
+            &sender("https://graph.example", "../token"),
+        );
+        assert!(err.contains("token_file must not contain .."), "{err}");
+    }
+
+    #[test]
+    fn secret_files_must_be_small_regular_files() {
+        // A FIFO or a device blocked the reload, a huge file filled memory
+        // (attack on issue 12, F3).
+        let (dir, path) = write(
+            "fifo",
+            "[whatsapp.a]\nphone_number_id = \"1\"\ntoken_file = \"big\"\n[default]\n",
+        );
+        std::fs::write(dir.0.join("big"), "a".repeat(100_000)).unwrap();
+        let err = format!("{:#}", Routes::load(&path).expect_err("too big"));
+        assert!(err.contains("is larger than 64 KiB"), "{err}");
+        std::fs::remove_file(dir.0.join("big")).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.0.join("big"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = format!("{:#}", Routes::load(&path).expect_err("a FIFO"));
+        assert!(err.contains("is not a regular file"), "{err}");
+        let err = error(
+            "dev",
+            "[whatsapp.a]\nphone_number_id = \"1\"\ntoken_file = \"/dev/zero\"\n[default]\n",
+        );
+        assert!(err.contains("is not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn refusals_never_print_a_senders_values() {
+        // Start-up and reload refusals printed values of sender sections,
+        // where secrets live (attack on issue 12, F5).
+        for (config, secret) in [
+            ("[whatsapp.a]\nphone_number_id = \"1\"\ntoken = 987654321987654321\n[default]\n", "987654321987654321"),
+            ("[whatsapp.a]\nphone_number_id = \"1\"\ntoken = 3.14159265\n[default]\n", "3.14159265"),
+            ("[whatsapp.a]\nphone_number_id = \"1\"\ntoken = \"t\"\napi_url = \"ftp://u:APIPASS@h\"\n[default]\n", "APIPASS"),
+            ("[whatsapp.a]\nphone_number_id = \"EAAGsecret\"\ntoken = \"t\"\n[default]\n", "EAAGsecret"),
+            ("[email.a]\nurl = \"smtp://127.0.0.1:25\"\nfrom = \"smtps://u:MAILPASS@h\"\n[default]\n", "MAILPASS"),
+        ] {
+            let err = error("values", config);
+            assert!(!err.contains(secret), "{secret} printed: {err}");
+        }
     }
 
     #[test]

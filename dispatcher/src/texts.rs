@@ -63,12 +63,23 @@ pub struct Texts {
 
 const PARTS: [&str; 3] = ["subject", "text", "html"];
 
+/// Steps one rendering may take: the built-in texts take about a hundred.
+/// A template that loops (over the code, say) may not hold the dispatcher.
+const FUEL: u64 = 10_000;
+
+/// The longest template source.
+const MAX_SOURCE: usize = 64 * 1024;
+
+/// The longest display name (a test rendering at load uses one this long).
+pub const MAX_AGENT_NAME: usize = 200;
+
 impl Texts {
     /// Compiles and checks the built-in set and `custom` (set -> language ->
     /// sources). Errors name the set, language and part.
     pub fn new(custom: &BTreeMap<String, BTreeMap<String, Sources>>) -> Result<Self> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
         env.set_auto_escape_callback(|name| {
             if name.ends_with("/html") {
                 AutoEscape::Html
@@ -109,6 +120,9 @@ impl Texts {
                         .zip([&sources.subject, &sources.text, &sources.html])
                 {
                     let name = format!("{set}/{language}/{part}");
+                    if source.len() > MAX_SOURCE {
+                        bail!("texts {set}, {language}, {part}: longer than 64 KiB");
+                    }
                     env.add_template_owned(name.clone(), source.clone())
                         .with_context(|| format!("texts {set}, {language}, {part}"))?;
                     check(&env, &name, part != "subject")
@@ -118,7 +132,34 @@ impl Texts {
             }
             languages.insert(set.to_owned(), tags);
         }
-        Ok(Self { env, languages })
+        let texts = Self { env, languages };
+        // Rendered once now, with the longest values a message can bring,
+        // so that what fails or takes too long fails here and not at send.
+        let longest_name = "W".repeat(MAX_AGENT_NAME);
+        let sample = Fill {
+            code: "000000",
+            minutes: 10,
+            expires_at: "00:00",
+            time_zone: "+0530",
+            agent_name: &longest_name,
+        };
+        for (set, languages) in &texts.languages {
+            for language in languages {
+                texts.render(set, language, &sample).map_err(|err| {
+                    let out_of_fuel = err
+                        .downcast_ref::<minijinja::Error>()
+                        .is_some_and(|e| e.kind() == minijinja::ErrorKind::OutOfFuel);
+                    if out_of_fuel {
+                        anyhow::anyhow!(
+                            "texts {set}, {language}: the template does too much work (more than {FUEL} steps)"
+                        )
+                    } else {
+                        err.context(format!("texts {set}, {language}"))
+                    }
+                })?;
+            }
+        }
+        Ok(texts)
     }
 
     /// The languages of a set, or None when there is no such set.
@@ -278,6 +319,21 @@ mod tests {
         assert!(!rendered.html.contains("<Jones>"));
         assert!(rendered.text.contains(name));
         assert!(rendered.subject.contains(name));
+    }
+
+    #[test]
+    fn a_template_that_runs_long_is_refused_at_load() {
+        // Nested loops passed the load check and then held the runtime's
+        // workers at render time (attack on issue 12, F2).
+        let loops = "{% for a in code %}{% for b in code %}{% for c in code %}{% for d in code %}\
+                     {% for e in code %}{% for f in code %}{% for g in code %}x\
+                     {% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}";
+        let started = std::time::Instant::now();
+        let err = Texts::new(&custom(&format!("{{{{ code }}}}{loops}"), "{{ code }}"))
+            .err()
+            .expect("refused");
+        assert!(format!("{err:#}").contains("too much work"), "{err:#}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -557,7 +557,69 @@ async fn sighup_reloads_templates_and_senders_without_losing_or_repeating_a_mess
     );
 }
 
-/// Runs the binary with `--config` and returns its exit code and standard error.
+/// systemd's readiness protocol: a datagram socket the dispatcher is told
+/// about in NOTIFY_SOCKET, and what it sends there.
+struct NotifySocket {
+    path: PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl NotifySocket {
+    fn new(dir: &Path) -> Self {
+        let path = dir.join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        NotifySocket { path, socket }
+    }
+
+    /// The next datagram, or None when none came within WAIT.
+    fn next(&self) -> Option<String> {
+        let mut buffer = [0u8; 4096];
+        let n = self.socket.recv(&mut buffer).ok()?;
+        Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn it_says_ready_only_once_a_reload_signal_is_safe() {
+    // A SIGHUP before the handler was installed ended the process, and
+    // systemd does not restart a process a signal ended cleanly; with
+    // Type=notify, systemd sends no reload before READY=1 (attack on
+    // issue 12, F6).
+    let (_db, _app) = setup().await;
+    let hr = graph(HR_PHONE_ID, HR_TOKEN).await;
+    let clients = graph(CLIENTS_PHONE_ID, CLIENTS_TOKEN).await;
+    let hr_mail = SmtpSink::start().await;
+    let cl_mail = SmtpSink::start().await;
+    let dir = scratch_dir("agents-notify");
+    let file = write_config(
+        &dir,
+        &format!("{}{AGENTS}", senders(&hr, &clients, &hr_mail, &cl_mail)),
+    );
+    let notify = NotifySocket::new(&dir);
+    let url = dispatcher_url().await;
+    let dispatcher = Dispatcher::start_with_env(
+        &["--database-url", &url, "--config", file.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", notify.path.as_os_str())],
+    )
+    .await;
+    let ready = tokio::task::spawn_blocking(move || (notify.next(), notify))
+        .await
+        .unwrap();
+    assert_eq!(ready.0.as_deref().map(str::trim), Some("READY=1"));
+    dispatcher.signal("HUP");
+    wait_for("the reload", WAIT, async || {
+        dispatcher
+            .logs()
+            .contains("configuration reloaded")
+            .then_some(())
+    })
+    .await;
+    let status = dispatcher.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
+
+/// Runs the binary with `--config` and returns its exit code and standard error./// Runs the binary with `--config` and returns its exit code and standard error.
 fn refused(dir: &Path, config: &str) -> (Option<i32>, String) {
     let file = write_config(dir, config);
     let output = Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"))

@@ -177,12 +177,18 @@ impl Dispatcher {
 
     /// Starts it with `args` only (which must say where the database is).
     pub async fn start_without_url(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Starts it with `args` only and these environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         // (the connection fixture must exist before the dispatcher connects)
         dispatcher_url().await;
         let dir = scratch_dir("dispatcher");
         let child = Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"))
             .args(["--poll-interval-ms", "200"])
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("OTP_DATABASE_URL")
             .env("OTP_LOG", "info")
             .stdin(Stdio::null())
