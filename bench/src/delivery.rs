@@ -19,17 +19,16 @@
 //! Everything runs on this machine: the fake provider and the SMTP server on
 //! 127.0.0.1, the dispatcher as a child process, PostgreSQL on a Unix socket.
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use tokio::sync::Notify;
 use tokio_postgres::{Client, NoTls};
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+mod fake;
+
+use fake::{fake_provider, Arrivals, Dispatcher};
 
 const DB: &str = "pg_otp_bench";
 
@@ -51,83 +50,6 @@ struct Args {
     /// Only the webhook measurements.
     #[arg(long)]
     webhooks_only: bool,
-}
-
-/// The fake provider: records when each message id arrived.
-#[derive(Clone, Default)]
-struct Arrivals {
-    seen: Arc<Mutex<HashMap<i64, Instant>>>,
-    changed: Arc<Notify>,
-}
-
-impl Respond for Arrivals {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let now = Instant::now();
-        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
-        if let Some(id) = body["biz_opaque_callback_data"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-        {
-            self.seen.lock().unwrap().entry(id).or_insert(now);
-            self.changed.notify_waiters();
-        }
-        // A wamid of its own per message, as Meta gives: webhooks name it.
-        let wamid = format!(
-            "wamid.bench{}",
-            body["biz_opaque_callback_data"].as_str().unwrap_or("")
-        );
-        ResponseTemplate::new(200)
-            .set_body_json(serde_json::json!({ "messages": [{ "id": wamid }] }))
-    }
-}
-
-impl Arrivals {
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    async fn wait_for(&self, n: usize, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        while self.count() < n {
-            let notified = self.changed.notified();
-            if self.count() >= n {
-                break;
-            }
-            if tokio::time::timeout_at(deadline.into(), notified)
-                .await
-                .is_err()
-            {
-                bail!(
-                    "only {} of {n} messages arrived within {limit:?}",
-                    self.count()
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A fake WhatsApp API on 127.0.0.1 that records arrivals.
-async fn fake_provider() -> (MockServer, Arrivals) {
-    let server = MockServer::start().await;
-    let arrivals = Arrivals::default();
-    Mock::given(method("POST"))
-        .respond_with(arrivals.clone())
-        .mount(&server)
-        .await;
-    (server, arrivals)
-}
-
-struct Dispatcher(Child);
-
-impl Drop for Dispatcher {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 fn start_dispatcher(binary: &str, url: &str, api: &str, smtp: Option<&str>) -> Result<Dispatcher> {
@@ -363,10 +285,7 @@ async fn throughput(args: &Args, url: &str, db: &Client, dispatchers: usize) -> 
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     drop(running);
-    let times: Vec<Instant> = arrivals.seen.lock().unwrap().values().copied().collect();
-    let first = *times.iter().min().unwrap();
-    let last = *times.iter().max().unwrap();
-    let rate = (total - 1) as f64 / last.duration_since(first).as_secs_f64();
+    let rate = Arrivals::rate(&[&arrivals]);
     println!(
         "| throughput, {dispatchers} dispatcher(s), {total} messages | {rate:.0} messages/s at the provider | \
          all reported sent {:.2} s after start | |",
