@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of pg_otp. On a fresh Debian 12 machine, as root, it first
 # installs what it needs (scripts/setup.sh). Steps:
-#   1. rustfmt and clippy
+#   1. the documentation's links, rustfmt and clippy
 #   2. #[pg_test] unit tests inside PostgreSQL (cargo pgrx test)
 #   3. pg_regress SQL tests against a throwaway cluster with pg_otp installed
 #   4. integration tests: many real connections against the same cluster,
@@ -28,6 +28,9 @@ trap 'rm -f "$RESULTS"' EXIT
 counted() { "$@" 2>&1 | tee -a "$RESULTS"; }
 
 bash scripts/setup.sh
+
+step "documentation (links, front door size)"
+bash scripts/check-docs.sh
 
 step "rustfmt and clippy"
 cargo fmt --all --check

@@ -1,5 +1,5 @@
 -- Nothing is callable by PUBLIC. Applications get EXECUTE on the functions
--- they need (see README "Roles and privileges"), never access to otp.*.
+-- they need (see docs/install.md, "Roles and privileges"), never access to otp.*.
 --
 -- A note on names: this script runs as the superuser installing pg_otp, with
 -- search_path set to the schema pg_otp goes into, which others may be able

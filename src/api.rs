@@ -669,7 +669,7 @@ fn otp_outbox_failed_fenced(
 // The reports of pg_otp 0.2.0 and before, without the attempt. Not part of
 // the current SQL interface (`sql = false`): their C entry points stay so
 // that a server restarted with this library still works with the 0.2.0
-// schema until ALTER EXTENSION pg_otp UPDATE (see README, Upgrading). They
+// schema until ALTER EXTENSION pg_otp UPDATE (see docs/operations.md, Upgrading). They
 // report for the message's current attempt, unfenced, as 0.2.0 did.
 
 #[pg_extern(sql = false)]

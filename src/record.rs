@@ -111,7 +111,7 @@ pub fn find(client: &SpiClient<'_>, agent: &Agent, identifier: &str) -> Result<O
         fields,
     } = Columns::of(&Lookup::of(agent))?;
     // `col::text = $1` uses a plain index on text/varchar columns; other
-    // types need an index on (col::text), as the README explains.
+    // types need an index on (col::text), as docs/sql.md explains.
     let query = format!("SELECT {fields} FROM {relation} WHERE {id} = $1 LIMIT 2");
     let mut found = records_as_owner(client, agent.source, &query, &[identifier.into()])?;
     if found.len() > 1 {

@@ -2,7 +2,7 @@
 //!
 //! A server restarted with a new pg_otp library runs it against every
 //! database's installed schema until `ALTER EXTENSION pg_otp UPDATE` runs
-//! there (README, Upgrading): pending codes, queued messages and sessions
+//! there (docs/operations.md, Upgrading): pending codes, queued messages and sessions
 //! must keep working meanwhile. So what a newer schema added is looked up
 //! here, from the system caches (no query), and the code that needs it
 //! falls back to the older behaviour until the update.

@@ -23,7 +23,7 @@ use tokio_postgres::Client;
 struct Args {
     /// Connection string of a role in otp_app that may read hr.employees
     /// (through its row-level security policy: see tests/pg_regress/sql/setup.sql);
-    /// sslmode and sslrootcert as in libpq (see README, TLS to PostgreSQL).
+    /// sslmode and sslrootcert as in libpq (see docs/dispatcher.md, TLS to PostgreSQL).
     #[arg(long)]
     database_url: String,
     /// The file otp-dispatcher --console writes deliveries to (the phone).

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             info!(%listen, "serving Prometheus metrics");
         }
         for host in &config.unverified_tls {
-            warn!(%host, "the connection to PostgreSQL does not verify the server's certificate (sslmode below verify-full): anyone between could read the codes; see README, TLS to PostgreSQL");
+            warn!(%host, "the connection to PostgreSQL does not verify the server's certificate (sslmode below verify-full): anyone between could read the codes; see docs/dispatcher.md, TLS to PostgreSQL");
         }
         if config.console {
             warn!("console transport on: codes are printed to standard output (development only)");

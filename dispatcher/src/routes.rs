@@ -3,8 +3,8 @@
 //! agent (the `agent` of otp_configure) which sender, template, language,
 //! time zone and display name its messages use.
 //!
-//! It comes from the configuration file (`--config`; docs in README,
-//! "Dispatcher configuration file"), or, without one, from the single-sender
+//! It comes from the configuration file (`--config`; docs/dispatcher.md,
+//! "Senders, texts and languages"), or, without one, from the single-sender
 //! flags, which make one `[default]` agent. Everything is checked when it is
 //! loaded, at start and on each SIGHUP: secrets files are read, templates
 //! compiled, names resolved. A message then only looks its agent up.

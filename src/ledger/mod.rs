@@ -19,7 +19,7 @@
 //! tables catch up with the next verification that commits. In steady
 //! state the ledger is nearly empty.
 //!
-//! Limits, stated in the README: the ledger is per server and in memory, so
+//! Limits, stated in docs/security.md: the ledger is per server and in memory, so
 //! a restart (or a failover) forgets guesses whose transactions rolled back,
 //! never committed ones; it holds `otp.ledger_size` entries, and when it is
 //! full of entries it cannot forget, verification fails closed (53400).

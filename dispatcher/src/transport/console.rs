@@ -1,5 +1,5 @@
 //! Prints deliveries, codes included, as JSON lines on standard output. For
-//! development and demos only: the README says so, and the dispatcher warns
+//! development and demos only: docs/dispatcher.md says so, and the dispatcher warns
 //! at start-up when it is on.
 
 use std::io::Write;
