@@ -10,7 +10,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 ROUNDS=${1:-3}
 CALLS=${2:-2000}
-PG_BIN=/usr/lib/postgresql/15/bin
+source scripts/postgres.sh
 PG_CONFIG=$PG_BIN/pg_config
 WORK=/tmp/pg_otp-ledger-bench
 CLUSTER=$WORK/cluster

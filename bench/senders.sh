@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-PG_BIN=/usr/lib/postgresql/15/bin
+source scripts/postgres.sh
 CLUSTER=/tmp/pg_otp-senders-bench
 PORT=54334
 OLD=/tmp/pg_otp-v0.2.0

@@ -8,7 +8,8 @@
 # DIR must be somewhere postgres can enter (use /tmp). The cluster preloads
 # pg_otp and gets a random otp.secret_key; its log is DIR/server.log.
 set -euo pipefail
-BIN=/usr/lib/postgresql/15/bin
+source "$(dirname "$0")/postgres.sh"
+BIN=$PG_BIN
 
 command=${1:?usage: pg-cluster.sh start DIR PORT | stop DIR}
 dir=${2:?usage: pg-cluster.sh start DIR PORT | stop DIR}

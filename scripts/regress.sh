@@ -3,7 +3,7 @@
 #   regress.sh HOST_DIR PORT
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PG_BIN=/usr/lib/postgresql/15/bin
+source scripts/postgres.sh
 "$(dirname "$("$PG_BIN/pg_config" --pgxs)")/../test/regress/pg_regress" \
     --bindir="$PG_BIN" --host="$1" --port="$2" --user=postgres \
     --dbname=pg_otp_regress --inputdir=tests/pg_regress --outputdir=tests/pg_regress \

@@ -3,12 +3,12 @@
 # PostgreSQL 15 with server headers, clang (for pgrx's bindgen), sudo (pgrx
 # runs the test cluster as postgres through it), aiosmtpd (a real SMTP server
 # for the dispatcher tests), systemd (systemd-analyze checks the dispatcher's
-# unit) and cargo-pgrx 0.18.0.
+# unit), lintian and binutils (the packages) and cargo-pgrx 0.18.0.
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+source "$(dirname "$0")/postgres.sh"
 PGRX_VERSION=0.18.0
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -17,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-for package in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-aiosmtpd systemd; do
+for package in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-aiosmtpd systemd lintian binutils; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -31,8 +31,8 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
-    echo "==> cargo pgrx init --pg15 $PG_CONFIG"
+if ! grep -qs "^pg$PG_VERSION = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
+    echo "==> cargo pgrx init --pg$PG_VERSION $PG_CONFIG"
     # As root pgrx prints "Skipping initdb": expected, tests make their own clusters.
-    cargo pgrx init --pg15 "$PG_CONFIG"
+    cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
 fi

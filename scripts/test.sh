@@ -3,7 +3,9 @@
 # installs what it needs (scripts/setup.sh). Steps:
 #   1. the documentation's links, rustfmt and clippy
 #   2. #[pg_test] unit tests inside PostgreSQL (cargo pgrx test)
-#   3. pg_regress SQL tests against a throwaway cluster with pg_otp installed
+#   3. the Debian packages built, checked with lintian, the extension's
+#      installed with dpkg; pg_regress SQL tests against a throwaway cluster
+#      with it
 #   4. integration tests: many real connections against the same cluster,
 #      attacks, a crash under load, key rotation, a million rows of history,
 #      the upgrade from the last release
@@ -14,8 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-PG_BIN=/usr/lib/postgresql/15/bin
-PG_CONFIG=$PG_BIN/pg_config
+source scripts/postgres.sh
 PGRX_DATA=/tmp/pg_otp-pgrx
 CLUSTER=/tmp/pg_otp-cluster
 PORT=54329
@@ -40,10 +41,12 @@ step "pgrx tests (#[pg_test] and unit tests)"
 rm -rf "$PGRX_DATA"   # pgrx creates it as postgres, who cannot enter /root
 counted cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA/data"
 
-step "install pg_otp into PostgreSQL 15"
-cargo pgrx install --release --pg-config "$PG_CONFIG"
-# Released versions' install scripts too, so that upgrades from them are tested.
-cp sql/released/pg_otp--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+step "packages: build, lintian, install the extension's with dpkg"
+# Everything after this runs against pg_otp as a DBA installs it: from the
+# package (with every release's scripts, so that upgrades are tested).
+bash scripts/package.sh target/debian
+lintian --fail-on error,warning target/debian/*.deb
+dpkg -i "target/debian/postgresql-$PG_VERSION-pg-otp_"*"_amd64.deb"
 
 step "throwaway cluster"
 trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"; rm -f "$RESULTS"' EXIT

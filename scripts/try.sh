@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-PG_BIN=/usr/lib/postgresql/15/bin
+source scripts/postgres.sh
 CLUSTER=/tmp/pg_otp-try
 PORT=54330
 DB=payroll_demo

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
-PG_BIN=/usr/lib/postgresql/15/bin
+source scripts/postgres.sh
 CLUSTER=/tmp/pg_otp-pgbench
 PORT=54332
 SECONDS_EACH=${1:-20}

@@ -10,7 +10,7 @@ use pg_otp_integration::env;
 const DB: &str = "pg_otp_demo";
 
 fn psql(database: &str, args: &[&str]) {
-    let status = Command::new("/usr/lib/postgresql/15/bin/psql")
+    let status = Command::new(pg_otp_integration::pg_bin().join("psql"))
         .args([
             "-h",
             &env("PG_OTP_TEST_HOST"),

@@ -223,7 +223,7 @@ pub fn pg_ctl(action: &[&str]) {
             "-u",
             "postgres",
             "--",
-            "/usr/lib/postgresql/15/bin/pg_ctl",
+            pg_bin().join("pg_ctl").to_str().unwrap(),
             "-D",
             &pgdata,
             "-l",
@@ -252,7 +252,8 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
-/// Where the PostgreSQL server binaries are (initdb, pg_ctl).
+/// Where the PostgreSQL server binaries are (initdb, pg_ctl): as
+/// scripts/postgres.sh says (PG_OTP_TEST_BINDIR), else Debian's 15.
 pub fn pg_bin() -> std::path::PathBuf {
     std::env::var_os("PG_OTP_TEST_BINDIR")
         .map(Into::into)
