@@ -3,7 +3,8 @@
 # PostgreSQL 15 with server headers, clang (for pgrx's bindgen), sudo (pgrx
 # runs the test cluster as postgres through it), aiosmtpd (a real SMTP server
 # for the dispatcher tests), systemd (systemd-analyze checks the dispatcher's
-# unit), lintian and binutils (the packages) and cargo-pgrx 0.18.0.
+# unit), lintian and binutils (the packages) and cargo-pgrx 0.18.0; with
+# PG_VERSIONS="15 17" (say), PostgreSQL 17 too (scripts/install-postgres.sh).
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -31,8 +32,19 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if ! grep -qs "^pg$PG_VERSION = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
-    echo "==> cargo pgrx init --pg$PG_VERSION $PG_CONFIG"
+# Each PostgreSQL version asked for (PG_VERSIONS, default PG_VERSION): 15
+# from Debian (above), others from their wheels; then pgrx knows them all.
+versions=${PG_VERSIONS:-$PG_VERSION}
+init=()
+stale=false
+for version in $versions; do
+    [ "$version" = 15 ] || bash "$(dirname "$0")/install-postgres.sh" "$version"
+    config=$(pg_bindir "$version")/pg_config
+    init+=("--pg$version" "$config")
+    grep -qs "^pg$version = \"$config\"" "$HOME/.pgrx/config.toml" || stale=true
+done
+if $stale; then
+    echo "==> cargo pgrx init ${init[*]}"
     # As root pgrx prints "Skipping initdb": expected, tests make their own clusters.
-    cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
+    cargo pgrx init "${init[@]}"
 fi

@@ -2080,8 +2080,17 @@ mod tests {
     #[pg_test]
     fn hiding_needs_an_exactly_compared_id_column() {
         fixture();
-        run("CREATE COLLATION public.otp_test_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
-             CREATE TABLE public.ci_people (id text COLLATE public.otp_test_ci PRIMARY KEY, phone text);");
+        // Nondeterministic collations need ICU. A server built without it
+        // (the PostgreSQL builds used for 16 to 18 here) refuses the
+        // collation (0A000): no such column can exist there.
+        let created = sqlstate(
+            "CREATE COLLATION public.otp_test_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+        );
+        if created == "0A000" {
+            return;
+        }
+        assert_eq!(created, "ok");
+        run("CREATE TABLE public.ci_people (id text COLLATE public.otp_test_ci PRIMARY KEY, phone text);");
         let configure = |reveal: bool| {
             sqlstate(&format!(
                 "SELECT otp_configure(agent => 'ci', source => 'public.ci_people', id_column => 'id',
