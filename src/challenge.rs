@@ -254,6 +254,8 @@ pub fn issue(
             Event::Issued.as_str().into(),
         ],
     )?;
+    // A decoy's message has no person, so no language or time zone.
+    let person = found.as_ref().filter(|_| !decoy);
     let message = delivery::Outgoing {
         challenge_id,
         agent: &agent.name,
@@ -261,15 +263,8 @@ pub fn issue(
         destination: &destination,
         fallback: fallback.as_ref(),
         code: &code,
-        // a decoy has no person, so no language
-        language: found
-            .as_ref()
-            .filter(|_| !decoy)
-            .and_then(|person| person.language.as_deref()),
-        time_zone: found
-            .as_ref()
-            .filter(|_| !decoy)
-            .and_then(|person| person.time_zone.as_deref()),
+        language: person.and_then(|person| person.language.as_deref()),
+        time_zone: person.and_then(|person| person.time_zone.as_deref()),
         created_at: now,
         expires_at,
     };

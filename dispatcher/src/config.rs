@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -309,8 +309,7 @@ fn secret(value: Option<String>, file: Option<PathBuf>, flag: &str) -> Result<Op
     match (value, file) {
         (Some(value), _) => Ok(Some(value)),
         (None, Some(path)) => {
-            let content = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading --{flag}-file {}", path.display()))?;
+            let content = read_small_file(&path, &format!("--{flag}-file"))?;
             let content = content.trim_end_matches(['\n', '\r']);
             if content.is_empty() {
                 bail!("--{flag}-file {} is empty", path.display());
@@ -363,6 +362,31 @@ fn flag_routes(args: &Args) -> Result<Routes> {
         _ => bail!("email needs both --smtp-url(-file) and --email-from"),
     };
     routes::Flags { whatsapp, email }.routes()
+}
+
+/// The largest secret or template file read (a token is some hundred bytes).
+const MAX_FILE: u64 = 64 * 1024;
+
+/// Reads a regular file of at most MAX_FILE bytes, for every secret and
+/// template file (flags and the configuration file alike): a FIFO or a
+/// device would block the start or a reload, or never end, and a huge file
+/// would fill memory. Errors name `label` (the flag or key) and the path,
+/// never the content.
+pub fn read_small_file(path: &Path, label: &str) -> Result<String> {
+    use std::io::Read;
+    let name = || format!("{label} {}", path.display());
+    let metadata = std::fs::metadata(path).with_context(name)?;
+    if !metadata.is_file() {
+        bail!("{} is not a regular file", name());
+    }
+    if metadata.len() > MAX_FILE {
+        bail!("{} is larger than 64 KiB", name());
+    }
+    let mut content = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE + 1).read_to_string(&mut content))
+        .with_context(name)?;
+    Ok(content)
 }
 
 impl Config {
@@ -575,6 +599,21 @@ mod tests {
         assert!(
             format!("{missing:#}").contains("/nonexistent/url"),
             "{missing:#}"
+        );
+        // a device or a FIFO would never end, or block the start
+        let device = Config::from_args(
+            Args::try_parse_from([
+                "otp-dispatcher",
+                "--database-url-file",
+                "/dev/zero",
+                "--console",
+            ])
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{device:#}").contains("--database-url-file /dev/zero is not a regular file"),
+            "{device:#}"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::config::{EmailConfig, Secret, WhatsAppConfig};
+use crate::config::{read_small_file, EmailConfig, Secret, WhatsAppConfig};
 use crate::texts::{self, Sources, Texts};
 
 pub const DEFAULT_API_URL: &str = "https://graph.facebook.com/v21.0";
@@ -163,7 +163,7 @@ impl Base {
             (None, Some(file)) => {
                 let dir = self.credentials.as_deref().unwrap_or(&self.config_dir);
                 let path = Self::resolve(dir, &file, what)?;
-                let content = read_small_file(&path, what)?;
+                let content = read_small_file(&path, &format!("{what}_file"))?;
                 let content = content.trim_end_matches(['\n', '\r']);
                 if content.is_empty() {
                     bail!("{what}_file {} is empty", path.display());
@@ -178,35 +178,14 @@ impl Base {
     fn text(&self, inline: Option<String>, file: Option<PathBuf>, what: &str) -> Result<String> {
         match (inline, file) {
             (Some(value), None) => Ok(value),
-            (None, Some(file)) => {
-                read_small_file(&Self::resolve(&self.config_dir, &file, what)?, what)
-            }
+            (None, Some(file)) => read_small_file(
+                &Self::resolve(&self.config_dir, &file, what)?,
+                &format!("{what}_file"),
+            ),
             (Some(_), Some(_)) => bail!("give {what} or {what}_file, not both"),
             (None, None) => bail!("{what} (or {what}_file) is required"),
         }
     }
-}
-
-/// The largest secret or template file read (a token is some hundred bytes).
-const MAX_FILE: u64 = 64 * 1024;
-
-/// Reads a regular file of at most MAX_FILE bytes: a FIFO or a device would
-/// block the reload or never end, a huge file would fill memory.
-fn read_small_file(path: &Path, what: &str) -> Result<String> {
-    use std::io::Read;
-    let name = || format!("{what}_file {}", path.display());
-    let metadata = std::fs::metadata(path).with_context(name)?;
-    if !metadata.is_file() {
-        bail!("{} is not a regular file", name());
-    }
-    if metadata.len() > MAX_FILE {
-        bail!("{} is larger than 64 KiB", name());
-    }
-    let mut content = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_FILE + 1).read_to_string(&mut content))
-        .with_context(name)?;
-    Ok(content)
 }
 
 // The file, as written. Unknown keys are errors: a misspelt key must not
