@@ -6,7 +6,7 @@
 #       PG_VERSIONS (default: PG_VERSION, see scripts/postgres.sh);
 #   otp-dispatcher_<version>_amd64.deb          the dispatcher, its systemd
 #       unit and an example configuration.
-#   bash scripts/package.sh [OUT_DIR]
+#   bash scripts/package.sh [--extension-only] [OUT_DIR]
 # Files get the time of the last commit and root ownership, so the same
 # commit gives the same package contents.
 set -euo pipefail
@@ -14,6 +14,11 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 source scripts/postgres.sh
 
+dispatcher=true
+if [ "${1:-}" = --extension-only ]; then
+    dispatcher=false
+    shift
+fi
 out=$(realpath -m "${1:-target/debian}")
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 maintainer="pg_otp maintainers <maintainers@users.noreply.r-seed-afd9afd7.example>"
@@ -95,10 +100,16 @@ for pg in ${PG_VERSIONS:-$PG_VERSION}; do
     root=$work/$package
     features=()
     [ "$pg" = 15 ] || features=(--no-default-features --features "pg$pg")
-    cargo pgrx package --pg-config "$(pg_bindir "$pg")/pg_config" --out-dir "$root" "${features[@]}" >/dev/null
-    extension=$(dirname "$(find "$root" -name pg_otp.control)")
+    stage=$work/stage-$pg
+    cargo pgrx package --pg-config "$(pg_bindir "$pg")/pg_config" --out-dir "$stage" "${features[@]}" >/dev/null
+    # Where Debian's postgresql-N puts extensions (pgrx used the paths of the
+    # pg_config it built against, which for 16-18 here is a wheel's tree).
+    so=$root/usr/lib/postgresql/$pg/lib/pg_otp.so
+    extension=$root/usr/share/postgresql/$pg/extension
+    install -D "$(find "$stage" -name pg_otp.so)" "$so"
+    mkdir -p "$extension"
+    cp "$(dirname "$(find "$stage" -name pg_otp.control)")"/pg_otp* "$extension/"
     cp sql/released/pg_otp--*.sql "$extension/"
-    so=$(find "$root" -name pg_otp.so)
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$so"
     package_docs "$root" "$package"
     build_deb "$root" "$package" \
@@ -112,6 +123,7 @@ for pg in ${PG_VERSIONS:-$PG_VERSION}; do
  'pg_otp' and otp.secret_key; the otp-dispatcher package delivers the codes."
 done
 
+$dispatcher || exit 0
 cargo build --release --locked -p otp-dispatcher >/dev/null
 root=$work/otp-dispatcher
 install -D target/release/otp-dispatcher "$root/usr/bin/otp-dispatcher"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 15 cluster for trying and testing pg_otp.
+# A throwaway PostgreSQL cluster (PG_VERSION, default 15) for trying and testing pg_otp.
 #
 #   pg-cluster.sh start DIR PORT   fresh cluster in DIR, socket in DIR, no TCP
 #   pg-cluster.sh stop DIR
@@ -41,7 +41,7 @@ log_line_prefix = '%m [%p] %q%u@%d '
 CONF
     # RUST_BACKTRACE would make pgrx attach backtraces to the DETAIL of ERRORs.
     env -u RUST_BACKTRACE runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
-    echo "PostgreSQL 15 running: host=$dir port=$port user=postgres (log: $dir/server.log)"
+    echo "PostgreSQL $PG_VERSION running: host=$dir port=$port user=postgres (log: $dir/server.log)"
     ;;
 stop)
     if [ -f "$dir/data/postmaster.pid" ]; then

@@ -43,6 +43,12 @@ for version in $versions; do
     init+=("--pg$version" "$config")
     grep -qs "^pg$version = \"$config\"" "$HOME/.pgrx/config.toml" || stale=true
 done
+# pgrx init forgets versions it is not given: keep those already known.
+while IFS=' =' read -r key config; do
+    config=${config//\"/}
+    case " $versions " in *" ${key#pg} "*) continue ;; esac
+    [ -x "$config" ] && init+=("--$key" "$config")
+done < <(grep -s '^pg[0-9]* = ' "$HOME/.pgrx/config.toml")
 if $stale; then
     echo "==> cargo pgrx init ${init[*]}"
     # As root pgrx prints "Skipping initdb": expected, tests make their own clusters.

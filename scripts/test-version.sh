@@ -1,16 +1,59 @@
 #!/usr/bin/env bash
-# Runs the #[pg_test] suite (129 tests inside PostgreSQL) on another
-# PostgreSQL major version, after installing it (scripts/install-postgres.sh)
-# and telling pgrx where it is. The whole suite, scripts/test.sh, runs on 15.
+# Tests pg_otp on one more PostgreSQL major version (scripts/test.sh runs the
+# whole suite on 15 and this for 16, 17 and 18):
+#   1. the #[pg_test] suite inside PostgreSQL (cargo pgrx test)
+#   2. the extension's Debian package for that version (scripts/package.sh),
+#      checked with lintian, installed into it (scripts/install-package.sh)
+#   3. pg_regress against a throwaway cluster of that version
+#   4. the upgrade tests: each release updated to this one
+# The extension builds go to target/pgN, so that two versions can build at
+# once. With RESULTS=FILE, each step appends "MAJOR STEP passed|failed
+# SECONDS DETAIL" to FILE (test.sh's summary table).
 #   bash scripts/test-version.sh 17
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 major=${1:?usage: test-version.sh MAJOR}
-PG_VERSIONS="15 $major" bash scripts/setup.sh
-data=/tmp/pg_otp-pgrx-$major
-rm -rf "$data" # pgrx creates it as postgres
+export PG_VERSION=$major
+source scripts/postgres.sh
+PG_VERSIONS=$major bash scripts/setup.sh
+results=${RESULTS:-/dev/null}
+cluster=/tmp/pg_otp-cluster-$major
+port=$((54350 + major))   # 54367 for 17
+work=target/pg$major
+log=$work/log
+mkdir -p "$log"
 features=()
 [ "$major" = 15 ] || features=(--no-default-features --features "pg$major")
-cargo pgrx test "pg$major" --runas postgres --pgdata "$data/data" "${features[@]}"
+
+# step NAME COMMAND...: runs it with its output in $log/NAME.log (and on
+# the terminal), records the outcome, stops the version at a failure.
+step() {
+    local name=$1 started=$SECONDS detail
+    shift
+    echo "==> PostgreSQL $major: $name"
+    if "$@" > >(tee "$log/$name.log") 2>&1; then
+        detail=$(awk '/^test result: ok\./ { n += $4 } match($0, /All [0-9]+ tests passed/) { split(substr($0, RSTART), w, " "); n += w[2] }
+                      END { if (n) print n }' "$log/$name.log")
+        echo "$major $name passed $((SECONDS - started)) ${detail:+$detail passed}" >>"$results"
+    else
+        echo "$major $name failed $((SECONDS - started)) see $log/$name.log" >>"$results"
+        echo "PostgreSQL $major: $name failed (log: $log/$name.log)" >&2
+        exit 1
+    fi
+}
+
+trap 'bash scripts/pg-cluster.sh stop "$cluster"' EXIT
+rm -rf "/tmp/pg_otp-pgrx-$major" # pgrx creates it as postgres
+step pg_test env CARGO_TARGET_DIR="$work" \
+    cargo pgrx test "pg$major" --runas postgres --pgdata "/tmp/pg_otp-pgrx-$major/data" "${features[@]}"
+step package env CARGO_TARGET_DIR="$work" PG_VERSIONS="$major" \
+    bash scripts/package.sh --extension-only "$work/debian"
+step lintian lintian --fail-on error,warning "$work/debian/postgresql-$major-pg-otp_"*_amd64.deb
+step install bash scripts/install-package.sh "$major" "$work/debian"
+bash scripts/pg-cluster.sh start "$cluster" "$port"
+step pg_regress bash scripts/regress.sh "$cluster" "$port" "$work/regress"
+step upgrade env CARGO_TARGET_DIR="$work" PG_OTP_TEST_HOST="$cluster" PG_OTP_TEST_PORT="$port" \
+    PG_OTP_TEST_LOG="$cluster/server.log" PG_OTP_TEST_PGDATA="$cluster/data" \
+    cargo test -q -p pg_otp_integration --test upgrade -- --test-threads=1

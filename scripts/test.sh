@@ -1,58 +1,113 @@
 #!/usr/bin/env bash
 # Runs every test of pg_otp. On a fresh Debian 12 machine, as root, it first
-# installs what it needs (scripts/setup.sh). Steps:
-#   1. the documentation's links, rustfmt and clippy
-#   2. #[pg_test] unit tests inside PostgreSQL (cargo pgrx test)
-#   3. the Debian packages built, checked with lintian, the extension's
+# installs what it needs (scripts/setup.sh), PostgreSQL 16, 17 and 18
+# included. Steps:
+#   1. the documentation (links, and every command block run or tested),
+#      rustfmt and clippy
+#   2. #[pg_test] unit tests inside PostgreSQL 15 (cargo pgrx test)
+#   3. README.md's try command (scripts/try.sh, the example conversation
+#      played without a terminal)
+#   4. the install commands of docs/install.md as written: from source, then
+#      the Debian packages built, checked with lintian, the extension's
 #      installed with dpkg; pg_regress SQL tests against a throwaway cluster
 #      with it
-#   4. integration tests: many real connections against the same cluster,
+#   5. integration tests: many real connections against the same cluster,
 #      attacks, a crash under load, key rotation, a million rows of history,
-#      the upgrade from the last release
-#   5. otp-dispatcher tests: the binary against the same cluster, a fake
+#      the upgrade from each release, the documentation's SQL
+#   6. otp-dispatcher tests: the binary against the same cluster, a fake
 #      WhatsApp Cloud API and a real SMTP server, all on loopback; its
-#      systemd unit checked with systemd-analyze
+#      systemd unit checked with systemd-analyze; the example conversation
+#   7. PostgreSQL 16, 17 and 18 (scripts/test-version.sh), side by side:
+#      #[pg_test], each one's package built and installed, pg_regress, the
+#      upgrade tests
+# and prints a table: per PostgreSQL version, each step's result and time.
+# PG_OTP_TEST_VERSIONS="16 18" (say) limits step 7; "" skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 source scripts/postgres.sh
+OTHER_VERSIONS=${PG_OTP_TEST_VERSIONS-16 17 18}
 PGRX_DATA=/tmp/pg_otp-pgrx
 CLUSTER=/tmp/pg_otp-cluster
 PORT=54329
 
-step() { printf '\n==> %s\n' "$*"; }
-
-# Every runner's output also goes to this log, for the closing total.
+# Every runner's output also goes to this log, for the closing total; each
+# step's outcome and time go to the summary.
 RESULTS=$(mktemp)
-trap 'rm -f "$RESULTS"' EXIT
+SUMMARY=$(mktemp)
 counted() { "$@" 2>&1 | tee -a "$RESULTS"; }
+current="" started=0 mark=0
+# The tests the runners reported since line $mark of the results.
+tests_since() {
+    tail -n +"$((mark + 1))" "$RESULTS" | awk '/^test result: ok\./ { n += $4 }
+        match($0, /All [0-9]+ tests passed/) { split(substr($0, RSTART), w, " "); n += w[2] }
+        END { if (n) print n " passed" }'
+}
+# step NAME: starts a timed step of the PostgreSQL 15 suite (the previous one passed).
+step() {
+    [ -z "$current" ] || echo "15 $current passed $((SECONDS - started)) $(tests_since)" >>"$SUMMARY"
+    current=$1 started=$SECONDS mark=$(wc -l <"$RESULTS")
+    [ -z "$1" ] || printf '\n==> %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"
+}
+lanes=()
+# At an exit before the end: the failed step recorded, the lanes stopped.
+cleanup() {
+    if [ -n "$current" ]; then
+        echo "15 $current failed $((SECONDS - started))" >>"$SUMMARY"
+        table >&2
+    fi
+    for lane in "${lanes[@]}"; do kill -- "-${lane##*:}" 2>/dev/null || true; done
+    bash scripts/pg-cluster.sh stop "$CLUSTER"
+    rm -f "$RESULTS" "$SUMMARY"
+}
 
-bash scripts/setup.sh
+table() {
+    echo
+    echo "| PostgreSQL | step | result | seconds | tests |"
+    echo "|---|---|---|---|---|"
+    sort -s -n -k1,1 "$SUMMARY" | awk '{ tests = ""; for (i = 5; i <= NF; i++) tests = tests (i > 5 ? " " : "") $i
+                                        printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, tests }'
+}
 
-step "documentation (links, front door size)"
+trap cleanup EXIT
+PG_VERSIONS="15 $OTHER_VERSIONS" bash scripts/setup.sh
+
+step docs
 bash scripts/check-docs.sh
 
-step "rustfmt and clippy"
+step clippy
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --features pg_test -- -D warnings
 
-step "pgrx tests (#[pg_test] and unit tests)"
+step pg_test
 rm -rf "$PGRX_DATA"   # pgrx creates it as postgres, who cannot enter /root
 counted cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA/data"
 
-step "packages: build, lintian, install the extension's with dpkg"
-# Everything after this runs against pg_otp as a DBA installs it: from the
-# package (with every release's scripts, so that upgrades are tested).
-bash scripts/package.sh target/debian
-lintian --fail-on error,warning target/debian/*.deb
-dpkg -i "target/debian/postgresql-$PG_VERSION-pg-otp_"*"_amd64.deb"
+# PostgreSQL 16-18 build, package and test side by side with what follows,
+# each in its own target directory, cluster and port. They start after the
+# 15 build above, so that the two cores are shared by at most three builds.
+for version in $OTHER_VERSIONS; do
+    # a process group of its own, so that an early exit stops all of it
+    RESULTS="$SUMMARY" setsid bash scripts/test-version.sh "$version" >"/tmp/pg_otp-test-$version.log" 2>&1 &
+    lanes+=("$version:$!")
+done
 
-step "throwaway cluster"
-trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"; rm -f "$RESULTS"' EXIT
+step try
+# README.md's try command, without a terminal: it plays the example conversation.
+bash scripts/try.sh </dev/null
+
+step install
+# docs/install.md's two ways, as written: from source, then the packages
+# (every later step runs against pg_otp as the package installs it, with
+# every release's scripts, so that upgrades are tested).
+bash scripts/doc-block.sh run install-source
+bash scripts/doc-block.sh run install-package
+lintian --fail-on error,warning target/debian/*.deb
+
 bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT"
 
-step "pg_regress"
+step pg_regress
 if ! counted bash scripts/regress.sh "$CLUSTER" "$PORT"; then
     cat tests/pg_regress/regression.diffs >&2 || true
     exit 1
@@ -61,23 +116,40 @@ fi
 export PG_OTP_TEST_HOST="$CLUSTER" PG_OTP_TEST_PORT="$PORT" PG_OTP_TEST_LOG="$CLUSTER/server.log" \
        PG_OTP_TEST_PGDATA="$CLUSTER/data"
 
-step "integration tests (real parallel connections)"
+step integration
 counted cargo test -p pg_otp_integration -- --test-threads=1
 
-step "otp-dispatcher tests (fake WhatsApp API, real SMTP server, database restart)"
+step dispatcher
 counted cargo test -p otp-dispatcher -- --test-threads=1
 
-step "the dispatcher's systemd unit (systemd-analyze verify and security)"
+step systemd_unit
 bash scripts/check-unit.sh target/debug/otp-dispatcher
 
-step "otp-demo: the example conversation through the real dispatcher"
+step demo
 cargo build -q -p otp-dispatcher
 OTP_DISPATCHER_BIN="$PWD/target/debug/otp-dispatcher" counted cargo test -p otp-demo
+step ""
+
+# The other versions' lanes: their outcome, and their log when one failed.
+lane_failed=false
+for lane in "${lanes[@]}"; do
+    version=${lane%%:*}
+    echo "==> waiting for PostgreSQL $version (log: /tmp/pg_otp-test-$version.log)"
+    if ! wait "${lane##*:}"; then
+        lane_failed=true
+        echo "==> PostgreSQL $version failed; its log:" >&2
+        tail -n 200 "/tmp/pg_otp-test-$version.log" >&2
+    fi
+done
+lanes=()
+table
+$lane_failed && exit 1
 
 # One closing line with the totals of every runner above.
 # cargo: "test result: ok. 51 passed; ..."   pg_regress: " All 5 tests passed. "
 passed=$(awk '/^test result: ok\./ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) total += $i }
               /All [0-9]+ tests passed/ { total += $2 }
               END { print total + 0 }' "$RESULTS")
+others=$(awk '$1 != 15 && $3 == "passed" && $5 ~ /^[0-9]+$/ { total += $5 } END { print total + 0 }' "$SUMMARY")
 echo
-echo "pg_otp: $passed passed, 0 failed"
+echo "pg_otp: $passed passed on PostgreSQL 15, $others on ${OTHER_VERSIONS:-no other version}, 0 failed"

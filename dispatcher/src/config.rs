@@ -188,7 +188,8 @@ pub struct Args {
     #[arg(long, env = "OTP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Log format.
+    /// Log format. The level comes from the environment variable OTP_LOG
+    /// (default info; e.g. OTP_LOG=debug, or OTP_LOG=otp_dispatcher=debug).
     #[arg(long, env = "OTP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }

@@ -619,7 +619,7 @@ async fn it_says_ready_only_once_a_reload_signal_is_safe() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Runs the binary with `--config` and returns its exit code and standard error./// Runs the binary with `--config` and returns its exit code and standard error.
+/// Runs the binary with `--config` and returns its exit code and standard error.
 fn refused(dir: &Path, config: &str) -> (Option<i32>, String) {
     let file = write_config(dir, config);
     let output = Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"))

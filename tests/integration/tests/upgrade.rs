@@ -25,7 +25,7 @@ fn update_from_0_3_0() {
 
 /// Everything an install of pg_otp consists of, as sorted lines of text
 /// without OIDs: tables and their columns, constraints, indexes, triggers,
-/// privileges, and the extension's functions with their settings.
+/// privileges, storage options, and the extension's functions with their settings.
 fn schema_fingerprint(db: &mut Client) -> Vec<String> {
     let rows = db
         .query(
@@ -59,6 +59,7 @@ fn schema_fingerprint(db: &mut Client) -> Vec<String> {
              UNION ALL
              SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' owner ' || c.relowner::regrole::text
                     || ' acl ' || coalesce(c.relacl::text, '-')
+                    || ' options ' || coalesce(c.reloptions::text, '-')
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'otp'
              UNION ALL
