@@ -1,36 +1,62 @@
 #!/usr/bin/env bash
-# pgbench: one full authentication through pg_otp against the same work in
-# plain SQL (plain.sql), and against a plain baseline with fewer writes
-# (plain_minimal.sql), at 1, 4 and 16 clients, in the same run. Prints
-# Markdown rows.
-#   bash bench/pgbench/run.sh [SECONDS]
+# One full authentication (issue, the dispatcher's claim and report, verify,
+# touch: five calls, five commits) through pg_otp, against the same contract
+# written by hand in PL/pgSQL with pgcrypto (diy_setup.sql, diy.sql), the
+# floor of plain SQL doing only the essential lookups and row writes
+# (plain_minimal.sql), and plain SQL doing pg_otp's own writes statement by
+# statement (plain.sql). pgbench -M prepared at 1, 4 and 16 clients; every
+# set-up runs once per round, in turn, on one cluster (fsync on, release
+# build); the table gives the median of the rounds. Prints Markdown rows.
+#   bash bench/pgbench/run.sh [SECONDS_PER_RUN] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
 source scripts/postgres.sh
 CLUSTER=/tmp/pg_otp-pgbench
 PORT=54332
-SECONDS_EACH=${1:-20}
+SECONDS_EACH=${1:-10}
+ROUNDS=${2:-3}
 
 bash scripts/setup.sh
-cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
+bash scripts/package.sh --extension-only target/bench-debian >/dev/null
+bash scripts/install-package.sh "$PG_VERSION" target/bench-debian >/dev/null
 trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"' EXIT
 bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT" >/dev/null
+psql_bench() { "$PG_BIN/psql" -h "$CLUSTER" -p "$PORT" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
 "$PG_BIN/createdb" -h "$CLUSTER" -p "$PORT" -U postgres bench
-"$PG_BIN/psql" -h "$CLUSTER" -p "$PORT" -U postgres -d bench -X -q -v ON_ERROR_STOP=1 -f bench/pgbench/setup.sql >/dev/null
+psql_bench -d bench -f bench/pgbench/setup.sql >/dev/null
+psql_bench -d bench -f bench/pgbench/diy_setup.sql >/dev/null
+psql_bench -d bench -c "ALTER DATABASE bench SET diy.secret = '$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')'"
 
-tps() {
+tps() { # SCRIPT CLIENTS
     "$PG_BIN/pgbench" -h "$CLUSTER" -p "$PORT" -U postgres -n -M prepared -c "$2" -j "$2" -T "$SECONDS_EACH" \
-        -f "bench/pgbench/$1.sql" bench 2>/dev/null | awk '/^tps = / {print $3}'
+        -f "bench/pgbench/$1.sql" bench 2>/dev/null | awk '/^tps = / { printf "%d", $3 }'
 }
-
-echo "machine: $(nproc) cores, $(. /etc/os-release; echo "$PRETTY_NAME"), $("$PG_BIN/postgres" --version); ${SECONDS_EACH} s per run"
-echo "| clients | pg_otp (authentications/s) | plain SQL, same writes | ratio | plain SQL, minimal writes | ratio |"
-echo "|---|---|---|---|---|---|"
+median() { tr -s ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-for clients in 1 4 16; do
-    otp=$(tps pg_otp "$clients")
-    plain=$(tps plain "$clients")
-    minimal=$(tps plain_minimal "$clients")
-    echo "| $clients | $otp | $plain | $(ratio "$otp" "$plain") | $minimal | $(ratio "$otp" "$minimal") |"
+
+scripts="pg_otp diy plain_minimal plain"
+declare -A runs
+for round in $(seq "$ROUNDS"); do
+    for clients in 1 4 16; do
+        for script in $scripts; do
+            runs[$script/$clients]="${runs[$script/$clients]:-} $(tps "$script" "$clients")"
+        done
+    done
+    echo "round $round of $ROUNDS done" >&2
 done
+
+echo "machine: $(nproc) cores, $(. /etc/os-release; echo "$PRETTY_NAME"), $("$PG_BIN/postgres" --version); ${SECONDS_EACH} s per run, median of $ROUNDS rounds"
+echo
+echo "| clients | pg_otp | PL/pgSQL + pgcrypto | pg_otp / PL/pgSQL | floor (plain SQL, essential writes) | pg_otp / floor | plain SQL, pg_otp's writes | pg_otp / that |"
+echo "|---|---|---|---|---|---|---|---|"
+for clients in 1 4 16; do
+    otp=$(echo "${runs[pg_otp/$clients]}" | median)
+    diy=$(echo "${runs[diy/$clients]}" | median)
+    floor=$(echo "${runs[plain_minimal/$clients]}" | median)
+    plain=$(echo "${runs[plain/$clients]}" | median)
+    echo "| $clients | $otp | $diy | $(ratio "$otp" "$diy") | $floor | $(ratio "$otp" "$floor") | $plain | $(ratio "$otp" "$plain") |"
+done
+echo
+echo "every run (authentications/s):"
+for key in "${!runs[@]}"; do echo "  $key:${runs[$key]}"; done | sort
