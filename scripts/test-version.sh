@@ -6,9 +6,11 @@
 #      checked with lintian, installed into it (scripts/install-package.sh)
 #   3. pg_regress against a throwaway cluster of that version
 #   4. the upgrade tests: each release updated to this one
-# The extension builds go to target/pgN, so that two versions can build at
-# once. With RESULTS=FILE, each step appends "MAJOR STEP passed|failed
-# SECONDS DETAIL" to FILE (test.sh's summary table).
+# Builds go to target/other (CARGO_TARGET_DIR, shared by 16-18: what does
+# not depend on the PostgreSQL version is built once), logs, packages and
+# pg_regress results to target/pgN. With RESULTS=FILE, each step appends
+# "MAJOR STEP passed|failed SECONDS DETAIL" to FILE (test.sh's summary
+# table).
 #   bash scripts/test-version.sh 17
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,7 @@ results=${RESULTS:-/dev/null}
 cluster=/tmp/pg_otp-cluster-$major
 port=$((54350 + major))   # 54367 for 17
 work=target/pg$major
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/other}
 log=$work/log
 mkdir -p "$log"
 features=()
@@ -46,14 +49,12 @@ step() {
 
 trap 'bash scripts/pg-cluster.sh stop "$cluster"' EXIT
 rm -rf "/tmp/pg_otp-pgrx-$major" # pgrx creates it as postgres
-step pg_test env CARGO_TARGET_DIR="$work" \
-    cargo pgrx test "pg$major" --runas postgres --pgdata "/tmp/pg_otp-pgrx-$major/data" "${features[@]}"
-step package env CARGO_TARGET_DIR="$work" PG_VERSIONS="$major" \
-    bash scripts/package.sh --extension-only "$work/debian"
+step pg_test cargo pgrx test "pg$major" --runas postgres --pgdata "/tmp/pg_otp-pgrx-$major/data" "${features[@]}"
+step package env PG_VERSIONS="$major" bash scripts/package.sh --extension-only "$work/debian"
 step lintian lintian --fail-on error,warning "$work/debian/postgresql-$major-pg-otp_"*_amd64.deb
 step install bash scripts/install-package.sh "$major" "$work/debian"
 bash scripts/pg-cluster.sh start "$cluster" "$port"
 step pg_regress bash scripts/regress.sh "$cluster" "$port" "$work/regress"
-step upgrade env CARGO_TARGET_DIR="$work" PG_OTP_TEST_HOST="$cluster" PG_OTP_TEST_PORT="$port" \
+step upgrade env PG_OTP_TEST_HOST="$cluster" PG_OTP_TEST_PORT="$port" \
     PG_OTP_TEST_LOG="$cluster/server.log" PG_OTP_TEST_PGDATA="$cluster/data" \
     cargo test -q -p pg_otp_integration --test upgrade -- --test-threads=1

@@ -17,9 +17,10 @@
 #   6. otp-dispatcher tests: the binary against the same cluster, a fake
 #      WhatsApp Cloud API and a real SMTP server, all on loopback; its
 #      systemd unit checked with systemd-analyze; the example conversation
-#   7. PostgreSQL 16, 17 and 18 (scripts/test-version.sh), side by side:
-#      #[pg_test], each one's package built and installed, pg_regress, the
-#      upgrade tests
+#   7. PostgreSQL 16, 17 and 18 (scripts/test-version.sh), one after the
+#      other, in the background from step 3 on, with one build job so that
+#      the steps above keep a core: #[pg_test], each one's package built and
+#      installed, pg_regress, the upgrade tests
 # and prints a table: per PostgreSQL version, each step's result and time.
 # PG_OTP_TEST_VERSIONS="16 18" (say) limits step 7; "" skips it.
 set -euo pipefail
@@ -84,14 +85,20 @@ step pg_test
 rm -rf "$PGRX_DATA"   # pgrx creates it as postgres, who cannot enter /root
 counted cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA/data"
 
-# PostgreSQL 16-18 build, package and test side by side with what follows,
-# each in its own target directory, cluster and port. They start after the
-# 15 build above, so that the two cores are shared by at most three builds.
-for version in $OTHER_VERSIONS; do
-    # a process group of its own, so that an early exit stops all of it
-    RESULTS="$SUMMARY" setsid bash scripts/test-version.sh "$version" >"/tmp/pg_otp-test-$version.log" 2>&1 &
-    lanes+=("$version:$!")
-done
+# PostgreSQL 16-18 build, package and test in the background while 15's
+# suite goes on, one version after the other (each in its own cluster and
+# port), with one build job: on two cores, more builds at once only slow
+# each other down. A process group of its own, so that an early exit stops
+# all of it.
+if [ -n "$OTHER_VERSIONS" ]; then
+    RESULTS="$SUMMARY" CARGO_BUILD_JOBS=1 setsid bash -c '
+        status=0
+        for version in $0; do
+            bash scripts/test-version.sh "$version" >"/tmp/pg_otp-test-$version.log" 2>&1 || status=1
+        done
+        exit $status' "$OTHER_VERSIONS" &
+    lanes+=("$OTHER_VERSIONS:$!")
+fi
 
 step try
 # README.md's try command, without a terminal: it plays the example conversation.
@@ -133,12 +140,15 @@ step ""
 # The other versions' lanes: their outcome, and their log when one failed.
 lane_failed=false
 for lane in "${lanes[@]}"; do
-    version=${lane%%:*}
-    echo "==> waiting for PostgreSQL $version (log: /tmp/pg_otp-test-$version.log)"
+    echo "==> waiting for PostgreSQL ${lane%%:*} (logs: /tmp/pg_otp-test-N.log) ($(date -u +%H:%M:%S))"
     if ! wait "${lane##*:}"; then
         lane_failed=true
-        echo "==> PostgreSQL $version failed; its log:" >&2
-        tail -n 200 "/tmp/pg_otp-test-$version.log" >&2
+        for version in ${lane%%:*}; do
+            if grep -q "^$version [a-z_]* failed" "$SUMMARY"; then
+                echo "==> PostgreSQL $version failed; its log:" >&2
+                tail -n 200 "/tmp/pg_otp-test-$version.log" >&2
+            fi
+        done
     fi
 done
 lanes=()
