@@ -9,8 +9,9 @@
 #      played without a terminal)
 #   4. the install commands of docs/install.md as written: from source, then
 #      the Debian packages built, checked with lintian, the extension's
-#      installed with dpkg; pg_regress SQL tests against a throwaway cluster
-#      with it
+#      installed with dpkg; the example conversation on Debian's own
+#      cluster (15/main) restarted with pg_otp preloaded; pg_regress SQL
+#      tests against a throwaway cluster with it
 #   5. integration tests: many real connections against the same cluster,
 #      attacks, a crash under load, key rotation, a million rows of history,
 #      the upgrade from each release, the documentation's SQL
@@ -111,6 +112,11 @@ step install
 bash scripts/doc-block.sh run install-source
 bash scripts/doc-block.sh run install-package
 lintian --fail-on error,warning target/debian/*.deb
+
+step debian_cluster
+# The example conversation on Debian's own cluster, restarted with pg_otp
+# preloaded, as a DBA has it after dpkg -i.
+counted bash scripts/debian-cluster.sh
 
 bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT"
 
