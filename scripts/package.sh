@@ -23,6 +23,15 @@ out=$(realpath -m "${1:-target/debian}")
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 maintainer="pg_otp maintainers <maintainers@users.noreply.r-seed-afd9afd7.example>"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+# rustc writes source paths into the binaries, among them the path of the
+# bindings pgrx generates in the target directory: name this checkout and
+# its target directory the same everywhere, so that two checkouts of one
+# commit build the same packages, byte for byte. (The last prefix that
+# matches wins.)
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--remap-path-prefix=$PWD=/pg_otp --remap-path-prefix=$target_dir=/pg_otp/target"
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
