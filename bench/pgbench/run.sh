@@ -6,7 +6,9 @@
 # (plain_minimal.sql), and plain SQL doing pg_otp's own writes statement by
 # statement (plain.sql). pgbench -M prepared at 1, 4 and 16 clients; every
 # set-up runs once per round, in turn, on one cluster (fsync on, release
-# build); the table gives the median of the rounds. Prints Markdown rows.
+# build); the table gives the median of the rounds. Then each call's p50
+# and p99 at 16 clients, pg_otp against PL/pgSQL (bench/src/calls.rs).
+# Prints Markdown rows.
 #   bash bench/pgbench/run.sh [SECONDS_PER_RUN] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +21,7 @@ ROUNDS=${2:-3}
 
 bash scripts/setup.sh
 bash scripts/package.sh --extension-only target/bench-debian >/dev/null
+cargo build -q --release -p pg_otp_bench --bin calls-bench
 bash scripts/install-package.sh "$PG_VERSION" target/bench-debian >/dev/null
 trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"' EXIT
 bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT" >/dev/null
@@ -60,3 +63,7 @@ done
 echo
 echo "every run (authentications/s):"
 for key in "${!runs[@]}"; do echo "  $key:${runs[$key]}"; done | sort
+echo
+# Each call's latency at 16 clients (pgbench cannot give per-statement percentiles).
+target/release/calls-bench --database "host=$CLUSTER port=$PORT user=postgres dbname=bench" \
+    --clients 16 --seconds "$SECONDS_EACH" --rounds 2
