@@ -44,7 +44,7 @@ psql_bench -d bench -P pager=off -c "
     SELECT CASE WHEN toplevel THEN 'call' ELSE 'nested' END AS level, calls,
            round(total_exec_time::numeric, 0) AS total_ms,
            round(mean_exec_time::numeric * 1000, 0) AS mean_us,
-           round(100 * total_exec_time / sum(total_exec_time) FILTER (WHERE toplevel) OVER (), 1) AS pct_of_calls,
+           round((100 * total_exec_time / sum(total_exec_time) FILTER (WHERE toplevel) OVER ())::numeric, 1) AS pct_of_calls,
            shared_blks_hit + shared_blks_read AS blocks, wal_bytes,
            left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
       FROM pg_stat_statements
