@@ -14,12 +14,12 @@ source scripts/postgres.sh
 cluster="$PG_VERSION main"
 conf=/etc/postgresql/$PG_VERSION/main/conf.d/pg_otp-ci.conf
 socket=/var/run/postgresql
-port=$(pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main" { print $3 }')
-if [ -z "$port" ]; then
+read -r port status < <(pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main" { print $3, $4 }') || true
+if [ -z "${port:-}" ]; then
     echo "debian-cluster.sh: no cluster $cluster (pg_createcluster $cluster makes one)" >&2
     exit 1
 fi
-if pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main" && $4 == "online" { found = 1 } END { exit !found }'; then
+if [ "$status" = online ]; then
     echo "debian-cluster.sh: cluster $cluster is running; not restarting somebody's database (skipped)"
     exit 0
 fi
@@ -56,7 +56,7 @@ existing=" $(psql_debian -d postgres -At -c "SELECT string_agg(rolname, ' ') FRO
 
 cp -r tests/pg_regress/sql tests/pg_regress/expected "$work/"
 chown -R postgres: "$work"
-as_postgres "$(dirname "$("$PG_BIN/pg_config" --pgxs)")/../test/regress/pg_regress" \
+as_postgres "$(pg_regress_bin)" \
     --bindir="$PG_BIN" --host="$socket" --port="$port" --user=postgres \
     --dbname=pg_otp_debian --inputdir="$work" --outputdir="$work" \
     setup conversation || {

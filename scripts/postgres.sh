@@ -33,3 +33,8 @@ PG_BIN=$(pg_bindir "$PG_VERSION")
 PG_CONFIG=$PG_BIN/pg_config
 # Rust tests and programs find the server's programs here.
 export PG_OTP_TEST_BINDIR=$PG_BIN
+
+# pg_regress of that version: pgxs ships it beside its makefiles.
+pg_regress_bin() {
+    echo "$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress"
+}

@@ -16,7 +16,7 @@ if [ -n "${3:-}" ]; then
     cp -r tests/pg_regress/sql tests/pg_regress/expected "$3/"
     dir=$3
 fi
-"$(dirname "$("$PG_BIN/pg_config" --pgxs)")/../test/regress/pg_regress" \
+"$(pg_regress_bin)" \
     --bindir="$PG_BIN" --host="$1" --port="$2" --user=postgres \
     --dbname=pg_otp_regress --inputdir="$dir" --outputdir="$dir" \
     setup conversation expiry limits hiding privileges escalation data_access errors purge rotation upgrade

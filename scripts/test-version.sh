@@ -36,10 +36,11 @@ step() {
     local name=$1 started=$SECONDS detail
     shift
     echo "==> PostgreSQL $major: $name"
-    if "$@" > >(tee "$log/$name.log") 2>&1; then
-        detail=$(awk '/^test result: ok\./ { n += $4 } match($0, /All [0-9]+ tests passed/) { split(substr($0, RSTART), w, " "); n += w[2] }
-                      END { if (n) print n }' "$log/$name.log")
-        echo "$major $name passed $((SECONDS - started)) ${detail:+$detail passed}" >>"$results"
+    # a pipe, not >(tee): the log must be complete before it is counted
+    if "$@" 2>&1 | tee "$log/$name.log"; then
+        passed=$(awk -f scripts/tests-passed.awk "$log/$name.log")
+        [ "$passed" != 0 ] || passed=""
+        echo "$major $name passed $((SECONDS - started)) ${passed:+$passed passed}" >>"$results"
     else
         echo "$major $name failed $((SECONDS - started)) see $log/$name.log" >>"$results"
         echo "PostgreSQL $major: $name failed (log: $log/$name.log)" >&2

@@ -42,9 +42,9 @@ counted() { "$@" 2>&1 | tee -a "$RESULTS"; }
 current="" started=0 mark=0
 # The tests the runners reported since line $mark of the results.
 tests_since() {
-    tail -n +"$((mark + 1))" "$RESULTS" | awk '/^test result: ok\./ { n += $4 }
-        match($0, /All [0-9]+ tests passed/) { split(substr($0, RSTART), w, " "); n += w[2] }
-        END { if (n) print n " passed" }'
+    local passed
+    passed=$(tail -n +"$((mark + 1))" "$RESULTS" | awk -f scripts/tests-passed.awk)
+    [ "$passed" = 0 ] || echo "$passed passed"
 }
 # step NAME: starts a timed step of the PostgreSQL 15 suite (the previous one passed).
 step() {
@@ -52,14 +52,14 @@ step() {
     current=$1 started=$SECONDS mark=$(wc -l <"$RESULTS")
     [ -z "$1" ] || printf '\n==> %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"
 }
-lanes=()
-# At an exit before the end: the failed step recorded, the lanes stopped.
+others=""   # the background job testing OTHER_VERSIONS (its process group)
+# At an exit before the end: the failed step recorded, the other versions stopped.
 cleanup() {
     if [ -n "$current" ]; then
         echo "15 $current failed $((SECONDS - started))" >>"$SUMMARY"
         table >&2
     fi
-    for lane in "${lanes[@]}"; do kill -- "-${lane##*:}" 2>/dev/null || true; done
+    [ -z "$others" ] || kill -- "-$others" 2>/dev/null || true
     bash scripts/pg-cluster.sh stop "$CLUSTER"
     rm -f "$RESULTS" "$SUMMARY"
 }
@@ -98,7 +98,7 @@ if [ -n "$OTHER_VERSIONS" ]; then
             bash scripts/test-version.sh "$version" >"/tmp/pg_otp-test-$version.log" 2>&1 || status=1
         done
         exit $status' "$OTHER_VERSIONS" &
-    lanes+=("$OTHER_VERSIONS:$!")
+    others=$!
 fi
 
 step try
@@ -143,29 +143,26 @@ cargo build -q -p otp-dispatcher
 OTP_DISPATCHER_BIN="$PWD/target/debug/otp-dispatcher" counted cargo test -p otp-demo
 step ""
 
-# The other versions' lanes: their outcome, and their log when one failed.
-lane_failed=false
-for lane in "${lanes[@]}"; do
-    echo "==> waiting for PostgreSQL ${lane%%:*} (logs: /tmp/pg_otp-test-N.log) ($(date -u +%H:%M:%S))"
-    if ! wait "${lane##*:}"; then
-        lane_failed=true
-        for version in ${lane%%:*}; do
+# The other versions: their outcome, and the log of one that failed.
+others_failed=false
+if [ -n "$others" ]; then
+    echo "==> waiting for PostgreSQL $OTHER_VERSIONS (logs: /tmp/pg_otp-test-N.log) ($(date -u +%H:%M:%S))"
+    if ! wait "$others"; then
+        others_failed=true
+        for version in $OTHER_VERSIONS; do
             if grep -q "^$version [a-z_]* failed" "$SUMMARY"; then
                 echo "==> PostgreSQL $version failed; its log:" >&2
                 tail -n 200 "/tmp/pg_otp-test-$version.log" >&2
             fi
         done
     fi
-done
-lanes=()
+    others=""
+fi
 table
-$lane_failed && exit 1
+$others_failed && exit 1
 
 # One closing line with the totals of every runner above.
-# cargo: "test result: ok. 51 passed; ..."   pg_regress: " All 5 tests passed. "
-passed=$(awk '/^test result: ok\./ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) total += $i }
-              /All [0-9]+ tests passed/ { total += $2 }
-              END { print total + 0 }' "$RESULTS")
-others=$(awk '$1 != 15 && $3 == "passed" && $5 ~ /^[0-9]+$/ { total += $5 } END { print total + 0 }' "$SUMMARY")
+passed=$(awk -f scripts/tests-passed.awk "$RESULTS")
+others_passed=$(awk '$1 != 15 && $3 == "passed" && $5 ~ /^[0-9]+$/ { total += $5 } END { print total + 0 }' "$SUMMARY")
 echo
-echo "pg_otp: $passed passed on PostgreSQL 15, $others on ${OTHER_VERSIONS:-no other version}, 0 failed"
+echo "pg_otp: $passed passed on PostgreSQL 15, $others_passed on ${OTHER_VERSIONS:-no other version}, 0 failed"
