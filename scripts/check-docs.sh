@@ -59,8 +59,8 @@ def commands(language, block):
     (sql: up to each ;), without comments, spacing squeezed."""
     if language == "sh":
         joined = block.replace("\\\n", " ")
-        return [squeeze(re.sub(r"(^|\s)#.*", "", line)) for line in joined.splitlines()
-                if squeeze(re.sub(r"(^|\s)#.*", "", line))]
+        lines = (squeeze(re.sub(r"(^|\s)#.*", "", line)) for line in joined.splitlines())
+        return [line for line in lines if line]
     text = re.sub(r"--.*", "", block)
     return [squeeze(part) + ";" for part in text.split(";") if squeeze(part)]
 

@@ -260,6 +260,10 @@ pub fn pg_bin() -> std::path::PathBuf {
         .unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into())
 }
 
+/// The `otp.secret_key` line for a test's own cluster (`Cluster::start`).
+pub const CLUSTER_SECRET: &str =
+    "otp.secret_key = '0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef'";
+
 /// A cluster of a test's own, for settings the shared cluster must not have
 /// (no preloaded library, a variable in the postmaster's environment).
 /// Runs as postgres with its socket in its directory under /tmp and no TCP;

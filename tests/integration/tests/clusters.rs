@@ -3,14 +3,11 @@
 use pg_otp_integration::*;
 use std::time::Duration;
 
-const SECRET: &str =
-    "otp.secret_key = '0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef'";
-
 /// A DBA trying pg_otp without preloading it gets an ERROR that says what to
 /// do, and keeps the connection (0.2.0 ended the backend with FATAL).
 #[test]
 fn create_extension_without_preload_is_an_error_with_a_hint() {
-    let cluster = Cluster::start("no-preload", 54341, &[SECRET], &[]);
+    let cluster = Cluster::start("no-preload", 54341, &[CLUSTER_SECRET], &[]);
     let mut db = cluster.connect("postgres", "postgres");
     let err = db
         .batch_execute("CREATE EXTENSION pg_otp")
@@ -47,7 +44,7 @@ fn errors_carry_no_rust_backtrace_whatever_the_environment() {
     let cluster = Cluster::start(
         "backtrace",
         54342,
-        &["shared_preload_libraries = 'pg_otp'", SECRET],
+        &["shared_preload_libraries = 'pg_otp'", CLUSTER_SECRET],
         &[("RUST_BACKTRACE", "1")],
     );
     let mut db = cluster.connect("postgres", "postgres");
@@ -127,7 +124,7 @@ fn a_full_ledger_fails_closed_and_committed_guesses_leave_nothing_in_it() {
         54343,
         &[
             "shared_preload_libraries = 'pg_otp'",
-            SECRET,
+            CLUSTER_SECRET,
             "otp.ledger_size = 100",
         ],
         &[],
@@ -248,7 +245,7 @@ fn unsettled_failures_are_forgotten_after_the_lockout_duration() {
         54344,
         &[
             "shared_preload_libraries = 'pg_otp'",
-            SECRET,
+            CLUSTER_SECRET,
             "otp.ledger_size = 100",
         ],
         &[],

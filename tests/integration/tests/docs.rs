@@ -274,10 +274,7 @@ fn the_install_and_data_access_examples_run_as_written() {
     let cluster = Cluster::start(
         "docs",
         54349,
-        &[
-            "shared_preload_libraries = 'pg_otp'",
-            "otp.secret_key = '0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef'",
-        ],
+        &["shared_preload_libraries = 'pg_otp'", CLUSTER_SECRET],
         &[],
     );
     let install = blocks("docs/install.md");
