@@ -91,4 +91,22 @@ ALTER FUNCTION @extschema@.otp_configure(text, regclass, text, text, text, boole
                                          text, text, text)
     OWNER TO otp_owner;
 ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) OWNER TO otp_owner;
-ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION @extschema@.otp_outbox_claim(integer, interval)
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off;
+
+-- No sequential scans in the functions with generic plans (see
+-- sql/privileges.sql): a plan made while a table was small would otherwise
+-- read the whole table at every call for the connection's lifetime.
+ALTER FUNCTION @extschema@.otp_issue(text, text, text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.otp_verify(text, text, text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.otp_status(text, text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.session_touch(text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.session_revoke(text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.session_use(text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.otp_sessions(text, text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.session_revoke_all(text, text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.otp_outbox_sent(bigint, integer, text) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.otp_outbox_failed(bigint, integer, text, boolean) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.otp_outbox_expired(bigint, integer) SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.otp_outbox_sweep() SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.otp_outbox_status(text, bigint, text, timestamptz, text, boolean) SET enable_seqscan = off;

@@ -52,7 +52,6 @@ pub fn connect_in(database: &str, user: &str) -> Client {
     connect_to(user, database)
 }
 
-/// The connection string of `database` for `user`, for other programs.
 /// A new, empty database `name`, connected as the superuser (dropped first
 /// if a previous run left it).
 pub fn fresh_database(name: &str) -> Client {
@@ -67,6 +66,7 @@ pub fn fresh_database(name: &str) -> Client {
     connect_to("postgres", name)
 }
 
+/// The connection string of `database` for `user`, for other programs.
 pub fn connection_string(database: &str, user: &str) -> String {
     fixture(database);
     format!(
