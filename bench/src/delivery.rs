@@ -64,7 +64,7 @@ fn start_dispatcher_with(
     extra: &[&str],
 ) -> Result<Dispatcher> {
     let mut command = Command::new(binary);
-    command.args(extra);
+    command.args(extra).args(fake::unpaced(binary));
     command
         .args(["--database-url", url, "--whatsapp-api-url", api])
         .args([

@@ -76,6 +76,27 @@ pub async fn fake_provider() -> (MockServer, Arrivals) {
     (server, arrivals)
 }
 
+/// Flags that take pacing out of the way for a dispatcher that paces (this
+/// build; earlier releases send as fast as they can). These benchmarks
+/// measure what a message costs, not Meta's limits: the rush benchmark
+/// measures pacing.
+pub fn unpaced(binary: &str) -> Vec<String> {
+    let help = Command::new(binary).arg("--help").output();
+    let paces =
+        help.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--whatsapp-rate"));
+    if !paces {
+        return Vec::new();
+    }
+    [
+        "--whatsapp-rate",
+        "1000000",
+        "--whatsapp-pair-interval-seconds",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 pub struct Dispatcher(pub Child);
 
 impl Drop for Dispatcher {

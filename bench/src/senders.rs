@@ -165,8 +165,8 @@ async fn drain(
     Ok(Arrivals::rate(providers))
 }
 
-fn flags(server: &MockServer) -> Vec<String> {
-    [
+fn flags(binary: &str, server: &MockServer) -> Vec<String> {
+    let mut flags = [
         "--whatsapp-api-url",
         &format!("{}/v21.0", server.uri()),
         "--whatsapp-phone-number-id",
@@ -175,7 +175,9 @@ fn flags(server: &MockServer) -> Vec<String> {
         "bench",
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    flags.extend(fake::unpaced(binary));
+    flags
 }
 
 fn config_file(
@@ -192,10 +194,14 @@ fn config_file(
 phone_number_id = "111"
 token = "bench-hr"
 api_url = "{hr}/v21.0"
+rate = 1000000
+pair_interval_seconds = 0
 [whatsapp.clients]
 phone_number_id = "222"
 token = "bench-clients"
 api_url = "{clients}/v21.0"
+rate = 1000000
+pair_interval_seconds = 0
 [agents.payroll]
 display_name = "Nómina"
 language = "es-MX"
@@ -281,7 +287,14 @@ async fn main() -> Result<()> {
                 }
                 rate
             } else {
-                drain(binary, database, &flags(&hr), &[&hr_arrivals], total).await?
+                drain(
+                    binary,
+                    database,
+                    &flags(binary, &hr),
+                    &[&hr_arrivals],
+                    total,
+                )
+                .await?
             };
             row.push(format!("{rate:.0} messages/s"));
             rates[i].push(rate);

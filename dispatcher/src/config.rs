@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use crate::pace::Pace;
 use crate::routes::{self, Routes};
 
 /// A value that must never be printed (tokens, passwords, URLs with them).
@@ -61,7 +62,8 @@ pub struct Args {
     #[arg(long, env = "OTP_CONFIG", conflicts_with_all = [
         "whatsapp_phone_number_id", "whatsapp_token", "whatsapp_token_file", "smtp_url",
         "smtp_url_file", "email_from", "email_subject", "email_code_in_subject",
-        "whatsapp_template", "whatsapp_language", "whatsapp_api_url"
+        "whatsapp_template", "whatsapp_language", "whatsapp_api_url", "whatsapp_rate",
+        "whatsapp_pair_interval_seconds", "smtp_rate"
     ])]
     pub config: Option<PathBuf>,
 
@@ -99,6 +101,18 @@ pub struct Args {
     #[arg(long, env = "OTP_WHATSAPP_LANGUAGE")]
     pub whatsapp_language: Option<String>,
 
+    /// Messages per second the WhatsApp sender sends at most: the phone number's throughput
+    /// at Meta (80 unless Meta raised it). Sends are spaced evenly.
+    #[arg(long, env = "OTP_WHATSAPP_RATE", default_value_t = crate::pace::WHATSAPP_RATE)]
+    pub whatsapp_rate: u32,
+
+    /// Seconds per message to one number once a burst of 10 is spent (Meta's pair rate
+    /// limit, about one every 6 s); a code beyond waits its turn, unless it would expire
+    /// first. 0: none.
+    #[arg(long, env = "OTP_WHATSAPP_PAIR_INTERVAL_SECONDS",
+          default_value_t = crate::pace::WHATSAPP_PAIR_INTERVAL_SECONDS)]
+    pub whatsapp_pair_interval_seconds: u32,
+
     /// SMTP server URL: smtps://user:pass@host (TLS, port 465), smtp://user:pass@host?tls=required
     /// (STARTTLS, port 587), or smtp://host:port (unencrypted: only for a relay on the same host).
     /// A password in it is visible in `ps`: prefer --smtp-url-file.
@@ -121,6 +135,11 @@ pub struct Args {
     /// Append the code to the email subject (shows in notifications and lock screens).
     #[arg(long, env = "OTP_EMAIL_CODE_IN_SUBJECT")]
     pub email_code_in_subject: bool,
+
+    /// Messages per second the SMTP sender sends at most (the provider's sending rate)
+    /// [default: unpaced].
+    #[arg(long, env = "OTP_SMTP_RATE")]
+    pub smtp_rate: Option<u32>,
 
     /// Print deliveries, codes included, to standard output instead of sending them
     /// (development and demos). Handles every message whose agent has no sender for its
@@ -200,6 +219,8 @@ pub struct WhatsAppConfig {
     pub api_url: String,
     pub phone_number_id: String,
     pub token: Secret,
+    /// Meta's limits by default.
+    pub pace: Pace,
 }
 
 impl WhatsAppConfig {
@@ -225,7 +246,12 @@ impl WhatsAppConfig {
             api_url: api_url.trim_end_matches('/').to_owned(),
             phone_number_id,
             token,
+            pace: Pace::whatsapp(None, None)?,
         })
+    }
+
+    pub fn paced(self, pace: Pace) -> Self {
+        Self { pace, ..self }
     }
 }
 
@@ -234,6 +260,8 @@ impl WhatsAppConfig {
 pub struct EmailConfig {
     pub smtp_url: Secret,
     pub from: lettre::message::Mailbox,
+    /// Unpaced by default.
+    pub pace: Pace,
 }
 
 impl EmailConfig {
@@ -244,7 +272,15 @@ impl EmailConfig {
         // Checked now, not at the first message (the URL is never printed).
         lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(smtp_url.expose())
             .map_err(|_| anyhow::anyhow!("url is not a valid smtp:// or smtps:// URL"))?;
-        Ok(Self { smtp_url, from })
+        Ok(Self {
+            smtp_url,
+            from,
+            pace: Pace::UNPACED,
+        })
+    }
+
+    pub fn paced(self, pace: Pace) -> Self {
+        Self { pace, ..self }
     }
 }
 
@@ -342,7 +378,14 @@ fn flag_routes(args: &Args) -> Result<Routes> {
                 phone_number_id.clone(),
                 token.into(),
             )
-            .context("--whatsapp-*")?,
+            .context("--whatsapp-*")?
+            .paced(
+                Pace::whatsapp(
+                    Some(args.whatsapp_rate),
+                    Some(args.whatsapp_pair_interval_seconds),
+                )
+                .context("--whatsapp-rate")?,
+            ),
             args.whatsapp_template
                 .clone()
                 .unwrap_or_else(|| "otp_code".into()),
@@ -355,7 +398,9 @@ fn flag_routes(args: &Args) -> Result<Routes> {
     };
     let email = match (smtp_url, &args.email_from) {
         (Some(smtp_url), Some(from)) => Some((
-            EmailConfig::new(smtp_url.into(), from).context("--smtp-url / --email-from")?,
+            EmailConfig::new(smtp_url.into(), from)
+                .context("--smtp-url / --email-from")?
+                .paced(Pace::email(args.smtp_rate).context("--smtp-rate")?),
             args.email_subject.clone(),
             args.email_code_in_subject,
         )),

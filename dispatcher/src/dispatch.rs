@@ -26,9 +26,10 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::message::{Delivered, DeliveryError, Message, Outcome};
+use crate::message::{Delivered, DeliveryError, Message, NotSent, Outcome};
 use crate::metrics;
 use crate::outbox::Outbox;
+use crate::pace::Deadlines;
 use crate::transport::Transports;
 
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
@@ -167,7 +168,11 @@ pub async fn run(
                         tokio::spawn(deliver(
                             message,
                             transports.clone(),
-                            config.expiry_margin,
+                            Limits {
+                                expiry_margin: config.expiry_margin,
+                                lease: config.lease,
+                                send_timeout: config.send_timeout,
+                            },
                             done_tx.clone(),
                             slot,
                         ));
@@ -200,16 +205,43 @@ pub async fn run(
     }
 }
 
+/// The times a delivery keeps to.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// No code is sent that expires within this.
+    expiry_margin: Duration,
+    /// The claim's lease, and the most a send may take within it.
+    lease: Duration,
+    send_timeout: Duration,
+}
+
+impl Limits {
+    /// The latest moments `message` may start sending: before its code
+    /// expires (less the margin), and within its lease with time to send.
+    fn deadlines(&self, message: &Message) -> Deadlines {
+        let now = tokio::time::Instant::now();
+        let code_left = message
+            .expires_at
+            .duration_since(SystemTime::now() + self.expiry_margin)
+            .unwrap_or_default();
+        Deadlines {
+            expiry: now + code_left,
+            lease: tokio::time::Instant::from_std(message.claimed_at)
+                + crate::pace::time_to_start(self.lease, self.send_timeout),
+        }
+    }
+}
+
 /// Sends one message and hands its outcome to the loop.
 async fn deliver(
     message: Message,
     transports: Arc<Transports>,
-    margin: Duration,
+    limits: Limits,
     done: mpsc::UnboundedSender<Outcome>,
     _slot: OwnedSemaphorePermit,
 ) {
     let channel = message.channel.clone();
-    let result = if message.expires_at <= SystemTime::now() + margin {
+    let result = if message.expires_at <= SystemTime::now() + limits.expiry_margin {
         metrics::expired_unsent(&channel);
         info!(message_id = message.id, %channel, to = %message.masked_destination(), "code expires within the margin; not sent");
         Delivered::Expired
@@ -217,14 +249,14 @@ async fn deliver(
         // A panic in a transport (a bug, or a library's) must still end in
         // a report: unreported, the message would be claimed and panic
         // again until its code expired, and never fall back.
-        let sent = AssertUnwindSafe(transports.deliver(&message))
+        let sent = AssertUnwindSafe(transports.deliver(&message, limits.deadlines(&message)))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
-                Err(DeliveryError::permanent(
+                Err(NotSent::Failed(DeliveryError::permanent(
                     "panic",
                     "the dispatcher failed while sending (see its log)",
-                ))
+                )))
             });
         match sent {
             Ok(provider_ref) => {
@@ -232,7 +264,12 @@ async fn deliver(
                 info!(message_id = message.id, %channel, to = %message.masked_destination(), attempt = message.attempt, "delivered");
                 Delivered::Sent { provider_ref }
             }
-            Err(err) => {
+            Err(NotSent::Expired) => {
+                metrics::expired_unsent(&channel);
+                info!(message_id = message.id, %channel, to = %message.masked_destination(), "code would expire before the sender's turn; not sent");
+                Delivered::Expired
+            }
+            Err(NotSent::Failed(err)) => {
                 let detail = message.scrub(&err.detail);
                 metrics::failed(&channel, &err.reason, err.retryable);
                 warn!(

@@ -5,6 +5,7 @@ mod dispatch;
 mod message;
 mod metrics;
 mod outbox;
+mod pace;
 mod routes;
 mod texts;
 mod transport;
@@ -14,7 +15,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -70,14 +70,19 @@ fn main() -> ExitCode {
             warn!("console transport on: codes are printed to standard output (development only)");
         }
         info!(routes = ?config.routes, "delivery configured");
-        let transports =
-            transport::Transports::new(config.routes.clone(), config.console, config.send_timeout)?;
+        let settings = transport::Settings {
+            console: config.console,
+            timeout: config.send_timeout,
+            concurrency: config.concurrency,
+            lease: config.lease,
+            pacers: Arc::default(),
+        };
+        let transports = transport::Transports::new(config.routes.clone(), &settings)?;
         let (transports_tx, transports_rx) = tokio::sync::watch::channel(Arc::new(transports));
         tokio::spawn(reload_on_sighup(
             hangup,
             config.config_file.clone(),
-            config.console,
-            config.send_timeout,
+            settings,
             transports_tx,
         ));
         // One signal stops both the claim loop and the webhook server.
@@ -133,8 +138,7 @@ fn init_logging(json: bool) {
 async fn reload_on_sighup(
     mut hangup: Signal,
     file: Option<PathBuf>,
-    console: bool,
-    timeout: Duration,
+    settings: transport::Settings,
     transports: tokio::sync::watch::Sender<Arc<transport::Transports>>,
 ) {
     while hangup.recv().await.is_some() {
@@ -144,13 +148,14 @@ async fn reload_on_sighup(
         };
         // Files are read on a blocking thread: a slow disk holds no sends.
         let path_owned = path.clone();
+        let settings = settings.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             routes::Routes::load(&path_owned).and_then(|routes| {
-                if !routes.has_senders() && !console {
+                if !routes.has_senders() && !settings.console {
                     anyhow::bail!("no sender is configured");
                 }
                 info!(routes = ?routes, "configuration loaded");
-                transport::Transports::new(routes, console, timeout)
+                transport::Transports::new(routes, &settings)
             })
         })
         .await

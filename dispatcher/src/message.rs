@@ -117,6 +117,22 @@ impl DeliveryError {
     }
 }
 
+/// Why a message was not sent.
+#[derive(Debug)]
+pub enum NotSent {
+    /// Sending failed, or could not be tried.
+    Failed(DeliveryError),
+    /// Its code would expire (within the safety margin) before the sender's
+    /// turn for it came.
+    Expired,
+}
+
+impl From<DeliveryError> for NotSent {
+    fn from(err: DeliveryError) -> Self {
+        NotSent::Failed(err)
+    }
+}
+
 /// The result of handling one claimed message, to report to the database
 /// with the attempt the claim returned (a report for an attempt whose lease
 /// ran out is ignored by the database).

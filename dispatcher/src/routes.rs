@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::config::{read_small_file, EmailConfig, Secret, WhatsAppConfig};
+use crate::pace::Pace;
 use crate::texts::{self, Sources, Texts};
 
 pub const DEFAULT_API_URL: &str = "https://graph.facebook.com/v21.0";
@@ -212,6 +213,8 @@ struct WhatsAppSenderFile {
     token: Option<String>,
     token_file: Option<PathBuf>,
     api_url: Option<String>,
+    rate: Option<u32>,
+    pair_interval_seconds: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +223,7 @@ struct EmailSenderFile {
     url: Option<String>,
     url_file: Option<PathBuf>,
     from: String,
+    rate: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -260,7 +264,10 @@ impl File {
                 sender.phone_number_id,
                 token,
             )
-            .with_context(context)?;
+            .with_context(context)?
+            .paced(
+                Pace::whatsapp(sender.rate, sender.pair_interval_seconds).with_context(context)?,
+            );
             whatsapp.insert(name, config);
         }
         let mut email = BTreeMap::new();
@@ -269,7 +276,9 @@ impl File {
             let url = base
                 .secret(sender.url, sender.url_file, "url")
                 .with_context(context)?;
-            let config = EmailConfig::new(url, &sender.from).with_context(context)?;
+            let config = EmailConfig::new(url, &sender.from)
+                .with_context(context)?
+                .paced(Pace::email(sender.rate).with_context(context)?);
             email.insert(name, config);
         }
         let mut custom = BTreeMap::new();

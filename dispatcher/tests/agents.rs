@@ -105,11 +105,13 @@ fn senders(
 phone_number_id = "{HR_PHONE_ID}"
 token = "{HR_TOKEN}"
 api_url = "{hr}/v21.0"
+pair_interval_seconds = 0
 
 [whatsapp.clients]
 phone_number_id = "{CLIENTS_PHONE_ID}"
 token_file = "clients-token"
 api_url = "{clients}/v21.0"
+pair_interval_seconds = 0
 
 [email.hr]
 url = "{hr_mail}"

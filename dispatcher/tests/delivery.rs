@@ -66,8 +66,18 @@ async fn fake_whatsapp_answering(
     server
 }
 
+/// The single-sender flags for `server`, without the pair limit: these
+/// tests send many codes to one number in moments.
 fn whatsapp_args(server: &MockServer) -> Vec<String> {
+    whatsapp_args_paced(server, 0)
+}
+
+/// The single-sender flags with `pair_interval` seconds per message to one
+/// number beyond a burst.
+fn whatsapp_args_paced(server: &MockServer, pair_interval: u32) -> Vec<String> {
     vec![
+        "--whatsapp-pair-interval-seconds".into(),
+        pair_interval.to_string(),
         "--whatsapp-api-url".into(),
         format!("{}/v21.0", server.uri()),
         "--whatsapp-phone-number-id".into(),
@@ -352,6 +362,152 @@ async fn a_code_that_expires_while_retrying_is_never_sent_late() {
         .get(0);
     assert_eq!(delivery, "expired");
     drop(dispatcher);
+}
+
+/// Meta's business-consumer pair limit, as the Cloud API applies it: one
+/// message to a number per `interval`, with bursts of `burst` that borrow
+/// from later; beyond, error 131056 (retryable: the message spends an
+/// attempt).
+#[derive(Clone)]
+struct PairLimit {
+    interval: Duration,
+    burst: u32,
+    next: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    refused: Arc<Mutex<u32>>,
+}
+
+impl PairLimit {
+    fn new(interval: Duration, burst: u32) -> Self {
+        Self {
+            interval,
+            burst,
+            next: Arc::default(),
+            refused: Arc::default(),
+        }
+    }
+}
+
+impl Respond for PairLimit {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let to = body["to"].as_str().unwrap_or_default().to_owned();
+        let now = std::time::Instant::now();
+        let mut schedule = self.next.lock().unwrap();
+        let next = schedule.get(&to).map_or(now, |next| (*next).max(now));
+        if next > now + self.interval * (self.burst - 1) {
+            *self.refused.lock().unwrap() += 1;
+            return graph_error(400, 131056);
+        }
+        schedule.insert(to, next + self.interval);
+        accepted("wamid.pair")
+    }
+}
+
+/// The dispatcher's burst of messages to one number (pace::PAIR_BURST).
+const PAIR_BURST: u32 = 10;
+
+/// Twelve codes to one number in a moment: the first ten go at once, the
+/// next two wait for the pair interval instead of being refused by Meta and
+/// spending an attempt. Without pacing all twelve went out at once; the
+/// eleventh and twelfth were refused with 131056 and sent again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn codes_beyond_a_burst_to_one_number_wait_for_the_pair_interval() {
+    let (db, app) = setup().await;
+    // The fake allows one per second after the burst; the dispatcher keeps two.
+    let meta = PairLimit::new(Duration::from_secs(1), PAIR_BURST);
+    let server = fake_whatsapp(meta.clone()).await;
+    let dispatcher = start(&whatsapp_args_paced(&server, 2)).await;
+
+    let conversations: Vec<String> = (0..PAIR_BURST + 2).map(|n| format!("pair-{n}")).collect();
+    for conversation in &conversations {
+        assert_eq!(issue_for(&app, "it", conversation, "p1").await, "code_sent");
+    }
+    for conversation in &conversations {
+        assert_eq!(wait_until_final(&db, conversation).await, ["sent"]);
+    }
+    let attempts: i64 = db
+        .query_one(
+            "SELECT max(attempt) FROM otp.outbox WHERE conversation LIKE 'pair-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<i32>>(0)
+        .map(i64::from)
+        .unwrap();
+    assert_eq!(attempts, 1, "no attempt was spent on the pair limit");
+    assert_eq!(*meta.refused.lock().unwrap(), 0);
+    assert_eq!(whatsapp_requests(&server).await.len(), conversations.len());
+    drop(dispatcher);
+}
+
+/// A code whose turn would come after it expires is not sent: after a
+/// burst to one number, the next code would wait 10 s for the pair
+/// interval, and it expires in 4 s (less the 1 s margin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_code_that_would_expire_waiting_for_its_turn_is_not_sent() {
+    let (db, app) = setup().await;
+    db.batch_execute(
+        "SELECT otp_configure(agent => 'short', source => 'people', id_column => 'id',
+                              phone_column => 'phone', code_ttl => '4 seconds',
+                              max_codes => 1000000, resend_cooldown => '0')",
+    )
+    .await
+    .unwrap();
+    let server = fake_whatsapp(accepted("wamid.turn")).await;
+    let mut args = whatsapp_args_paced(&server, 10);
+    args.extend(["--expiry-margin-seconds".into(), "1".into()]);
+    let dispatcher = start(&args).await;
+
+    for n in 0..PAIR_BURST {
+        let conversation = format!("turn-{n}");
+        issue_for(&app, "it", &conversation, "p1").await;
+        assert_eq!(wait_until_final(&db, &conversation).await, ["sent"]);
+    }
+    assert_eq!(
+        issue_for(&app, "short", "turn-late", "p1").await,
+        "code_sent"
+    );
+    assert_eq!(wait_until_final(&db, "turn-late").await, ["expired"]);
+    assert_eq!(
+        whatsapp_requests(&server).await.len(),
+        PAIR_BURST as usize,
+        "the late code never reached the provider"
+    );
+    let logs = dispatcher.logs();
+    assert!(
+        logs.contains("code would expire before the sender's turn"),
+        "{logs}"
+    );
+}
+
+/// A sender paced too slowly for the sends in flight to get their turn
+/// within the lease is refused at start, with the sender named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pace_that_cannot_keep_the_lease_is_refused_at_start() {
+    let output = Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"))
+        .args([
+            "--database-url",
+            "host=/nonexistent user=nobody",
+            "--whatsapp-phone-number-id",
+            PHONE_NUMBER_ID,
+            "--whatsapp-token",
+            TOKEN,
+            "--whatsapp-rate",
+            "1",
+            "--concurrency",
+            "64",
+        ])
+        .env_remove("OTP_CONSOLE")
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("WhatsApp sender \"default\": 64 sends in flight")
+            && stderr.contains("lower --concurrency"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -65,6 +65,9 @@ async fn setup(extra: &[String]) -> Setup {
         "104857600".into(),
         "--whatsapp-token".into(),
         "EAAGtest".into(),
+        // many codes to one number in moments: no pair limit
+        "--whatsapp-pair-interval-seconds".into(),
+        "0".into(),
         "--webhook-listen".into(),
         format!("127.0.0.1:{port}"),
         "--webhook-verify-token".into(),

@@ -3,6 +3,7 @@
 //! name at the sender's address. The subject does not contain the code
 //! unless configured.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -11,6 +12,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::config::EmailConfig;
 use crate::message::{DeliveryError, Message};
+use crate::pace::Pacer;
 use crate::routes::{Agent, EmailRoute};
 use crate::texts::{Fill, Texts};
 
@@ -18,6 +20,7 @@ use crate::texts::{Fill, Texts};
 pub struct Email {
     mailer: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    pacer: Arc<Pacer>,
 }
 
 /// What a message's email is written with: its agent's route and texts, in
@@ -30,7 +33,7 @@ pub struct Compose<'a> {
 }
 
 impl Email {
-    pub fn new(config: &EmailConfig, timeout: Duration) -> Result<Self> {
+    pub fn new(config: &EmailConfig, timeout: Duration, pacer: Arc<Pacer>) -> Result<Self> {
         let mailer = AsyncSmtpTransport::<Tokio1Executor>::from_url(config.smtp_url.expose())
             .context("the SMTP URL is not a valid smtp:// or smtps:// URL")?
             .timeout(Some(timeout))
@@ -38,7 +41,13 @@ impl Email {
         Ok(Self {
             mailer,
             from: config.from.clone(),
+            pacer,
         })
+    }
+
+    /// This account's schedule (see `pace`).
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
     }
 
     pub fn compose(
@@ -106,13 +115,9 @@ impl Email {
             })
     }
 
-    /// Sends one message; the SMTP server's reply as the provider reference.
-    pub async fn send(
-        &self,
-        message: &Message,
-        with: &Compose<'_>,
-    ) -> Result<String, DeliveryError> {
-        let email = self.compose(message, with)?;
+    /// Sends one composed message; the SMTP server's reply as the provider
+    /// reference.
+    pub async fn send(&self, email: lettre::Message) -> Result<String, DeliveryError> {
         match self.mailer.send(email).await {
             Ok(response) => Ok(format!("smtp:{}", response.code())),
             Err(err) => Err(classify(&err)),

@@ -6,15 +6,17 @@ mod email;
 mod whatsapp;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use otp_common::{language, Channel};
 
 pub use email::Email;
 pub use whatsapp::{retryable_code, WhatsApp};
 
-use crate::message::{DeliveryError, Message};
+use crate::message::{DeliveryError, Message, NotSent};
+use crate::pace::{time_to_start, Deadlines, Late, Pace, Pacer, Pacers};
 use crate::routes::Routes;
 
 /// Every configured sender, ready to send, with the routes that choose
@@ -27,40 +29,91 @@ pub struct Transports {
     console: Option<console::Console>,
 }
 
+/// What every sender is built with, at start and on each reload.
+#[derive(Clone)]
+pub struct Settings {
+    /// Print what no sender takes (--console).
+    pub console: bool,
+    /// One provider request's timeout.
+    pub timeout: Duration,
+    /// Deliveries in flight at once, and the lease they have to finish in:
+    /// a sender's pace must give each its turn within the lease.
+    pub concurrency: u16,
+    pub lease: Duration,
+    /// The senders' schedules, kept across reloads.
+    pub pacers: Arc<Pacers>,
+}
+
+impl Settings {
+    /// The pacer of a sender, once its pace is known to give every delivery
+    /// in flight its turn, and the time to send, within the lease.
+    fn pacer(&self, sender: &str, key: String, pace: Pace) -> Result<Arc<Pacer>> {
+        let wait = pace.longest_wait(self.concurrency);
+        let window = time_to_start(self.lease, self.timeout);
+        if wait >= window {
+            bail!(
+                "{sender}: {} sends in flight (--concurrency) can wait {:.1} s for their turn at \
+                 this sender's rate and pair interval, and a send must start within {:.1} s of \
+                 its claim (the {} s lease less the send timeout): lower --concurrency, raise the \
+                 rate, or raise --lease-seconds",
+                self.concurrency,
+                wait.as_secs_f64(),
+                window.as_secs_f64(),
+                self.lease.as_secs_f64()
+            );
+        }
+        Ok(self.pacers.get(&key, pace))
+    }
+}
+
 impl Transports {
-    pub fn new(routes: Routes, console: bool, timeout: Duration) -> Result<Self> {
+    pub fn new(routes: Routes, with: &Settings) -> Result<Self> {
         let whatsapp = routes
             .whatsapp
             .iter()
-            .map(|(name, config)| Ok((name.clone(), WhatsApp::new(config, timeout)?)))
+            .map(|(name, config)| {
+                // Meta's limits are the phone number's, whatever its name here.
+                let key = format!("whatsapp {}", config.phone_number_id);
+                let pacer = with.pacer(&format!("WhatsApp sender {name:?}"), key, config.pace)?;
+                Ok((name.clone(), WhatsApp::new(config, with.timeout, pacer)?))
+            })
             .collect::<Result<_>>()?;
         let email = routes
             .email
             .iter()
-            .map(|(name, config)| Ok((name.clone(), Email::new(config, timeout)?)))
+            .map(|(name, config)| {
+                let key = format!("email {name}");
+                let pacer = with.pacer(&format!("email sender {name:?}"), key, config.pace)?;
+                Ok((name.clone(), Email::new(config, with.timeout, pacer)?))
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             routes,
             whatsapp,
             email,
-            console: console.then_some(console::Console),
+            console: with.console.then_some(console::Console),
         })
     }
 
-    /// Delivers one message through its agent's sender for its channel; the
-    /// provider's reference on success. An agent without a sender for the
-    /// channel fails for good (`no_sender`): the extension then falls back
-    /// to the person's other channel, if any.
-    pub async fn deliver(&self, message: &Message) -> Result<String, DeliveryError> {
+    /// Delivers one message through its agent's sender for its channel, in
+    /// the sender's turn (see `pace`); the provider's reference on success.
+    /// An agent without a sender for the channel fails for good
+    /// (`no_sender`): the extension then falls back to the person's other
+    /// channel, if any.
+    pub async fn deliver(
+        &self,
+        message: &Message,
+        deadlines: Deadlines,
+    ) -> Result<String, NotSent> {
         let Some(agent) = self.routes.agent(&message.agent) else {
-            return self.console_or(
+            return Ok(self.console_or(
                 message,
                 "no_route",
                 format!(
                     "agent {:?} is not in the dispatcher's configuration, which has no [default]",
                     message.agent
                 ),
-            );
+            )?);
         };
         // The person's language first, then the agent's (which the routes
         // are checked to have texts and a template language for).
@@ -78,9 +131,12 @@ impl Transports {
             (Some(Channel::WhatsApp), Some(route), _) => {
                 let tags: Vec<&String> = route.languages.keys().collect();
                 let tag = language::choose(&wanted, &tags).expect("checked when loaded");
-                self.whatsapp[&route.sender]
-                    .send(message, &route.template, &route.languages[tag])
-                    .await
+                let sender = &self.whatsapp[&route.sender];
+                let to = whatsapp::number(&message.destination)?;
+                turn(sender.pacer(), Some(&to), deadlines).await?;
+                Ok(sender
+                    .send(message, &to, &route.template, &route.languages[tag])
+                    .await?)
             }
             (Some(Channel::Email), _, Some(route)) => {
                 let available = self.routes.texts.languages(&route.texts);
@@ -91,16 +147,19 @@ impl Transports {
                     agent,
                     language: language::choose(&wanted, available).expect("checked when loaded"),
                 };
-                self.email[&route.sender].send(message, &email).await
+                let sender = &self.email[&route.sender];
+                turn(sender.pacer(), None, deadlines).await?;
+                // (composed after the wait: the text says how long the code has left)
+                Ok(sender.send(sender.compose(message, &email)?).await?)
             }
-            _ => self.console_or(
+            _ => Ok(self.console_or(
                 message,
                 "no_sender",
                 format!(
                     "agent {:?} has no {} sender in the dispatcher's configuration",
                     message.agent, message.channel
                 ),
-            ),
+            )?),
         }
     }
 
@@ -116,5 +175,24 @@ impl Transports {
             Some(console) => console.send(message),
             None => Err(DeliveryError::permanent(reason, detail)),
         }
+    }
+}
+
+/// Waits for a sender's turn. A turn after the code's expiry ends the
+/// message unsent; one after the lease (a long queue behind a sender, or
+/// several codes to one number) is a retryable failure: the message is
+/// offered again, rather than sent while another dispatcher may claim it.
+async fn turn(
+    pacer: &Pacer,
+    destination: Option<&str>,
+    deadlines: Deadlines,
+) -> Result<(), NotSent> {
+    match pacer.turn(destination, deadlines).await {
+        Ok(()) => Ok(()),
+        Err(Late::Expiry) => Err(NotSent::Expired),
+        Err(Late::Lease) => Err(NotSent::Failed(DeliveryError::retryable(
+            "paced",
+            "the sender's turn for this message would come after its lease",
+        ))),
     }
 }

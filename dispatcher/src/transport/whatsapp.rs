@@ -5,6 +5,7 @@
 //! `biz_opaque_callback_data` carries the outbox message id, so status
 //! webhooks can be matched to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Secret, WhatsAppConfig};
 use crate::message::{DeliveryError, Message};
+use crate::pace::Pacer;
 
 /// Cloud API error codes, from Meta's published list, and whether a
 /// message that failed with one is worth another try on WhatsApp (true) or
@@ -64,10 +66,11 @@ pub struct WhatsApp {
     http: reqwest::Client,
     messages_url: String,
     token: Secret,
+    pacer: Arc<Pacer>,
 }
 
 impl WhatsApp {
-    pub fn new(config: &WhatsAppConfig, timeout: Duration) -> Result<Self> {
+    pub fn new(config: &WhatsAppConfig, timeout: Duration, pacer: Arc<Pacer>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -78,6 +81,7 @@ impl WhatsApp {
             http,
             messages_url: format!("{}/{}/messages", config.api_url, config.phone_number_id),
             token: config.token.clone(),
+            pacer,
         })
     }
 
@@ -106,24 +110,25 @@ impl WhatsApp {
         })
     }
 
-    /// Sends one message; the provider's message id on success.
+    /// This phone number's schedule (see `pace`).
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    /// Sends one message to `to` (its destination as `number` gives it); the
+    /// provider's message id on success.
     pub async fn send(
         &self,
         message: &Message,
+        to: &str,
         template: &str,
         language: &str,
     ) -> Result<String, DeliveryError> {
-        let to = whatsapp_number(&message.destination).ok_or_else(|| {
-            DeliveryError::permanent(
-                "invalid_number",
-                "the destination is not a phone number with country code",
-            )
-        })?;
         let response = self
             .http
             .post(&self.messages_url)
             .bearer_auth(self.token.expose())
-            .json(&Self::request_body(message, &to, template, language))
+            .json(&Self::request_body(message, to, template, language))
             .send()
             .await
             .map_err(|err| {
@@ -159,6 +164,16 @@ impl WhatsApp {
 pub fn whatsapp_number(destination: &str) -> Option<String> {
     let digits: String = destination.chars().filter(char::is_ascii_digit).collect();
     (8..=15).contains(&digits.len()).then_some(digits)
+}
+
+/// A message's destination as the Cloud API wants it, or why it cannot go.
+pub fn number(destination: &str) -> Result<String, DeliveryError> {
+    whatsapp_number(destination).ok_or_else(|| {
+        DeliveryError::permanent(
+            "invalid_number",
+            "the destination is not a phone number with country code",
+        )
+    })
 }
 
 /// Maps a Graph API error to retryable or permanent.
