@@ -503,6 +503,17 @@ impl Config {
                 args.schema
             );
         }
+        // (after the tuning flags are known to be positive)
+        let paces = crate::transport::check_paces(
+            &routes,
+            args.concurrency,
+            Duration::from_secs(args.lease_seconds.into()),
+            Duration::from_millis(args.send_timeout_ms),
+        );
+        match &args.config {
+            Some(path) => paces.with_context(|| format!("configuration {}", path.display()))?,
+            None => paces?,
+        }
         Ok(Config {
             database_url: database_url.into(),
             unverified_tls,

@@ -1,8 +1,10 @@
 //! The claim loop.
 //!
-//! - Claims only as many messages as it can start sending at once (free
-//!   concurrency slots), so nothing it holds a lease on sits waiting: on
-//!   shutdown there are no unstarted claims to hand back.
+//! - Claims only as many messages as it has free concurrency slots, so
+//!   nothing it holds a lease on waits for a slot. A delivery may wait for
+//!   its sender's turn (`pace`), holding its slot; on shutdown it gives the
+//!   turn up and reports a retryable failure, so there are no unstarted
+//!   claims to hand back.
 //! - Sends concurrently; never holds a database transaction across a send.
 //! - Reports results in batches; results that could not be reported (the
 //!   database went away) are kept and reported after reconnecting, before
@@ -60,6 +62,8 @@ pub async fn run(
     let mut outbox: Option<Outbox> = None;
     let mut reconnect_delay = RECONNECT_FIRST;
     let mut stopping = false;
+    // Tells deliveries waiting for a sender's turn to give it up.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut last_sweep: Option<Instant> = None;
     tokio::pin!(shutdown);
 
@@ -97,7 +101,10 @@ pub async fn run(
                     reconnect_delay = (reconnect_delay * 2).min(RECONNECT_MAX);
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
-                        () = &mut shutdown, if !stopping => stopping = true,
+                        () = &mut shutdown, if !stopping => {
+                            stopping = true;
+                            let _ = stop_tx.send(true);
+                        }
                     }
                     continue;
                 }
@@ -174,6 +181,7 @@ pub async fn run(
                                 send_timeout: config.send_timeout,
                             },
                             done_tx.clone(),
+                            stop_rx.clone(),
                             slot,
                         ));
                     }
@@ -200,6 +208,7 @@ pub async fn run(
             () = &mut shutdown, if !stopping => {
                 info!(in_flight, "shutting down: finishing deliveries in flight");
                 stopping = true;
+                let _ = stop_tx.send(true);
             }
         }
     }
@@ -238,6 +247,7 @@ async fn deliver(
     transports: Arc<Transports>,
     limits: Limits,
     done: mpsc::UnboundedSender<Outcome>,
+    mut stop: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) {
     let channel = message.channel.clone();
@@ -249,7 +259,8 @@ async fn deliver(
         // A panic in a transport (a bug, or a library's) must still end in
         // a report: unreported, the message would be claimed and panic
         // again until its code expired, and never fall back.
-        let sent = AssertUnwindSafe(transports.deliver(&message, limits.deadlines(&message)))
+        let deadlines = limits.deadlines(&message);
+        let sent = AssertUnwindSafe(transports.deliver(&message, deadlines, &mut stop))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 const LATENCY: &str = "otp_dispatcher_claim_to_send_seconds";
 const WEBHOOK_LATENCY: &str = "otp_dispatcher_webhook_record_seconds";
+const PACING: &str = "otp_dispatcher_paced_wait_seconds";
 
 /// Serves /metrics on `listen`. Must run inside the Tokio runtime.
 pub fn serve(listen: SocketAddr) -> Result<()> {
@@ -21,6 +22,11 @@ pub fn serve(listen: SocketAddr) -> Result<()> {
             &[
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
+        )
+        .context("configuring the metrics histogram")?
+        .set_buckets_for_metric(
+            Matcher::Full(PACING.to_owned()),
+            &[0.0125, 0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0],
         )
         .context("configuring the metrics histogram")?
         .set_buckets_for_metric(
@@ -44,6 +50,11 @@ pub fn failed(channel: &str, reason: &str, retryable: bool) {
     if retryable {
         counter!("otp_dispatcher_retried_total", "channel" => channel.to_owned()).increment(1);
     }
+}
+
+/// How long a delivery waited for its sender's turn (only those that waited).
+pub fn paced(channel: &str, waited: Duration) {
+    histogram!(PACING, "channel" => channel.to_owned()).record(waited.as_secs_f64());
 }
 
 pub fn expired_unsent(channel: &str) {

@@ -9,26 +9,28 @@
 //!   to the same number every 6 seconds, with bursts allowed that borrow
 //!   from later (131056 beyond it). Paced the same way per number, with a
 //!   burst of `PAIR_BURST`, well inside Meta's 45: a person who asks for a
-//!   code again at once gets it at once; the eleventh code to one number
-//!   within a minute waits its turn.
+//!   code again at once gets it at once; only codes that come sooner than
+//!   the burst and one per interval allow wait their turn.
 //!
-//! Each turn is reserved, in order, before the delivery waits for it: a
-//! delivery knows when it may send before it waits, and a code that would
-//! expire (or whose lease would run out) before its turn is not sent and
-//! takes no turn from the messages behind it. (A crate such as `governor`
+//! Each turn is reserved, in order, before the delivery waits for it (the
+//! pair turn first; the rate's once the pair turn has come): a code that
+//! would expire (or whose lease would run out) before its turn is not sent,
+//! gives back what it reserved, and takes no turn from the messages behind
+//! it. (A crate such as `governor`
 //! answers "may I send now?" and leaves the waiting to retries, which
 //! neither keeps the order nor says up front whether the turn comes in
 //! time.)
 //!
-//! The pacers outlive a reload (`Pacers`), keyed by what the provider limits
-//! (the phone number id, the SMTP URL), so a SIGHUP neither resets a
-//! sender's schedule nor forgets who was just sent a code.
+//! The schedules outlive a reload (`Pacers`), keyed by what the provider
+//! limits (the phone number id; the sender's name for email), so a SIGHUP
+//! neither resets a sender's schedule nor forgets who was just sent a code.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// A sender's limits, from its configuration.
@@ -66,9 +68,9 @@ impl Pace {
         })
     }
 
-    /// How long a send can wait for its turn at most when `in_flight`
-    /// deliveries share the sender: every one ahead of it, plus one pair
-    /// interval.
+    /// How long a send waits for its turn when `in_flight` deliveries share
+    /// the sender: every one ahead of it, plus one pair interval (several
+    /// bursts to one number can wait longer: see `Late::Lease`).
     pub fn longest_wait(&self, in_flight: u16) -> Duration {
         let turns = self
             .rate
@@ -109,6 +111,8 @@ pub enum Late {
     Expiry,
     /// Its lease would run out first (another dispatcher could then claim it).
     Lease,
+    /// The dispatcher is stopping: it waits for no turn.
+    Stopping,
 }
 
 /// The latest moments a delivery may start sending.
@@ -121,7 +125,8 @@ pub struct Deadlines {
 /// One sender's schedule.
 pub struct Pacer {
     pace: Pace,
-    state: Mutex<State>,
+    /// Shared with the pacers this sender had before a reload.
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Default)]
@@ -138,26 +143,56 @@ struct State {
 const PRUNE_FIRST: usize = 1024;
 
 impl Pacer {
-    pub fn new(pace: Pace) -> Self {
+    /// A pacer with a schedule of its own (senders get theirs from `Pacers`).
+    #[cfg(test)]
+    fn new(pace: Pace) -> Self {
         Self {
             pace,
-            state: Mutex::new(State::default()),
+            state: Arc::default(),
         }
     }
 
-    pub fn pace(&self) -> Pace {
-        self.pace
+    /// Waits for this message's turn: first the pair limit, then the rate;
+    /// how long it waited (zero when its turn was now). When a turn would
+    /// come after a deadline, or the dispatcher stops while it waits,
+    /// nothing is sent and the pair turn it had is given back.
+    pub async fn turn(
+        &self,
+        destination: Option<&str>,
+        deadlines: Deadlines,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Duration, Late> {
+        let asked = Instant::now();
+        let pair = self.pair_turn(destination, asked, deadlines)?;
+        let waited = async {
+            sleep_until(pair, stop).await?;
+            let now = Instant::now();
+            let at = self.rate_turn(now, deadlines)?;
+            sleep_until(at, stop).await?;
+            // A timer fires late on a busy machine: the deadlines still hold.
+            deadlines.check(Instant::now())?;
+            Ok(pair > asked || at > now)
+        }
+        .await;
+        match waited {
+            Ok(true) => Ok(asked.elapsed()),
+            Ok(false) => Ok(Duration::ZERO),
+            Err(late) => {
+                self.give_back_pair_turn(destination);
+                Err(late)
+            }
+        }
     }
 
-    /// Waits for this message's turn: first the pair limit, then the rate.
-    /// Nothing is sent, and no turn taken from the messages behind, when a
-    /// turn would come after a deadline.
-    pub async fn turn(&self, destination: Option<&str>, deadlines: Deadlines) -> Result<(), Late> {
-        let pair = self.pair_turn(destination, Instant::now(), deadlines)?;
-        tokio::time::sleep_until(pair).await;
-        let at = self.rate_turn(Instant::now(), deadlines)?;
-        tokio::time::sleep_until(at).await;
-        Ok(())
+    /// Undoes the last pair turn taken for `destination`.
+    fn give_back_pair_turn(&self, destination: Option<&str>) {
+        let Some((interval, to)) = self.pace.pair_interval.zip(destination) else {
+            return;
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(next) = state.pair_next.get_mut(to) {
+            *next = next.checked_sub(interval).unwrap_or(*next);
+        }
     }
 
     /// The earliest moment at or after `now` at which the pair limit lets a
@@ -202,6 +237,17 @@ impl Pacer {
     }
 }
 
+/// Sleeps until `at`, unless the dispatcher stops first.
+async fn sleep_until(at: Instant, stop: &mut watch::Receiver<bool>) -> Result<(), Late> {
+    if at <= Instant::now() {
+        return Ok(());
+    }
+    tokio::select! {
+        () = tokio::time::sleep_until(at) => Ok(()),
+        _ = stop.wait_for(|stopping| *stopping) => Err(Late::Stopping),
+    }
+}
+
 impl Deadlines {
     fn check(&self, at: Instant) -> Result<(), Late> {
         if at > self.expiry {
@@ -214,25 +260,20 @@ impl Deadlines {
     }
 }
 
-/// Every sender's pacer, across reloads.
+/// Every sender's schedule, across reloads.
 #[derive(Default)]
 pub struct Pacers {
-    by_key: Mutex<HashMap<String, Arc<Pacer>>>,
+    by_key: Mutex<HashMap<String, Arc<Mutex<State>>>>,
 }
 
 impl Pacers {
-    /// The pacer of the sender known to its provider as `key`: the same one
-    /// as before a reload, unless its limits changed.
+    /// A pacer at `pace` for the sender known to its provider as `key`, on
+    /// the schedule it had before a reload, whatever its limits were then:
+    /// a raised rate does not forget who was just sent a burst.
     pub fn get(&self, key: &str, pace: Pace) -> Arc<Pacer> {
         let mut by_key = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
-        match by_key.get(key) {
-            Some(pacer) if pacer.pace() == pace => pacer.clone(),
-            _ => {
-                let pacer = Arc::new(Pacer::new(pace));
-                by_key.insert(key.to_owned(), pacer.clone());
-                pacer
-            }
-        }
+        let state = by_key.entry(key.to_owned()).or_default().clone();
+        Arc::new(Pacer { pace, state })
     }
 }
 
@@ -328,8 +369,16 @@ mod tests {
     async fn a_turn_waits_for_the_pair_interval_then_for_the_rate() {
         let pacer = Pacer::new(WHATSAPP);
         let start = Instant::now();
-        for _ in 0..PAIR_BURST {
-            pacer.turn(Some("+34600123478"), far(start)).await.unwrap();
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let first = pacer
+            .turn(Some("+34600123478"), far(start), &mut stop)
+            .await;
+        assert_eq!(first, Ok(Duration::ZERO), "an idle sender does not wait");
+        for _ in 1..PAIR_BURST {
+            pacer
+                .turn(Some("+34600123478"), far(start), &mut stop)
+                .await
+                .unwrap();
         }
         // Ten sends, one rate interval apart (the timer wakes on whole milliseconds).
         let burst = Duration::from_micros(12_500) * (PAIR_BURST - 1);
@@ -338,8 +387,13 @@ mod tests {
             waited >= burst && waited < burst + Duration::from_millis(1),
             "{waited:?}"
         );
-        pacer.turn(Some("+34600123478"), far(start)).await.unwrap();
+        let before = Instant::now();
+        let waited = pacer
+            .turn(Some("+34600123478"), far(start), &mut stop)
+            .await
+            .unwrap();
         assert_eq!(Instant::now() - start, Duration::from_secs(6));
+        assert_eq!(waited, Instant::now() - before);
     }
 
     #[test]
@@ -372,6 +426,52 @@ mod tests {
         assert_eq!(
             pacer.pair_turn(Some("a"), now, far(now)),
             Ok(now + Duration::from_secs(6))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_turn_gives_its_pair_turn_back() {
+        let pacer = Pacer::new(Pace {
+            rate: Some(1),
+            pair_interval: Some(Duration::from_secs(6)),
+        });
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let now = Instant::now();
+        pacer.rate_turn(now, far(now)).unwrap();
+        // "b" has its pair turn now, but the rate's turn is 1 s away.
+        let soon = Deadlines {
+            expiry: now + Duration::from_millis(500),
+            lease: now + Duration::from_secs(20),
+        };
+        assert_eq!(
+            pacer.turn(Some("b"), soon, &mut stop).await,
+            Err(Late::Expiry)
+        );
+        // "b" still has its whole burst.
+        for _ in 0..PAIR_BURST {
+            assert_eq!(pacer.pair_turn(Some("b"), now, far(now)), Ok(now));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_dispatcher_waits_for_no_turn() {
+        let pacer = Arc::new(Pacer::new(Pace {
+            rate: Some(1),
+            pair_interval: None,
+        }));
+        let (stop_tx, mut stop) = watch::channel(false);
+        let now = Instant::now();
+        pacer.turn(None, far(now), &mut stop).await.unwrap();
+        let waiting = tokio::spawn({
+            let (pacer, mut stop) = (pacer.clone(), stop.clone());
+            async move { pacer.turn(None, far(now), &mut stop).await }
+        });
+        tokio::task::yield_now().await;
+        stop_tx.send(true).unwrap();
+        assert_eq!(waiting.await.unwrap(), Err(Late::Stopping));
+        assert!(
+            Instant::now() - now < Duration::from_secs(1),
+            "it did not wait for its turn"
         );
     }
 
@@ -412,14 +512,32 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_keeps_a_senders_schedule_unless_its_limits_change() {
+    fn a_reload_keeps_a_senders_schedule_even_when_its_limits_change() {
         let pacers = Pacers::default();
-        let first = pacers.get("104857600", WHATSAPP);
-        assert!(Arc::ptr_eq(&first, &pacers.get("104857600", WHATSAPP)));
+        let now = Instant::now();
+        let before = pacers.get("whatsapp 104857600", WHATSAPP);
+        for _ in 0..PAIR_BURST {
+            before
+                .pair_turn(Some("+34600123478"), now, far(now))
+                .unwrap();
+        }
+        before.rate_turn(now, far(now)).unwrap();
         let faster = Pace {
             rate: Some(200),
             ..WHATSAPP
         };
-        assert!(!Arc::ptr_eq(&first, &pacers.get("104857600", faster)));
+        let after = pacers.get("whatsapp 104857600", faster);
+        // The burst is still spent, and the rate's next turn still taken.
+        assert_eq!(
+            after.pair_turn(Some("+34600123478"), now, far(now)),
+            Ok(now + Duration::from_secs(6))
+        );
+        assert_eq!(
+            after.rate_turn(now, far(now)),
+            Ok(now + Duration::from_micros(12_500))
+        );
+        // Another sender has its own.
+        let other = pacers.get("whatsapp 999", WHATSAPP);
+        assert_eq!(other.rate_turn(now, far(now)), Ok(now));
     }
 }

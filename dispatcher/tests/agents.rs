@@ -664,6 +664,14 @@ fn a_broken_configuration_refuses_to_start_with_one_clear_line() {
             "[whatsapp.hr]\nphone_number_id = \"1\"\ntoken_file = \"/nonexistent/token\"\n[default]\n".to_owned(),
             "[whatsapp.hr]: token_file /nonexistent/token: No such file or directory",
         ),
+        (
+            format!("{sender}[email.slow]\nurl = \"smtp://127.0.0.1:25\"\nfrom = \"a@b.example\"\nrate = 1\n[default]\nemail = \"slow\"\n"),
+            "email sender \"slow\": 64 sends in flight (--concurrency) can wait 64.0 s",
+        ),
+        (
+            format!("{sender}[whatsapp.again]\nphone_number_id = \"1\"\ntoken = \"t\"\nrate = 250\n[default]\nwhatsapp = \"hr\"\nwhatsapp_template = \"code\"\n"),
+            "WhatsApp senders \"again\" and \"hr\" send from one phone number with different rate",
+        ),
     ] {
         let (code, stderr) = refused(&dir, &config);
         assert_eq!(code, Some(2), "{stderr}");

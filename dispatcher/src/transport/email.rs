@@ -55,9 +55,7 @@ impl Email {
         message: &Message,
         with: &Compose<'_>,
     ) -> Result<lettre::Message, DeliveryError> {
-        let to: Mailbox = message.destination.parse().map_err(|_| {
-            DeliveryError::permanent("invalid_address", "the destination is not an email address")
-        })?;
+        let to = recipient(message)?;
         // The person's time zone when their record names one this build's
         // time zone database knows, else the agent's.
         let zone = message
@@ -123,6 +121,13 @@ impl Email {
             Err(err) => Err(classify(&err)),
         }
     }
+}
+
+/// The message's destination as a mailbox, or why mail cannot go there.
+pub fn recipient(message: &Message) -> Result<Mailbox, DeliveryError> {
+    message.destination.parse().map_err(|_| {
+        DeliveryError::permanent("invalid_address", "the destination is not an email address")
+    })
 }
 
 /// RFC 3282's Content-Language: the language the texts were chosen in

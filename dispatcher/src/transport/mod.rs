@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use otp_common::{language, Channel};
+use tokio::sync::watch;
 
 pub use email::Email;
 pub use whatsapp::{retryable_code, WhatsApp};
@@ -44,37 +45,63 @@ pub struct Settings {
     pub pacers: Arc<Pacers>,
 }
 
-impl Settings {
-    /// The pacer of a sender, once its pace is known to give every delivery
-    /// in flight its turn, and the time to send, within the lease.
-    fn pacer(&self, sender: &str, key: String, pace: Pace) -> Result<Arc<Pacer>> {
-        let wait = pace.longest_wait(self.concurrency);
-        let window = time_to_start(self.lease, self.timeout);
+/// Checks that every sender's pace gives each delivery in flight its turn
+/// within the time a send may start after its claim, and that senders
+/// sharing a WhatsApp number pace alike (Meta limits the number). At start
+/// (`Config`) and at each reload.
+pub fn check_paces(
+    routes: &Routes,
+    concurrency: u16,
+    lease: Duration,
+    send_timeout: Duration,
+) -> Result<()> {
+    let window = time_to_start(lease, send_timeout);
+    let senders = routes
+        .whatsapp
+        .iter()
+        .map(|(name, config)| (format!("WhatsApp sender {name:?}"), config.pace))
+        .chain(
+            (routes.email.iter())
+                .map(|(name, config)| (format!("email sender {name:?}"), config.pace)),
+        );
+    for (sender, pace) in senders {
+        let wait = pace.longest_wait(concurrency);
         if wait >= window {
             bail!(
-                "{sender}: {} sends in flight (--concurrency) can wait {:.1} s for their turn at \
-                 this sender's rate and pair interval, and a send must start within {:.1} s of \
-                 its claim (the {} s lease less the send timeout): lower --concurrency, raise the \
-                 rate, or raise --lease-seconds",
-                self.concurrency,
+                "{sender}: {concurrency} sends in flight (--concurrency) can wait {:.1} s for \
+                 their turn at this sender's rate plus one pair interval, and a send must start \
+                 within {:.1} s of its claim (the lease less the send timeout, or half the \
+                 lease): lower --concurrency or the pair interval, or raise the rate or \
+                 --lease-seconds",
                 wait.as_secs_f64(),
-                window.as_secs_f64(),
-                self.lease.as_secs_f64()
+                window.as_secs_f64()
             );
         }
-        Ok(self.pacers.get(&key, pace))
     }
+    let mut numbers: BTreeMap<&str, (&str, Pace)> = BTreeMap::new();
+    for (name, config) in &routes.whatsapp {
+        if let Some((other, pace)) = numbers.insert(&config.phone_number_id, (name, config.pace)) {
+            if pace != config.pace {
+                bail!(
+                    "WhatsApp senders {other:?} and {name:?} send from one phone number with \
+                     different rate or pair_interval_seconds: Meta limits the number, not the name"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Transports {
     pub fn new(routes: Routes, with: &Settings) -> Result<Self> {
+        check_paces(&routes, with.concurrency, with.lease, with.timeout)?;
         let whatsapp = routes
             .whatsapp
             .iter()
             .map(|(name, config)| {
                 // Meta's limits are the phone number's, whatever its name here.
                 let key = format!("whatsapp {}", config.phone_number_id);
-                let pacer = with.pacer(&format!("WhatsApp sender {name:?}"), key, config.pace)?;
+                let pacer = with.pacers.get(&key, config.pace);
                 Ok((name.clone(), WhatsApp::new(config, with.timeout, pacer)?))
             })
             .collect::<Result<_>>()?;
@@ -83,7 +110,7 @@ impl Transports {
             .iter()
             .map(|(name, config)| {
                 let key = format!("email {name}");
-                let pacer = with.pacer(&format!("email sender {name:?}"), key, config.pace)?;
+                let pacer = with.pacers.get(&key, config.pace);
                 Ok((name.clone(), Email::new(config, with.timeout, pacer)?))
             })
             .collect::<Result<_>>()?;
@@ -104,6 +131,7 @@ impl Transports {
         &self,
         message: &Message,
         deadlines: Deadlines,
+        stop: &mut watch::Receiver<bool>,
     ) -> Result<String, NotSent> {
         let Some(agent) = self.routes.agent(&message.agent) else {
             return Ok(self.console_or(
@@ -133,7 +161,14 @@ impl Transports {
                 let tag = language::choose(&wanted, &tags).expect("checked when loaded");
                 let sender = &self.whatsapp[&route.sender];
                 let to = whatsapp::number(&message.destination)?;
-                turn(sender.pacer(), Some(&to), deadlines).await?;
+                turn(
+                    Channel::WhatsApp,
+                    sender.pacer(),
+                    Some(&to),
+                    deadlines,
+                    stop,
+                )
+                .await?;
                 Ok(sender
                     .send(message, &to, &route.template, &route.languages[tag])
                     .await?)
@@ -148,7 +183,9 @@ impl Transports {
                     language: language::choose(&wanted, available).expect("checked when loaded"),
                 };
                 let sender = &self.email[&route.sender];
-                turn(sender.pacer(), None, deadlines).await?;
+                // An address that cannot take mail fails before taking a turn.
+                email::recipient(message)?;
+                turn(Channel::Email, sender.pacer(), None, deadlines, stop).await?;
                 // (composed after the wait: the text says how long the code has left)
                 Ok(sender.send(sender.compose(message, &email)?).await?)
             }
@@ -183,16 +220,27 @@ impl Transports {
 /// several codes to one number) is a retryable failure: the message is
 /// offered again, rather than sent while another dispatcher may claim it.
 async fn turn(
+    channel: Channel,
     pacer: &Pacer,
     destination: Option<&str>,
     deadlines: Deadlines,
+    stop: &mut watch::Receiver<bool>,
 ) -> Result<(), NotSent> {
-    match pacer.turn(destination, deadlines).await {
-        Ok(()) => Ok(()),
+    match pacer.turn(destination, deadlines, stop).await {
+        Ok(waited) => {
+            if !waited.is_zero() {
+                crate::metrics::paced(channel.as_str(), waited);
+            }
+            Ok(())
+        }
         Err(Late::Expiry) => Err(NotSent::Expired),
         Err(Late::Lease) => Err(NotSent::Failed(DeliveryError::retryable(
             "paced",
             "the sender's turn for this message would come after its lease",
+        ))),
+        Err(Late::Stopping) => Err(NotSent::Failed(DeliveryError::retryable(
+            "stopping",
+            "the dispatcher stopped while this message waited for its sender's turn",
         ))),
     }
 }
