@@ -6,8 +6,11 @@
 //! every call. The set-ups alternate round by round; p50 and p99 over all
 //! rounds. Prints a Markdown table.
 
+mod stats;
+
 use anyhow::{Context, Result};
 use clap::Parser;
+use stats::percentile_ms;
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
@@ -113,11 +116,6 @@ async fn client(
     Ok(latencies)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[at].as_secs_f64() * 1000.0
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -155,8 +153,8 @@ async fn main() -> Result<()> {
             sorted.sort();
             row += &format!(
                 " {:.2} ms | {:.2} ms |",
-                percentile(sorted, 0.50),
-                percentile(sorted, 0.99)
+                percentile_ms(sorted, 0.50),
+                percentile_ms(sorted, 0.99)
             );
         }
         println!("{row}");

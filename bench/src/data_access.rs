@@ -15,6 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+mod stats;
+
 use anyhow::{ensure, Result};
 use clap::Parser;
 use pg_otp_integration::{connection_string, Client, NoTls};
@@ -39,8 +41,7 @@ impl Latencies {
     fn percentile(&self, p: f64) -> f64 {
         let mut sorted = self.0.clone();
         sorted.sort();
-        let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted[index].as_secs_f64() * 1000.0
+        stats::percentile_ms(&sorted, p)
     }
 }
 

@@ -27,8 +27,10 @@ use clap::Parser;
 use tokio_postgres::{Client, NoTls};
 
 mod fake;
+mod stats;
 
 use fake::{fake_provider, Arrivals, Dispatcher};
+use stats::percentile;
 
 const DB: &str = "pg_otp_bench";
 
@@ -93,10 +95,6 @@ async fn connect(user: &str) -> Result<Client> {
     let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn ms(d: Duration) -> String {

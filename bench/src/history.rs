@@ -15,6 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+mod stats;
+
 use anyhow::{ensure, Result};
 use clap::Parser;
 use pg_otp_integration::{connection_string, Client, NoTls};
@@ -47,8 +49,7 @@ impl Latencies {
     fn percentile(&self, p: f64) -> String {
         let mut sorted = self.0.clone();
         sorted.sort();
-        let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-        format!("{:.2} ms", sorted[index].as_secs_f64() * 1000.0)
+        format!("{:.2} ms", stats::percentile_ms(&sorted, p))
     }
 }
 

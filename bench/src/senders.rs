@@ -147,22 +147,85 @@ async fn fill(database: &'static str, n: usize, round: usize) -> Result<()> {
     Ok(())
 }
 
-/// Drains the queue with one dispatcher; messages/s at the providers.
+/// What one drain measured.
+struct Drained {
+    /// Messages/s at the providers.
+    rate: f64,
+    /// CPU time of the dispatcher process and of its database backends,
+    /// from the start to the last report.
+    dispatcher_cpu: Duration,
+    backends_cpu: Duration,
+}
+
+/// CPU time (user and system) a process has used so far, from /proc.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // the fields after the command name, which may hold spaces
+    let after = stat
+        .rfind(')')
+        .map(|end| &stat[end + 2..])
+        .context("reading /proc/PID/stat")?;
+    let fields: Vec<&str> = after.split(' ').collect();
+    // utime and stime: fields 14 and 15 of proc(5)'s stat, the 12th and 13th here
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()?))
+}
+
+fn clock_ticks() -> Result<f64> {
+    let out = Command::new("getconf").arg("CLK_TCK").output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
+/// Drains the queue with one dispatcher.
 async fn drain(
     binary: &str,
     database: &str,
     args: &[String],
     providers: &[&Arrivals],
     total: usize,
-) -> Result<f64> {
+) -> Result<Drained> {
     let url = connection_string(database, pg_otp_integration::SENDER);
-    let _dispatcher = start(binary, &url, args)?;
+    let dispatcher = start(binary, &url, args)?;
     for provider in providers {
         provider
             .wait_for(total / providers.len(), Duration::from_secs(300))
             .await?;
     }
-    Ok(Arrivals::rate(providers))
+    let rate = Arrivals::rate(providers);
+    // Every report made, then the CPU each side used.
+    let db = connect(connection_string(database, "postgres")).await?;
+    let started = std::time::Instant::now();
+    loop {
+        let sent: i64 = db
+            .query_one("SELECT count(*) FROM otp.outbox WHERE state = 'sent'", &[])
+            .await?
+            .get(0);
+        if sent as usize == total {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{sent} of {total} reported after a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let backends: Vec<i32> = db
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND usename = $2",
+            &[&database, &pg_otp_integration::SENDER],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut backends_cpu = Duration::ZERO;
+    for pid in backends {
+        backends_cpu += cpu_time(pid as u32)?;
+    }
+    Ok(Drained {
+        rate,
+        dispatcher_cpu: cpu_time(dispatcher.0.id())?,
+        backends_cpu,
+    })
 }
 
 fn flags(binary: &str, server: &MockServer) -> Vec<String> {
@@ -262,6 +325,8 @@ async fn main() -> Result<()> {
         ),
     ];
     let mut rates = vec![Vec::new(); setups.len()];
+    let mut dispatcher_cpu = vec![Vec::new(); setups.len()];
+    let mut backends_cpu = vec![Vec::new(); setups.len()];
     let names: Vec<&str> = setups.iter().map(|s| s.0).collect();
     println!("| round | {} |", names.join(" | "));
     println!("|---|{}", "---|".repeat(setups.len()));
@@ -271,9 +336,9 @@ async fn main() -> Result<()> {
             let (hr, hr_arrivals) = fake_provider().await;
             let (clients, clients_arrivals) = fake_provider().await;
             fill(database, total, round).await?;
-            let rate = if *two_senders {
+            let drained = if *two_senders {
                 let config = config_file(&dir, &hr, &clients)?;
-                let rate = drain(
+                let drained = drain(
                     binary,
                     database,
                     &config,
@@ -285,7 +350,7 @@ async fn main() -> Result<()> {
                 if split.0 != total / 2 || split.1 != total / 2 {
                     bail!("the two senders got {split:?} of {total}");
                 }
-                rate
+                drained
             } else {
                 drain(
                     binary,
@@ -296,8 +361,12 @@ async fn main() -> Result<()> {
                 )
                 .await?
             };
-            row.push(format!("{rate:.0} messages/s"));
-            rates[i].push(rate);
+            row.push(format!("{:.0} messages/s", drained.rate));
+            rates[i].push(drained.rate);
+            // CPU per message, in microseconds
+            let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / total as f64;
+            dispatcher_cpu[i].push(per_message(drained.dispatcher_cpu));
+            backends_cpu[i].push(per_message(drained.backends_cpu));
         }
         println!("| {} | {} |", round + 1, row.join(" | "));
     }
@@ -314,6 +383,21 @@ async fn main() -> Result<()> {
         medians[3] / medians[1],
         medians[3] / medians[2]
     );
+    println!();
+    println!("CPU per message (median, µs): the dispatcher process, and its database connections' backends");
+    println!();
+    println!("| | {} |", names.join(" | "));
+    println!("|---|{}", "---|".repeat(setups.len()));
+    for (what, values) in [
+        ("dispatcher", &mut dispatcher_cpu),
+        ("its backends", &mut backends_cpu),
+    ] {
+        let cells: Vec<String> = values
+            .iter_mut()
+            .map(|v| format!("{:.0}", median(v)))
+            .collect();
+        println!("| {what} | {} |", cells.join(" | "));
+    }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+mod stats;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use pg_otp_integration::{Client, NoTls};
@@ -30,8 +32,7 @@ struct Args {
 
 fn percentile(latencies: &mut [Duration], p: f64) -> f64 {
     latencies.sort();
-    let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-    latencies[index].as_secs_f64() * 1000.0
+    stats::percentile_ms(latencies, p)
 }
 
 fn main() -> Result<()> {
