@@ -10,9 +10,14 @@
 //!    audit events, then ANALYZE.
 //! 3. With reveal_unknown => false: otp_issue for known people and for
 //!    unknown identifiers, interleaved.
+//! 4. otp_purge deleting that history (it ended two days ago; retention one
+//!    day) from a second connection, while authentications go on until it
+//!    has finished: their latencies, and how long the purge took.
 //!
 //! Prints Markdown rows for BENCHMARKS.md. It measures; it does not judge.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod stats;
@@ -123,10 +128,19 @@ fn deliver(db: &mut Client, conversation: &str) -> Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no message for {conversation}"))
 }
 
-/// `calls` authentications one at a time; the latencies of issue and verify.
-fn authentications(db: &mut Client, phase: &str, calls: usize) -> Result<(Latencies, Latencies)> {
+/// `calls` authentications one at a time (after 100 for warm-up), and more
+/// until `until` is set; the latencies of issue and verify.
+fn authentications(
+    db: &mut Client,
+    phase: &str,
+    calls: usize,
+    until: Option<&AtomicBool>,
+) -> Result<(Latencies, Latencies)> {
     let (mut issue, mut verify) = (Latencies::default(), Latencies::default());
-    for i in 0..calls + 100 {
+    for i in 0.. {
+        if i >= calls + 100 && until.is_none_or(|done| done.load(Ordering::Acquire)) {
+            break;
+        }
         let conversation = format!("{phase}-{i}");
         let person = format!("p{}", i as i64 % PEOPLE + 1);
         let mut issue_now = Latencies::default();
@@ -197,7 +211,7 @@ fn main() -> Result<()> {
 
     println!("| history | otp_issue p50 | otp_issue p99 | otp_verify p50 | otp_verify p99 |");
     println!("|---|---|---|---|---|");
-    let (issue, verify) = authentications(&mut db, "empty", args.calls)?;
+    let (issue, verify) = authentications(&mut db, "empty", args.calls, None)?;
     println!(
         "| empty | {} | {} | {} | {} |",
         issue.percentile(0.5),
@@ -212,7 +226,7 @@ fn main() -> Result<()> {
         args.rows,
         loading.elapsed()
     );
-    let (issue, verify) = authentications(&mut db, "history", args.calls)?;
+    let (issue, verify) = authentications(&mut db, "history", args.calls, None)?;
     println!(
         "| {} challenges, messages, sessions, events | {} | {} | {} | {} |",
         args.rows,
@@ -235,6 +249,38 @@ fn main() -> Result<()> {
         "| an unknown identifier (decoy, nothing sent) | {} | {} |",
         unknown.percentile(0.5),
         unknown.percentile(0.99)
+    );
+
+    // The history purged (it ended two days ago) while authentications go on.
+    println!();
+    println!("| while otp_purge deletes the history | otp_issue p50 | otp_issue p99 | otp_verify p50 | otp_verify p99 |");
+    println!("|---|---|---|---|---|");
+    let done = Arc::new(AtomicBool::new(false));
+    let purge = std::thread::spawn({
+        let done = done.clone();
+        move || -> Result<(Duration, Vec<i64>)> {
+            let mut owner = Client::connect(&connection_string(DB, "postgres"), NoTls)?;
+            let started = Instant::now();
+            let row = owner.query_one(
+                "SELECT challenges, messages, sessions, guards, events
+                   FROM otp_purge(retention => '1 day', event_retention => '1 day')",
+                &[],
+            );
+            done.store(true, Ordering::Release);
+            let row = row?;
+            Ok((started.elapsed(), (0..5).map(|i| row.get(i)).collect()))
+        }
+    });
+    let (issue, verify) = authentications(&mut db, "purging", args.calls, Some(&done))?;
+    let (took, deleted) = purge.join().expect("the purge thread")?;
+    println!(
+        "| {} rows (challenges, messages, sessions, guards, events: {deleted:?}) in {took:.0?}, {} authentications meanwhile | {} | {} | {} | {} |",
+        deleted.iter().sum::<i64>(),
+        issue.0.len(),
+        issue.percentile(0.5),
+        issue.percentile(0.99),
+        verify.percentile(0.5),
+        verify.percentile(0.99)
     );
     Ok(())
 }
