@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 mod fake;
 mod stats;
@@ -89,12 +89,11 @@ fn start_dispatcher_with(
 
 async fn connect(user: &str) -> Result<Client> {
     let user = user.to_owned();
+    // (the integration fixture's roles and extension, made on first use)
     let config =
         tokio::task::spawn_blocking(move || pg_otp_integration::connection_string(DB, &user))
             .await?;
-    let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
+    fake::connect(config).await
 }
 
 fn ms(d: Duration) -> String {

@@ -1,5 +1,8 @@
-//! The parts both delivery benchmarks use: a fake WhatsApp Cloud API that
-//! records when each message arrived, and the dispatcher as a child process.
+//! The parts the delivery benchmarks share: a fake WhatsApp Cloud API that
+//! records when each message arrived, the dispatcher as a child process,
+//! and connections to the benchmark's cluster.
+// (each benchmark uses part of it)
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::process::{Child, Command};
@@ -8,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use tokio::sync::Notify;
+use tokio_postgres::{Client, NoTls};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -74,6 +78,22 @@ pub async fn fake_provider() -> (MockServer, Arrivals) {
         .mount(&server)
         .await;
     (server, arrivals)
+}
+
+/// The connection string of `database` for `user` on the cluster the
+/// script started (PG_OTP_TEST_HOST, PG_OTP_TEST_PORT).
+pub fn connection_string(database: &str, user: &str) -> String {
+    format!(
+        "host={} port={} user={user} dbname={database}",
+        std::env::var("PG_OTP_TEST_HOST").unwrap(),
+        std::env::var("PG_OTP_TEST_PORT").unwrap()
+    )
+}
+
+pub async fn connect(config: String) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 /// Flags that take pacing out of the way for a dispatcher that paces (this

@@ -16,8 +16,6 @@
 //! unsent, the most messages the provider received in any one second, and
 //! how many arrived after their code expired (must be 0). Prints Markdown.
 
-// shared with the other delivery benchmarks, which use all of it
-#[allow(dead_code)]
 mod fake;
 mod stats;
 
@@ -27,9 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fake::{fake_provider, Dispatcher};
+use fake::{connect, connection_string, fake_provider, Dispatcher};
 use stats::percentile;
-use tokio_postgres::{Client, NoTls};
 
 const DB: &str = "pg_otp_bench_rush";
 /// Connections issuing codes, as an agent platform's workers would.
@@ -70,17 +67,6 @@ const SCENARIOS: [Scenario; 3] = [
     },
 ];
 
-async fn connect(user: &str) -> Result<Client> {
-    let config = format!(
-        "host={} port={} user={user} dbname={DB}",
-        std::env::var("PG_OTP_TEST_HOST")?,
-        std::env::var("PG_OTP_TEST_PORT")?
-    );
-    let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 /// The database: `people` people, each with a WhatsApp number of their own.
 fn prepare(people: usize) -> Result<()> {
     pg_otp_integration::connection_string(DB, "postgres"); // roles, extension
@@ -105,7 +91,7 @@ struct Measured {
 }
 
 async fn run(args: &Args, scenario: &Scenario) -> Result<Measured> {
-    let db = connect("postgres").await?;
+    let db = connect(connection_string(DB, "postgres")).await?;
     db.batch_execute(&format!(
         "TRUNCATE otp.outbox, otp.challenge, otp.session;
          SELECT otp_configure(agent => 'rush', source => 'staff', id_column => 'id',
@@ -115,12 +101,7 @@ async fn run(args: &Args, scenario: &Scenario) -> Result<Measured> {
     ))
     .await?;
     let (server, arrivals) = fake_provider().await;
-    let url = format!(
-        "host={} port={} user={} dbname={DB}",
-        std::env::var("PG_OTP_TEST_HOST")?,
-        std::env::var("PG_OTP_TEST_PORT")?,
-        pg_otp_integration::SENDER
-    );
+    let url = connection_string(DB, pg_otp_integration::SENDER);
     let _dispatcher = Dispatcher(
         Command::new(&args.dispatcher)
             .args(["--database-url", &url])
@@ -145,7 +126,7 @@ async fn run(args: &Args, scenario: &Scenario) -> Result<Measured> {
     for worker in 0..ISSUERS {
         let people = args.people;
         issuers.push(tokio::spawn(async move {
-            let app = connect(pg_otp_integration::APP).await?;
+            let app = connect(connection_string(DB, pg_otp_integration::APP)).await?;
             let issue = app
                 .prepare("SELECT status FROM otp_issue('rush', $1, $2)")
                 .await?;

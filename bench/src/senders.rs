@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fake::{fake_provider, Arrivals, Dispatcher};
-use tokio_postgres::{Client, NoTls};
+use fake::{connect, connection_string, fake_provider, Arrivals, Dispatcher};
 use wiremock::MockServer;
 
 const CURRENT_DB: &str = "pg_otp_bench_senders";
@@ -68,20 +67,6 @@ fn start(binary: &str, url: &str, args: &[String]) -> Result<Dispatcher> {
         .spawn()
         .context("starting otp-dispatcher")?;
     Ok(Dispatcher(child))
-}
-
-async fn connect(config: String) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-fn connection_string(database: &str, user: &str) -> String {
-    format!(
-        "host={} port={} user={user} dbname={database}",
-        std::env::var("PG_OTP_TEST_HOST").unwrap(),
-        std::env::var("PG_OTP_TEST_PORT").unwrap()
-    )
 }
 
 /// The two databases: the current schema with two agents over a table with
@@ -157,8 +142,9 @@ struct Drained {
     backends_cpu: Duration,
 }
 
-/// CPU time (user and system) a process has used so far, from /proc.
-fn cpu_time(pid: u32) -> Result<Duration> {
+/// CPU time (user and system) a process has used so far, from /proc
+/// (`clock_ticks` per second).
+fn cpu_time(pid: u32, clock_ticks: f64) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // the fields after the command name, which may hold spaces
     let after = stat
@@ -168,7 +154,7 @@ fn cpu_time(pid: u32) -> Result<Duration> {
     let fields: Vec<&str> = after.split(' ').collect();
     // utime and stime: fields 14 and 15 of proc(5)'s stat, the 12th and 13th here
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()?))
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks))
 }
 
 fn clock_ticks() -> Result<f64> {
@@ -217,13 +203,14 @@ async fn drain(
         .iter()
         .map(|row| row.get(0))
         .collect();
+    let ticks = clock_ticks()?;
     let mut backends_cpu = Duration::ZERO;
     for pid in backends {
-        backends_cpu += cpu_time(pid as u32)?;
+        backends_cpu += cpu_time(pid as u32, ticks)?;
     }
     Ok(Drained {
         rate,
-        dispatcher_cpu: cpu_time(dispatcher.0.id())?,
+        dispatcher_cpu: cpu_time(dispatcher.0.id(), ticks)?,
         backends_cpu,
     })
 }

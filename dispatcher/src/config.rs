@@ -219,7 +219,6 @@ pub struct WhatsAppConfig {
     pub api_url: String,
     pub phone_number_id: String,
     pub token: Secret,
-    /// Meta's limits by default.
     pub pace: Pace,
 }
 
@@ -227,7 +226,7 @@ impl WhatsAppConfig {
     /// Checks what a token will be sent to: https, or http to a loopback
     /// address (a local proxy, a test); never a value in an error, since a
     /// secret pasted into the wrong key must not reach the log.
-    pub fn new(api_url: &str, phone_number_id: String, token: Secret) -> Result<Self> {
+    pub fn new(api_url: &str, phone_number_id: String, token: Secret, pace: Pace) -> Result<Self> {
         let url =
             reqwest::Url::parse(api_url).map_err(|_| anyhow::anyhow!("api_url is not a URL"))?;
         let loopback = match url.host() {
@@ -246,12 +245,8 @@ impl WhatsAppConfig {
             api_url: api_url.trim_end_matches('/').to_owned(),
             phone_number_id,
             token,
-            pace: Pace::whatsapp(None, None)?,
+            pace,
         })
-    }
-
-    pub fn paced(self, pace: Pace) -> Self {
-        Self { pace, ..self }
     }
 }
 
@@ -260,12 +255,11 @@ impl WhatsAppConfig {
 pub struct EmailConfig {
     pub smtp_url: Secret,
     pub from: lettre::message::Mailbox,
-    /// Unpaced by default.
     pub pace: Pace,
 }
 
 impl EmailConfig {
-    pub fn new(smtp_url: Secret, from: &str) -> Result<Self> {
+    pub fn new(smtp_url: Secret, from: &str, pace: Pace) -> Result<Self> {
         let from = from.parse().map_err(|_| {
             anyhow::anyhow!("from is not an email address (as \"ACME <otp@acme.example>\")")
         })?;
@@ -275,12 +269,8 @@ impl EmailConfig {
         Ok(Self {
             smtp_url,
             from,
-            pace: Pace::UNPACED,
+            pace,
         })
-    }
-
-    pub fn paced(self, pace: Pace) -> Self {
-        Self { pace, ..self }
     }
 }
 
@@ -377,15 +367,13 @@ fn flag_routes(args: &Args) -> Result<Routes> {
                     .unwrap_or(routes::DEFAULT_API_URL),
                 phone_number_id.clone(),
                 token.into(),
-            )
-            .context("--whatsapp-*")?
-            .paced(
                 Pace::whatsapp(
                     Some(args.whatsapp_rate),
                     Some(args.whatsapp_pair_interval_seconds),
                 )
                 .context("--whatsapp-rate")?,
-            ),
+            )
+            .context("--whatsapp-*")?,
             args.whatsapp_template
                 .clone()
                 .unwrap_or_else(|| "otp_code".into()),
@@ -398,9 +386,12 @@ fn flag_routes(args: &Args) -> Result<Routes> {
     };
     let email = match (smtp_url, &args.email_from) {
         (Some(smtp_url), Some(from)) => Some((
-            EmailConfig::new(smtp_url.into(), from)
-                .context("--smtp-url / --email-from")?
-                .paced(Pace::email(args.smtp_rate).context("--smtp-rate")?),
+            EmailConfig::new(
+                smtp_url.into(),
+                from,
+                Pace::email(args.smtp_rate).context("--smtp-rate")?,
+            )
+            .context("--smtp-url / --email-from")?,
             args.email_subject.clone(),
             args.email_code_in_subject,
         )),

@@ -61,6 +61,11 @@ pub async fn run(
     let mut held_retry = Instant::now();
     let mut outbox: Option<Outbox> = None;
     let mut reconnect_delay = RECONNECT_FIRST;
+    let limits = Limits {
+        expiry_margin: config.expiry_margin,
+        lease: config.lease,
+        send_timeout: config.send_timeout,
+    };
     let mut stopping = false;
     // Tells deliveries waiting for a sender's turn to give it up.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -175,11 +180,7 @@ pub async fn run(
                         tokio::spawn(deliver(
                             message,
                             transports.clone(),
-                            Limits {
-                                expiry_margin: config.expiry_margin,
-                                lease: config.lease,
-                                send_timeout: config.send_timeout,
-                            },
+                            limits,
                             done_tx.clone(),
                             stop_rx.clone(),
                             slot,

@@ -44,11 +44,6 @@ pub struct Pace {
 }
 
 impl Pace {
-    pub const UNPACED: Pace = Pace {
-        rate: None,
-        pair_interval: None,
-    };
-
     /// A WhatsApp sender's limits: `rate` messages per second (default 80),
     /// `pair_interval_seconds` between two messages to the same number
     /// (default 6; 0: none).
@@ -68,13 +63,19 @@ impl Pace {
         })
     }
 
+    /// The time between two sends at `rate`; None: unpaced.
+    fn send_interval(&self) -> Option<Duration> {
+        self.rate
+            .map(|rate| Duration::from_secs_f64(1.0 / f64::from(rate)))
+    }
+
     /// How long a send waits for its turn when `in_flight` deliveries share
     /// the sender: every one ahead of it, plus one pair interval (several
     /// bursts to one number can wait longer: see `Late::Lease`).
     pub fn longest_wait(&self, in_flight: u16) -> Duration {
         let turns = self
-            .rate
-            .map(|rate| Duration::from_secs_f64(f64::from(in_flight) / f64::from(rate)))
+            .send_interval()
+            .map(|interval| interval * u32::from(in_flight))
             .unwrap_or_default();
         turns + self.pair_interval.unwrap_or_default()
     }
@@ -226,13 +227,13 @@ impl Pacer {
     /// allows the send, so that a message waiting for its pair interval
     /// holds no place in the sender's schedule.
     fn rate_turn(&self, now: Instant, deadlines: Deadlines) -> Result<Instant, Late> {
-        let Some(rate) = self.pace.rate else {
+        let Some(interval) = self.pace.send_interval() else {
             return Ok(now);
         };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let at = state.next.map_or(now, |next| next.max(now));
         deadlines.check(at)?;
-        state.next = Some(at + Duration::from_secs_f64(1.0 / f64::from(rate)));
+        state.next = Some(at + interval);
         Ok(at)
     }
 }
@@ -299,7 +300,11 @@ mod tests {
         let no_pair = Pace::whatsapp(Some(250), Some(0)).unwrap();
         assert_eq!((no_pair.rate, no_pair.pair_interval), (Some(250), None));
         assert!(Pace::whatsapp(Some(0), None).is_err());
-        assert_eq!(Pace::email(None).unwrap(), Pace::UNPACED);
+        let unpaced = Pace {
+            rate: None,
+            pair_interval: None,
+        };
+        assert_eq!(Pace::email(None).unwrap(), unpaced);
         assert!(Pace::email(Some(0)).is_err());
     }
 

@@ -263,11 +263,9 @@ impl File {
                 sender.api_url.as_deref().unwrap_or(DEFAULT_API_URL),
                 sender.phone_number_id,
                 token,
-            )
-            .with_context(context)?
-            .paced(
                 Pace::whatsapp(sender.rate, sender.pair_interval_seconds).with_context(context)?,
-            );
+            )
+            .with_context(context)?;
             whatsapp.insert(name, config);
         }
         let mut email = BTreeMap::new();
@@ -276,9 +274,8 @@ impl File {
             let url = base
                 .secret(sender.url, sender.url_file, "url")
                 .with_context(context)?;
-            let config = EmailConfig::new(url, &sender.from)
-                .with_context(context)?
-                .paced(Pace::email(sender.rate).with_context(context)?);
+            let pace = Pace::email(sender.rate).with_context(context)?;
+            let config = EmailConfig::new(url, &sender.from, pace).with_context(context)?;
             email.insert(name, config);
         }
         let mut custom = BTreeMap::new();
