@@ -140,6 +140,7 @@ pub fn claim(
             None,
             now,
             false,
+            None,
         )?;
     }
     claimed.sort_by_key(|m| m.message_id);

@@ -62,7 +62,16 @@ impl Message {
         state: MessageState,
         now: TimestampWithTimeZone,
     ) -> Result<()> {
-        finish(client, self.id, self.challenge_id, state, None, now, false)
+        finish(
+            client,
+            self.id,
+            self.challenge_id,
+            state,
+            None,
+            now,
+            false,
+            None,
+        )
     }
 }
 
@@ -82,31 +91,40 @@ pub(super) fn lock(client: &mut SpiClient<'_>, message_id: i64) -> Result<Option
     // The challenge first, then the message: the order otp_verify takes
     // them in (it ends the challenge, then stops its messages). The other
     // order deadlocks with a verification, and PostgreSQL may abort the
-    // verification and so burn a right code. NOWAIT: a challenge held by an
-    // application's open transaction makes this report fail at once
-    // (55P03) for the dispatcher to repeat later, instead of holding up
-    // every report and delivery behind it. update(), not select(): a
-    // locking read needs a read-write SPI call.
-    prepared::update(
-        client,
-        "SELECT FROM otp.challenge
-          WHERE id = (SELECT challenge_id FROM otp.outbox WHERE id = $1)
-            FOR UPDATE NOWAIT",
-        None,
-        &[message_id.into()],
-    )?;
-    let row = prepared::update(
+    // verification and so burn a right code. PostgreSQL locks the rows of
+    // a join in the order of its locking clauses. NOWAIT on the challenge:
+    // one held by an application's open transaction makes this report fail
+    // at once (55P03) for the dispatcher to repeat later, instead of
+    // holding up every report and delivery behind it. update(), not
+    // select(): a locking read needs a read-write SPI call.
+    let mut row = prepared::update(
         client,
         "SELECT o.challenge_id, o.state, o.attempt, o.fallback_channel IS NOT NULL,
                 c.code_hash, c.agent, c.conversation, c.key_id, o.destination = '',
                 o.channel, o.code_sealed IS NOT NULL, o.provider_ref, c.state = 'pending', o.created_at
-           FROM otp.outbox o LEFT JOIN otp.challenge c ON c.id = o.challenge_id
+           FROM otp.outbox o JOIN otp.challenge c ON c.id = o.challenge_id
           WHERE o.id = $1
-            FOR UPDATE OF o",
+            FOR UPDATE OF c NOWAIT FOR UPDATE OF o",
         Some(1),
         &[message_id.into()],
     )?
     .first();
+    if row.is_empty() {
+        // No such message, or its challenge is gone (purged, or deleted
+        // by hand): the message alone.
+        row = prepared::update(
+            client,
+            "SELECT o.challenge_id, o.state, o.attempt, o.fallback_channel IS NOT NULL,
+                    NULL::bytea, NULL::text, NULL::text, NULL::bytea, o.destination = '',
+                    o.channel, o.code_sealed IS NOT NULL, o.provider_ref, false, o.created_at
+               FROM otp.outbox o
+              WHERE o.id = $1
+                FOR UPDATE",
+            Some(1),
+            &[message_id.into()],
+        )?
+        .first();
+    }
     if row.is_empty() {
         return Ok(None);
     }
@@ -206,6 +224,7 @@ pub fn sent(
             message.channel.confirms_delivery()
                 && message.challenge_pending
                 && schema::installed().records_and_roles,
+            Some(Event::Delivered),
         )?,
         // Repeating a report (say, after a lost commit acknowledgement) is
         // harmless; the provider's status may even have come first.
@@ -226,11 +245,11 @@ pub fn sent(
                     MessageState::Sent.as_str().into(),
                 ],
             )?;
+            audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
         }
         // A permanent failure reported for this attempt already.
         MessageState::Failed | MessageState::Queued => return Ok(false),
     }
-    audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
     Ok(true)
 }
 

@@ -191,8 +191,8 @@ pub fn status(
                 Some(&provider_ref),
                 now,
                 false,
+                Some(Event::Delivered),
             )?;
-            audit::challenge_event(client, message.challenge_id, Event::Delivered, now)?;
         }
         current if current.progress().is_some() && current.progress() < target.progress() => {}
         _ => return Ok(StatusOutcome::Ignored),
