@@ -3,19 +3,88 @@
 -- BCP 47 tag) and time zone (an IANA name); every message carries them, and
 -- otp_outbox_claim returns them, so that the dispatcher writes to each
 -- person in their language and tells the expiry in their time.
+-- Also: the vocabularies and fixed-length values become domains (below).
 -- Run by ALTER EXTENSION pg_otp UPDATE TO '0.4.0'. Nothing here rewrites a
 -- row: pending codes, queued messages and sessions carry on (messages
 -- queued before have no language: they go out in the agent's).
 \echo Use "ALTER EXTENSION pg_otp UPDATE TO '0.4.0'" to load this file. \quit
 
-ALTER TABLE otp.agent ADD COLUMN language_column text, ADD COLUMN time_zone_column text;
+-- The vocabularies and fixed-length values become domains, as in schema.sql
+-- (which says why): a table's CHECK is read back and planned again at every
+-- INSERT and UPDATE, a domain's is kept in the type cache. No row is
+-- rewritten: each column changes type while its domain has no constraint
+-- yet (text to a domain over text needs no rewrite then), and ALTER DOMAIN
+-- ADD CONSTRAINT at the end checks the rows already there, which the
+-- table CHECKs dropped here held to the same words.
+CREATE DOMAIN otp.channel AS text;
+CREATE DOMAIN otp.challenge_state AS text;
+CREATE DOMAIN otp.delivery_state AS text;
+CREATE DOMAIN otp.message_state AS text;
+CREATE DOMAIN otp.event_word AS text;
+CREATE DOMAIN otp.digest AS bytea;
+CREATE DOMAIN otp.key_id AS bytea;
+CREATE DOMAIN otp.language_tag AS text;
+CREATE DOMAIN otp.time_zone_name AS text;
+REVOKE USAGE ON DOMAIN otp.channel, otp.challenge_state, otp.delivery_state, otp.message_state, otp.event_word,
+    otp.digest, otp.key_id, otp.language_tag, otp.time_zone_name FROM PUBLIC;
+
+ALTER TABLE otp.agent ADD COLUMN language_column text, ADD COLUMN time_zone_column text,
+    DROP CONSTRAINT agent_preferred_channel_check,
+    ALTER preferred_channel TYPE otp.channel;
+ALTER TABLE otp.challenge
+    DROP CONSTRAINT challenge_channel_check,
+    DROP CONSTRAINT challenge_destination_key_check,
+    DROP CONSTRAINT challenge_code_hash_check,
+    DROP CONSTRAINT challenge_key_id_check,
+    DROP CONSTRAINT challenge_state_check,
+    DROP CONSTRAINT challenge_delivery_check,
+    ALTER channel TYPE otp.channel,
+    ALTER destination_key TYPE otp.digest,
+    ALTER code_hash TYPE otp.digest,
+    ALTER key_id TYPE otp.key_id,
+    ALTER state DROP DEFAULT, ALTER state TYPE otp.challenge_state, ALTER state SET DEFAULT 'pending',
+    ALTER delivery DROP DEFAULT, ALTER delivery TYPE otp.delivery_state, ALTER delivery SET DEFAULT 'queued';
 ALTER TABLE otp.outbox
-    ADD COLUMN language text
-        CONSTRAINT outbox_language_is_a_tag
-        CHECK (length(language) <= 35 AND language ~ '^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$'),
-    ADD COLUMN time_zone text
-        CONSTRAINT outbox_time_zone_is_a_name
-        CHECK (length(time_zone) <= 64 AND time_zone ~ '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$');
+    DROP CONSTRAINT outbox_channel_check,
+    DROP CONSTRAINT outbox_fallback_channel_check,
+    DROP CONSTRAINT outbox_key_id_check,
+    DROP CONSTRAINT outbox_state_check,
+    ALTER channel TYPE otp.channel,
+    ALTER fallback_channel TYPE otp.channel,
+    ALTER key_id TYPE otp.key_id,
+    ALTER state DROP DEFAULT, ALTER state TYPE otp.message_state, ALTER state SET DEFAULT 'queued',
+    ADD COLUMN language otp.language_tag,
+    ADD COLUMN time_zone otp.time_zone_name;
+ALTER TABLE otp.session
+    DROP CONSTRAINT session_token_hash_check,
+    DROP CONSTRAINT session_channel_check,
+    DROP CONSTRAINT session_destination_key_check,
+    DROP CONSTRAINT session_key_id_check,
+    ALTER token_hash TYPE otp.digest,
+    ALTER channel TYPE otp.channel,
+    ALTER destination_key TYPE otp.digest,
+    ALTER key_id TYPE otp.key_id;
+ALTER TABLE otp.event
+    DROP CONSTRAINT event_event_check,
+    ALTER event TYPE otp.event_word;
+
+ALTER DOMAIN otp.channel ADD CONSTRAINT channel_words CHECK (VALUE IN ('whatsapp', 'email'));
+ALTER DOMAIN otp.challenge_state ADD CONSTRAINT challenge_state_words
+    CHECK (VALUE IN ('pending', 'verified', 'locked', 'superseded', 'expired', 'record_changed'));
+ALTER DOMAIN otp.delivery_state ADD CONSTRAINT delivery_state_words
+    CHECK (VALUE IN ('queued', 'sent', 'delivered', 'read', 'failed', 'expired', 'cancelled'));
+ALTER DOMAIN otp.message_state ADD CONSTRAINT message_state_words
+    CHECK (VALUE IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'expired', 'cancelled'));
+ALTER DOMAIN otp.event_word ADD CONSTRAINT event_words CHECK (VALUE IN (
+    'issued', 'delivered', 'delivery_failed', 'verified', 'incorrect', 'locked',
+    'expired', 'superseded', 'rate_limited', 'session_started', 'session_expired',
+    'session_revoked', 'record_changed', 'received', 'read'));
+ALTER DOMAIN otp.digest ADD CONSTRAINT digest_length CHECK (length(VALUE) = 32);
+ALTER DOMAIN otp.key_id ADD CONSTRAINT key_id_length CHECK (length(VALUE) = 8);
+ALTER DOMAIN otp.language_tag ADD CONSTRAINT language_tag_form
+    CHECK (length(VALUE) <= 35 AND VALUE ~ '^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$');
+ALTER DOMAIN otp.time_zone_name ADD CONSTRAINT time_zone_name_form
+    CHECK (length(VALUE) <= 64 AND VALUE ~ '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$');
 
 -- otp_configure takes language_column and time_zone_column. (The library keeps the 0.3.0 entry
 -- point, so the old function kept working until now.)

@@ -2872,8 +2872,9 @@ mod tests {
         assert_eq!(touch_status(&gone), "expired");
     }
 
-    /// The words a named CHECK constraint allows, as written in its
-    /// definition (`col = ANY (ARRAY['a'::text, 'b'::text])`), sorted.
+    /// The words a named CHECK constraint (of a table or a domain) allows,
+    /// as written in its definition (`VALUE = ANY (ARRAY['a'::text,
+    /// 'b'::text])`), sorted.
     fn check_words(constraint: &str) -> Vec<String> {
         let definition: String = Spi::get_one_with_args(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint
@@ -2898,42 +2899,56 @@ mod tests {
         words
     }
 
-    /// Each vocabulary is spelled once in Rust; the schema's named CHECKs
-    /// must allow exactly those words (a word added to one and not the other
-    /// would fail at run time, on the first row that uses it).
+    /// Each vocabulary is spelled once in Rust, and once in the schema as
+    /// a domain: the domain must allow exactly the words of the type (a
+    /// word added to one and not the other would fail at run time, on the
+    /// first row that uses it), and every column holding the vocabulary
+    /// must be of that domain.
     #[pg_test]
     fn the_schema_allows_exactly_the_words_of_the_types() {
         use crate::delivery::MessageState;
         use otp_common::Channel;
         assert_eq!(
-            check_words("outbox_state_check"),
+            check_words("message_state_words"),
             sorted(MessageState::ALL.map(MessageState::as_str))
         );
         assert_eq!(
-            check_words("challenge_delivery_check"),
+            check_words("delivery_state_words"),
             sorted(MessageState::deliveries().map(MessageState::as_str))
         );
-        for constraint in [
-            "agent_preferred_channel_check",
-            "challenge_channel_check",
-            "outbox_channel_check",
-            "outbox_fallback_channel_check",
-            "session_channel_check",
-        ] {
-            assert_eq!(
-                check_words(constraint),
-                sorted(Channel::ALL.map(Channel::as_str)),
-                "{constraint}"
-            );
-        }
         assert_eq!(
-            check_words("event_event_check"),
+            check_words("channel_words"),
+            sorted(Channel::ALL.map(Channel::as_str))
+        );
+        assert_eq!(
+            check_words("event_words"),
             sorted(crate::audit::Event::ALL.map(crate::audit::Event::as_str))
         );
         assert_eq!(
-            check_words("challenge_state_check"),
+            check_words("challenge_state_words"),
             sorted(crate::challenge::state_words())
         );
+        for (column, domain) in [
+            ("agent.preferred_channel", "otp.channel"),
+            ("challenge.channel", "otp.channel"),
+            ("outbox.channel", "otp.channel"),
+            ("outbox.fallback_channel", "otp.channel"),
+            ("session.channel", "otp.channel"),
+            ("challenge.state", "otp.challenge_state"),
+            ("challenge.delivery", "otp.delivery_state"),
+            ("outbox.state", "otp.message_state"),
+            ("event.event", "otp.event_word"),
+        ] {
+            let (table, name) = column.split_once('.').unwrap();
+            let found: String = Spi::get_one_with_args(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+                  WHERE attrelid = ('otp.' || $1)::regclass AND attname = $2",
+                &[table.into(), name.into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(found, domain, "{column}");
+        }
         // Open states are exactly those the finished_at and code checks treat
         // as open.
         let open = sorted(
