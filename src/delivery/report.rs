@@ -25,6 +25,10 @@ const BACKOFF_BASE_SECS: f64 = 1.0;
 const BACKOFF_CAP_SECS: f64 = 30.0;
 /// Provider errors are kept for diagnosis, within reason.
 const MAX_ERROR_LEN: usize = 1000;
+/// A provider's reference is indexed (outbox_by_provider_ref), and a B-tree
+/// entry holds at most about 2,700 bytes: references are cut by bytes, far
+/// below that and far above any real one (a WhatsApp message id is about 60).
+const MAX_REFERENCE_BYTES: usize = 512;
 /// How much of a provider text is scanned for codes (see `scrub`).
 const MAX_SCANNED: usize = 16 * 1024;
 
@@ -207,7 +211,7 @@ pub fn sent(
         return Ok(false);
     }
     let now = clock::now();
-    let provider_ref = provider_ref.map(|r| scrub(ring, &message, r));
+    let provider_ref = provider_ref.map(|r| scrub_reference(ring, &message, r));
     match message.state {
         // One update of the message: final state, code erased, provider reference.
         // A channel whose provider confirms delivery later keeps the sealed
@@ -491,6 +495,14 @@ pub(super) fn scrub(ring: &KeyRing, message: &Message, text: &str) -> String {
         None => redact::codes(text, |_| true),
     };
     truncate(&blanked, MAX_ERROR_LEN)
+}
+
+/// A provider's reference as it is kept: scrubbed like any provider text,
+/// and cut to fit its index (1,000 characters can be 4,000 bytes: such a
+/// reference failed the report at every retry, and the code went out again
+/// each time).
+pub(super) fn scrub_reference(ring: &KeyRing, message: &Message, reference: &str) -> String {
+    prefix_bytes(&scrub(ring, message, reference), MAX_REFERENCE_BYTES).to_owned()
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a

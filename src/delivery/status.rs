@@ -182,7 +182,7 @@ pub fn status(
         // comes, finds it done).
         MessageState::Sending if reported != Reported::Sent => {
             // Kept like every provider text: blanked of the code, cut.
-            let provider_ref = report::scrub(ring, &message, provider_ref);
+            let provider_ref = report::scrub_reference(ring, &message, provider_ref);
             finish(
                 client,
                 message.id,

@@ -3350,6 +3350,47 @@ mod tests {
         assert!(stored.chars().count() <= 1000, "{}", stored.len());
     }
 
+    /// A reference of many multi-byte characters (1,000 characters can be
+    /// 4,000 bytes, more than an entry of outbox_by_provider_ref may hold)
+    /// is cut by bytes, from a report and from a status alike: it is
+    /// recorded, where it used to fail the report at every retry while the
+    /// same code went out again and again.
+    #[pg_test]
+    fn a_long_multibyte_reference_is_cut_to_fit_its_index() {
+        fixture();
+        // Varied, so that PostgreSQL cannot compress the index entry.
+        let reference: String = (0..1000u32)
+            .map(|i| char::from_u32(0x20000 + i.wrapping_mul(2_654_435_761) % 0xA6D6).unwrap())
+            .collect();
+        issue("t-wide-ref", "4721");
+        delivered_code("t-wide-ref");
+        let id =
+            one::<i64>("SELECT max(message_id) FROM claimed WHERE conversation = 't-wide-ref'")
+                .unwrap();
+        let applied: Option<bool> = Spi::get_one_with_args(
+            "SELECT otp_outbox_sent($1, 1, $2)",
+            &[id.into(), reference.as_str().into()],
+        )
+        .unwrap();
+        assert_eq!(applied, Some(true));
+        issue("t-wide-st", "4721");
+        delivered_code("t-wide-st");
+        let id = one::<i64>("SELECT max(message_id) FROM claimed WHERE conversation = 't-wide-st'")
+            .unwrap();
+        assert_eq!(
+            provider_status(&reference, Some(id), "delivered", false),
+            "recorded"
+        );
+        for conversation in ["t-wide-ref", "t-wide-st"] {
+            let stored = message_field(conversation, "provider_ref").unwrap();
+            assert!(
+                stored.len() <= 512 && reference.starts_with(&stored) && stored.len() > 500,
+                "{conversation}: {} bytes",
+                stored.len()
+            );
+        }
+    }
+
     /// A code verified while its message was still being sent is not kept
     /// for a late fallback when the send is reported afterwards.
     #[pg_test]
