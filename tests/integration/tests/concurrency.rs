@@ -323,23 +323,23 @@ fn wait_for_lock_wait(watch: &mut Client, pid: i32) {
     );
 }
 
-/// A provider's status about a message and the right code for it, at the
-/// same moment: whatever the order their locks are taken in, the code
-/// verifies. (Locks taken in opposite orders would deadlock, and the
-/// verification that PostgreSQL picked to abort would burn the right code.)
-#[test]
-fn a_status_racing_the_right_code_never_burns_it() {
-    let mut db = superuser();
-    let mut watch = superuser();
-    let person = conversation("race-person");
+/// A code issued to a new person on WhatsApp and claimed by the sender.
+struct Claimed {
+    person: String,
+    talk: String,
+    code: String,
+    id: i64,
+    attempt: i32,
+}
+
+fn claimed_message(db: &mut Client, app: &mut Client, sender: &mut Client, label: &str) -> Claimed {
+    let person = conversation(&format!("{label}-person"));
     db.execute(
         "INSERT INTO people VALUES ($1, '+34 600 55 66 78', NULL)",
         &[&person],
     )
     .unwrap();
-    let mut app = connect(APP);
-    let mut sender = connect(SENDER);
-    let talk = conversation("status-race");
+    let talk = conversation(label);
     let issued: String = app
         .query_one(
             "SELECT status FROM otp_issue($1, $2, $3)",
@@ -348,14 +348,39 @@ fn a_status_racing_the_right_code_never_burns_it() {
         .unwrap()
         .get(0);
     assert_eq!(issued, "code_sent");
-    let code = claim_code(&mut sender, &talk);
+    let code = claim_code(sender, &talk);
     let row = db
         .query_one(
             "SELECT id, attempt FROM otp.outbox WHERE conversation = $1",
             &[&talk],
         )
         .unwrap();
-    let (id, attempt): (i64, i32) = (row.get(0), row.get(1));
+    Claimed {
+        person,
+        talk,
+        code,
+        id: row.get(0),
+        attempt: row.get(1),
+    }
+}
+
+/// A provider's status about a message and the right code for it, at the
+/// same moment: whatever the order their locks are taken in, the code
+/// verifies. (Locks taken in opposite orders would deadlock, and the
+/// verification that PostgreSQL picked to abort would burn the right code.)
+#[test]
+fn a_status_racing_the_right_code_never_burns_it() {
+    let mut db = superuser();
+    let mut watch = superuser();
+    let mut app = connect(APP);
+    let mut sender = connect(SENDER);
+    let Claimed {
+        person,
+        talk,
+        code,
+        id,
+        attempt,
+    } = claimed_message(&mut db, &mut app, &mut sender, "status-race");
     let reference = format!("wamid.{talk}");
     let sent: bool = sender
         .query_one(
@@ -415,4 +440,55 @@ fn a_status_racing_the_right_code_never_burns_it() {
     });
     // Repeated once the verification is done, it lands.
     assert_eq!(status(&mut sender).unwrap(), "recorded");
+}
+
+/// A report locks the message's challenge before the message itself, the
+/// order otp_verify takes them in (it ends the challenge, then stops its
+/// messages): a report waiting for its message already holds the
+/// challenge. (The status race above cannot show the order: NOWAIT on the
+/// challenge fails fast whichever row comes first.)
+#[test]
+fn a_report_locks_the_challenge_before_the_message() {
+    let mut db = superuser();
+    let mut watch = superuser();
+    let mut app = connect(APP);
+    let mut sender = connect(SENDER);
+    let Claimed { id, attempt, .. } =
+        claimed_message(&mut db, &mut app, &mut sender, "report-order");
+
+    // Hold the message (not its challenge): the report must wait for it.
+    let mut hold = db.transaction().unwrap();
+    hold.execute("SELECT FROM otp.outbox WHERE id = $1 FOR UPDATE", &[&id])
+        .unwrap();
+    let sender_pid: i32 = sender
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    std::thread::scope(|scope| {
+        let reporting = scope.spawn(|| {
+            sender
+                .query_one(
+                    "SELECT otp_outbox_sent($1, $2, 'wamid.order')",
+                    &[&id, &attempt],
+                )
+                .map(|row| row.get::<_, bool>(0))
+        });
+        wait_for_lock_wait(&mut watch, sender_pid);
+        // While it waits for the message, the report holds the challenge.
+        match watch.query_one(
+            "SELECT FROM otp.challenge
+              WHERE id = (SELECT challenge_id FROM otp.outbox WHERE id = $1)
+                FOR UPDATE NOWAIT",
+            &[&id],
+        ) {
+            Ok(_) => panic!("the challenge was free while the report waited for its message"),
+            Err(err) => assert_eq!(
+                err.code(),
+                Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+                "{err}"
+            ),
+        }
+        hold.rollback().unwrap();
+        assert!(reporting.join().unwrap().unwrap(), "the report was applied");
+    });
 }
