@@ -404,6 +404,9 @@ pub fn verify(
         key: row.get(10)?.unwrap_or_default(),
         key_id: key_id.clone(),
     };
+    // Every row lock the verification needs once the guess counts, taken
+    // before it counts (see delivery::lock_open).
+    delivery::lock_open(client, challenge_id)?;
     // One guess at a time per person, across all their conversations.
     let guard = limits::lock_guard(client, &agent, &subject)?;
     let now = clock::now(); // after waiting for the locks

@@ -169,6 +169,25 @@ pub fn stop(
     Ok(())
 }
 
+/// Locks the messages of a challenge that `stop` may still change (not
+/// finished, or holding their code); the challenge is locked already, so
+/// the order is the one every path takes. otp_verify takes them before it
+/// counts a guess: whatever holds a message (a dispatcher's claim or report
+/// in an open transaction) is then waited for before the guess counts, and
+/// a wait the application cuts short (a timeout, a cancel) cannot leave a
+/// right code counted and its session never started.
+pub fn lock_open(client: &mut SpiClient<'_>, challenge_id: i64) -> Result<()> {
+    prepared::update(
+        client,
+        "SELECT FROM otp.outbox
+          WHERE challenge_id = $1 AND (finished_at IS NULL OR code_sealed IS NOT NULL)
+            FOR UPDATE",
+        None,
+        &[challenge_id.into()],
+    )?;
+    Ok(())
+}
+
 /// Deletes messages that reached a final state more than `retention`
 /// before `now`; returns how many (otp_purge).
 pub fn purge(

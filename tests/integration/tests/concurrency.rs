@@ -323,6 +323,27 @@ fn wait_for_lock_wait(watch: &mut Client, pid: i32) {
     );
 }
 
+/// A code issued to a new person whose WhatsApp number is `phone`:
+/// (person, conversation).
+fn issued(db: &mut Client, app: &mut Client, label: &str, phone: &str) -> (String, String) {
+    let person = conversation(&format!("{label}-person"));
+    db.execute(
+        "INSERT INTO people VALUES ($1, $2, NULL)",
+        &[&person, &phone],
+    )
+    .unwrap();
+    let talk = conversation(label);
+    let status: String = app
+        .query_one(
+            "SELECT status FROM otp_issue($1, $2, $3)",
+            &[&AGENT, &talk, &person],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "code_sent");
+    (person, talk)
+}
+
 /// A code issued to a new person on WhatsApp and claimed by the sender.
 struct Claimed {
     person: String,
@@ -332,22 +353,14 @@ struct Claimed {
     attempt: i32,
 }
 
-fn claimed_message(db: &mut Client, app: &mut Client, sender: &mut Client, label: &str) -> Claimed {
-    let person = conversation(&format!("{label}-person"));
-    db.execute(
-        "INSERT INTO people VALUES ($1, '+34 600 55 66 78', NULL)",
-        &[&person],
-    )
-    .unwrap();
-    let talk = conversation(label);
-    let issued: String = app
-        .query_one(
-            "SELECT status FROM otp_issue($1, $2, $3)",
-            &[&AGENT, &talk, &person],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(issued, "code_sent");
+fn claimed_message(
+    db: &mut Client,
+    app: &mut Client,
+    sender: &mut Client,
+    label: &str,
+    phone: &str,
+) -> Claimed {
+    let (person, talk) = issued(db, app, label, phone);
     let code = claim_code(sender, &talk);
     let row = db
         .query_one(
@@ -380,7 +393,13 @@ fn a_status_racing_the_right_code_never_burns_it() {
         code,
         id,
         attempt,
-    } = claimed_message(&mut db, &mut app, &mut sender, "status-race");
+    } = claimed_message(
+        &mut db,
+        &mut app,
+        &mut sender,
+        "status-race",
+        "+34 600 55 66 78",
+    );
     let reference = format!("wamid.{talk}");
     let sent: bool = sender
         .query_one(
@@ -453,8 +472,13 @@ fn a_report_locks_the_challenge_before_the_message() {
     let mut watch = superuser();
     let mut app = connect(APP);
     let mut sender = connect(SENDER);
-    let Claimed { id, attempt, .. } =
-        claimed_message(&mut db, &mut app, &mut sender, "report-order");
+    let Claimed { id, attempt, .. } = claimed_message(
+        &mut db,
+        &mut app,
+        &mut sender,
+        "report-order",
+        "+34 600 55 66 79",
+    );
 
     // Hold the message (not its challenge): the report must wait for it.
     let mut hold = db.transaction().unwrap();
@@ -491,4 +515,48 @@ fn a_report_locks_the_challenge_before_the_message() {
         hold.rollback().unwrap();
         assert!(reporting.join().unwrap().unwrap(), "the report was applied");
     });
+}
+
+/// A dispatcher that keeps its claim's transaction open holds the message,
+/// and otp_verify must wait for it. An application that gives up on that
+/// wait (here its lock_timeout) gets an error before the guess counts: the
+/// right code still verifies once the dispatcher lets go, instead of being
+/// used up by a verification that never started the session.
+#[test]
+fn a_verification_given_up_while_a_dispatcher_holds_the_message_keeps_the_code() {
+    let mut db = superuser();
+    let mut app = connect(APP);
+    let mut sender = connect(SENDER);
+    let (_, talk) = issued(&mut db, &mut app, "held-claim", "+34 600 55 66 80");
+
+    let mut claim = sender.transaction().unwrap();
+    let code: String = claim
+        .query(
+            "SELECT conversation, code FROM otp_outbox_claim(batch_size => 1000)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .find(|row| row.get::<_, String>(0) == talk)
+        .map(|row| row.get(1))
+        .expect("the code was claimed");
+    app.batch_execute("SET lock_timeout = '200ms'").unwrap();
+    let verify = |app: &mut Client| {
+        app.query_one(
+            "SELECT status FROM otp_verify($1, $2, $3)",
+            &[&AGENT, &talk, &code],
+        )
+        .map(|row| row.get::<_, String>(0))
+    };
+    match verify(&mut app) {
+        Ok(status) => panic!("verified past the dispatcher's lock: {status}"),
+        Err(err) => assert_eq!(
+            err.code(),
+            Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "{err}"
+        ),
+    }
+    claim.commit().unwrap();
+    app.batch_execute("RESET lock_timeout").unwrap();
+    assert_eq!(verify(&mut app).unwrap(), "verified");
 }
