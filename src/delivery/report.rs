@@ -79,6 +79,16 @@ impl Message {
     }
 }
 
+/// What `lock` reads of a message and its challenge (`o` and `c`), the
+/// same whether or not the challenge still exists.
+macro_rules! message_columns {
+    () => {
+        "SELECT o.challenge_id, o.state, o.attempt, o.fallback_channel IS NOT NULL,
+                c.code_hash, c.agent, c.conversation, c.key_id, o.destination = '',
+                o.channel, o.code_sealed IS NOT NULL, o.provider_ref, c.state = 'pending', o.created_at"
+    };
+}
+
 fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<Message> {
     let message_id = message_id.ok_or_else(|| OtpError::null_argument("message_id"))?;
     lock(client, message_id)?.ok_or_else(|| {
@@ -103,12 +113,13 @@ pub(super) fn lock(client: &mut SpiClient<'_>, message_id: i64) -> Result<Option
     // select(): a locking read needs a read-write SPI call.
     let mut row = prepared::update(
         client,
-        "SELECT o.challenge_id, o.state, o.attempt, o.fallback_channel IS NOT NULL,
-                c.code_hash, c.agent, c.conversation, c.key_id, o.destination = '',
-                o.channel, o.code_sealed IS NOT NULL, o.provider_ref, c.state = 'pending', o.created_at
+        concat!(
+            message_columns!(),
+            "
            FROM otp.outbox o JOIN otp.challenge c ON c.id = o.challenge_id
           WHERE o.id = $1
-            FOR UPDATE OF c NOWAIT FOR UPDATE OF o",
+            FOR UPDATE OF c NOWAIT FOR UPDATE OF o"
+        ),
         Some(1),
         &[message_id.into()],
     )?
@@ -118,12 +129,13 @@ pub(super) fn lock(client: &mut SpiClient<'_>, message_id: i64) -> Result<Option
         // by hand): the message alone.
         row = prepared::update(
             client,
-            "SELECT o.challenge_id, o.state, o.attempt, o.fallback_channel IS NOT NULL,
-                    NULL::bytea, NULL::text, NULL::text, NULL::bytea, o.destination = '',
-                    o.channel, o.code_sealed IS NOT NULL, o.provider_ref, false, o.created_at
-               FROM otp.outbox o
+            concat!(
+                message_columns!(),
+                "
+               FROM otp.outbox o LEFT JOIN otp.challenge c ON c.id = o.challenge_id
               WHERE o.id = $1
-                FOR UPDATE",
+                FOR UPDATE OF o"
+            ),
             Some(1),
             &[message_id.into()],
         )?

@@ -306,6 +306,23 @@ fn parallel_guesses_across_conversations_stop_at_the_lockout_threshold() {
     }
 }
 
+/// Asserts that `result` is PostgreSQL's refusal to wait for a row lock
+/// (55P03: NOWAIT, or lock_timeout); `otherwise` says what went wrong if
+/// the call went through.
+fn assert_lock_not_available<T: std::fmt::Debug>(
+    result: Result<T, postgres::Error>,
+    otherwise: &str,
+) {
+    match result {
+        Ok(value) => panic!("{otherwise}: {value:?}"),
+        Err(err) => assert_eq!(
+            err.code(),
+            Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "{err}"
+        ),
+    }
+}
+
 /// Waits until backend `pid` is waiting for a lock.
 fn wait_for_lock_wait(watch: &mut Client, pid: i32) {
     wait_until(
@@ -442,14 +459,7 @@ fn a_status_racing_the_right_code_never_burns_it() {
         wait_for_lock_wait(&mut watch, app_pid);
         // The status comes while the verification holds the challenge: it
         // is refused at once (the dispatcher repeats it), never waits.
-        match status(&mut sender) {
-            Ok(outcome) => panic!("recorded while the challenge was held: {outcome}"),
-            Err(err) => assert_eq!(
-                err.code(),
-                Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-                "{err}"
-            ),
-        }
+        assert_lock_not_available(status(&mut sender), "recorded while the challenge was held");
         hold.commit().unwrap();
         let verified = verifying.join().unwrap();
         assert_eq!(
@@ -499,19 +509,15 @@ fn a_report_locks_the_challenge_before_the_message() {
         });
         wait_for_lock_wait(&mut watch, sender_pid);
         // While it waits for the message, the report holds the challenge.
-        match watch.query_one(
-            "SELECT FROM otp.challenge
-              WHERE id = (SELECT challenge_id FROM otp.outbox WHERE id = $1)
-                FOR UPDATE NOWAIT",
-            &[&id],
-        ) {
-            Ok(_) => panic!("the challenge was free while the report waited for its message"),
-            Err(err) => assert_eq!(
-                err.code(),
-                Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-                "{err}"
+        assert_lock_not_available(
+            watch.query_one(
+                "SELECT FROM otp.challenge
+                  WHERE id = (SELECT challenge_id FROM otp.outbox WHERE id = $1)
+                    FOR UPDATE NOWAIT",
+                &[&id],
             ),
-        }
+            "the challenge was free while the report waited for its message",
+        );
         hold.rollback().unwrap();
         assert!(reporting.join().unwrap().unwrap(), "the report was applied");
     });
@@ -548,14 +554,7 @@ fn a_verification_given_up_while_a_dispatcher_holds_the_message_keeps_the_code()
         )
         .map(|row| row.get::<_, String>(0))
     };
-    match verify(&mut app) {
-        Ok(status) => panic!("verified past the dispatcher's lock: {status}"),
-        Err(err) => assert_eq!(
-            err.code(),
-            Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-            "{err}"
-        ),
-    }
+    assert_lock_not_available(verify(&mut app), "verified past the dispatcher's lock");
     claim.commit().unwrap();
     app.batch_execute("RESET lock_timeout").unwrap();
     assert_eq!(verify(&mut app).unwrap(), "verified");
