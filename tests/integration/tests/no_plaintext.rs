@@ -14,7 +14,7 @@ use pg_otp_integration::*;
 const FLOWS: usize = 12;
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// WAL position and the segment file and offset that hold it.
@@ -105,10 +105,22 @@ fn no_plaintext_code_in_tables_server_log_or_wal() {
     let mut sender = connect(SENDER);
 
     let log_start = std::fs::metadata(&log_path).unwrap().len();
+    // A checkpoint (ours below, or one that WAL written by earlier tests
+    // triggers) would remove segments the scan still needs; a temporary slot
+    // keeps them until this session ends.
+    db.batch_execute(
+        "SELECT pg_create_physical_replication_slot('no_plaintext_scan', immediately_reserve => true, temporary => true)",
+    )
+    .unwrap();
     let wal_start = wal_position(&mut db);
 
     let mut codes = Vec::new();
     for flow in 0..FLOWS {
+        if flow == FLOWS / 2 {
+            // The flows span two WAL segments, so the scan reads across a
+            // segment boundary, and the CHECKPOINT below may retire the first.
+            db.batch_execute("SELECT pg_switch_wal()").unwrap();
+        }
         let conversation = conversation(&format!("plain-{flow}"));
         assert_eq!(issue(&mut app, &conversation), "code_sent");
         let (message_id, attempt, code): (i64, i32, String) = {
