@@ -4,9 +4,10 @@
 -- otp_outbox_claim returns them, so that the dispatcher writes to each
 -- person in their language and tells the expiry in their time.
 -- Also: the vocabularies and fixed-length values become domains (below).
--- Run by ALTER EXTENSION pg_otp UPDATE TO '0.4.0'. Nothing here rewrites a
--- row: pending codes, queued messages and sessions carry on (messages
--- queued before have no language: they go out in the agent's).
+-- Also: the audit trail is partitioned by week (below).
+-- Run by ALTER EXTENSION pg_otp UPDATE TO '0.4.0'. Only the audit trail's
+-- rows are rewritten: pending codes, queued messages and sessions carry on
+-- (messages queued before have no language: they go out in the agent's).
 \echo Use "ALTER EXTENSION pg_otp UPDATE TO '0.4.0'" to load this file. \quit
 
 -- The vocabularies and fixed-length values become domains, as in schema.sql
@@ -64,9 +65,6 @@ ALTER TABLE otp.session
     ALTER channel TYPE otp.channel,
     ALTER destination_key TYPE otp.digest,
     ALTER key_id TYPE otp.key_id;
-ALTER TABLE otp.event
-    DROP CONSTRAINT event_event_check,
-    ALTER event TYPE otp.event_word;
 
 ALTER DOMAIN otp.channel ADD CONSTRAINT channel_words CHECK (VALUE IN ('whatsapp', 'email'));
 ALTER DOMAIN otp.challenge_state ADD CONSTRAINT challenge_state_words
@@ -85,6 +83,64 @@ ALTER DOMAIN otp.language_tag ADD CONSTRAINT language_tag_form
     CHECK (length(VALUE) <= 35 AND VALUE ~ '^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$');
 ALTER DOMAIN otp.time_zone_name ADD CONSTRAINT time_zone_name_form
     CHECK (length(VALUE) <= 64 AND VALUE ~ '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$');
+
+-- The audit trail becomes a ring of weekly partitions, as in schema.sql
+-- (which says why). Its rows are copied into the new table in one pass (the
+-- only rows this update rewrites: docs/operations.md says how long it
+-- takes), with their ids, and its identity sequence carries on where the
+-- old one stood.
+ALTER TABLE otp.event RENAME TO event_0_3;
+ALTER INDEX otp.event_pkey RENAME TO event_0_3_pkey;
+ALTER INDEX otp.event_by_subject RENAME TO event_0_3_by_subject;
+ALTER INDEX otp.event_by_time RENAME TO event_0_3_by_time;
+ALTER SEQUENCE otp.event_id_seq RENAME TO event_0_3_id_seq;
+CREATE FUNCTION otp.event_slot(at timestamptz) RETURNS smallint
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN (floor(extract(epoch FROM at) / 604800)::bigint % 53)::smallint;
+CREATE TABLE otp.event (
+    id               bigint GENERATED ALWAYS AS IDENTITY,
+    at               timestamptz NOT NULL,
+    -- the partition: otp.event_slot(at), written with the row
+    slot             smallint NOT NULL,
+    agent            text NOT NULL,
+    conversation     text,
+    subject          text,
+    event            otp.event_word NOT NULL,
+    channel          text,
+    destination_hint text,
+    PRIMARY KEY (id, slot)
+) PARTITION BY LIST (slot);
+DO $partitions$
+BEGIN
+    FOR slot IN 0..52 LOOP
+        EXECUTE pg_catalog.format('CREATE TABLE otp.%I PARTITION OF otp.event FOR VALUES IN (%s)',
+                                  'event_' || pg_catalog.lpad(slot::text, 2, '0'), slot);
+    END LOOP;
+END
+$partitions$;
+INSERT INTO otp.event (id, at, slot, agent, conversation, subject, event, channel, destination_hint)
+    OVERRIDING SYSTEM VALUE
+SELECT id, at, otp.event_slot(at), agent, conversation, subject, event, channel, destination_hint
+  FROM otp.event_0_3;
+SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('otp.event', 'id'), last_value, is_called)
+  FROM otp.event_0_3_id_seq;
+DROP TABLE otp.event_0_3;
+CREATE INDEX event_by_subject ON otp.event (agent, subject, at);
+-- For purging by age. BRIN: events arrive in time order, so a block-range
+-- summary finds old ones at a fraction of a B-tree's cost per insert.
+CREATE INDEX event_by_time ON otp.event USING brin (at);
+CREATE TRIGGER event_append_only BEFORE UPDATE ON otp.event
+    FOR EACH ROW EXECUTE FUNCTION otp.refuse_event_update();
+-- The owner the rest of pg_otp has (see sql/privileges.sql).
+DO $owner$
+BEGIN
+    ALTER FUNCTION otp.event_slot(timestamptz) OWNER TO otp_owner;
+    ALTER TABLE otp.event OWNER TO otp_owner;
+    FOR slot IN 0..52 LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE otp.%I OWNER TO otp_owner', 'event_' || pg_catalog.lpad(slot::text, 2, '0'));
+    END LOOP;
+END
+$owner$;
 
 -- otp_configure takes language_column and time_zone_column. (The library keeps the 0.3.0 entry
 -- point, so the old function kept working until now.)

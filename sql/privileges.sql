@@ -125,7 +125,7 @@ BEGIN
          WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
            AND d.deptype = 'e'
            AND (d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                OR (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.relkind = 'r'))
+                OR (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.relkind IN ('r', 'p')))
     LOOP
         EXECUTE member.statement;
     END LOOP;

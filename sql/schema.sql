@@ -233,16 +233,40 @@ CREATE INDEX session_by_subject ON otp.session (agent, subject);
 
 -- Audit trail: what happened, to whom, when, through which channel. Never a
 -- code. Append-only: rows are never updated, only purged when old.
+--
+-- Partitioned by time into 53 weekly partitions used in turn, event_00 to
+-- event_52: a row's slot is its week since 1970, modulo 53 (otp.event_slot),
+-- so a week's partition is used again a year later. The purge empties a
+-- partition whose every row is older than the retention with one TRUNCATE,
+-- which locks that partition alone, instead of deleting its rows one by one
+-- and leaving them to vacuum. A fixed ring rather than a partition per month
+-- created as time passes: nothing is created at run time, so there is no DDL
+-- on the flow's path, and every partition is part of the extension (owner,
+-- privileges, pg_dump, upgrades).
+CREATE FUNCTION otp.event_slot(at timestamptz) RETURNS smallint
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN (floor(extract(epoch FROM at) / 604800)::bigint % 53)::smallint;
 CREATE TABLE otp.event (
-    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               bigint GENERATED ALWAYS AS IDENTITY,
     at               timestamptz NOT NULL,
+    -- the partition: otp.event_slot(at), written with the row
+    slot             smallint NOT NULL,
     agent            text NOT NULL,
     conversation     text,
     subject          text,
     event            otp.event_word NOT NULL,
     channel          text,
-    destination_hint text
-);
+    destination_hint text,
+    PRIMARY KEY (id, slot)
+) PARTITION BY LIST (slot);
+DO $partitions$
+BEGIN
+    FOR slot IN 0..52 LOOP
+        EXECUTE pg_catalog.format('CREATE TABLE otp.%I PARTITION OF otp.event FOR VALUES IN (%s)',
+                                  'event_' || pg_catalog.lpad(slot::text, 2, '0'), slot);
+    END LOOP;
+END
+$partitions$;
 CREATE INDEX event_by_subject ON otp.event (agent, subject, at);
 -- For purging by age. BRIN: events arrive in time order, so a block-range
 -- summary finds old ones at a fraction of a B-tree's cost per insert.

@@ -2,7 +2,8 @@
 //! agent can tell a person "someone requested a code for your account at
 //! 10:42", and an operator can investigate. It never holds a code or token.
 
-use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 
 use crate::errors::{OtpError, Result};
@@ -85,8 +86,8 @@ pub fn challenge_event(
 ) -> Result<()> {
     prepared::update(
         client,
-        "INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
-         SELECT $3, agent, conversation, subject, $2, channel, destination_hint FROM otp.challenge WHERE id = $1",
+        "INSERT INTO otp.event (at, slot, agent, conversation, subject, event, channel, destination_hint)
+         SELECT $3, otp.event_slot($3), agent, conversation, subject, $2, channel, destination_hint FROM otp.challenge WHERE id = $1",
         None,
         &[challenge_id.into(), event.as_str().into(), at.into()],
     )?;
@@ -102,8 +103,8 @@ pub fn session_event(
 ) -> Result<()> {
     prepared::update(
         client,
-        "INSERT INTO otp.event (at, agent, conversation, subject, event)
-         SELECT $3, agent, conversation, subject, $2 FROM otp.session WHERE id = $1",
+        "INSERT INTO otp.event (at, slot, agent, conversation, subject, event)
+         SELECT $3, otp.event_slot($3), agent, conversation, subject, $2 FROM otp.session WHERE id = $1",
         None,
         &[session_id.into(), event.as_str().into(), at.into()],
     )?;
@@ -120,11 +121,97 @@ pub fn rate_limited(
 ) -> Result<()> {
     prepared::update(
         client,
-        "INSERT INTO otp.event (at, agent, conversation, subject, event) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO otp.event (at, slot, agent, conversation, subject, event) VALUES ($1, otp.event_slot($1), $2, $3, $4, $5)",
         None,
         &[at.into(), agent.into(), conversation.into(), subject.into(), Event::RateLimited.as_str().into()],
     )?;
     Ok(())
+}
+
+/// The audit trail's partitions are weeks (see `otp.event` in
+/// sql/schema.sql): 53 of them, used in turn.
+const SLOTS: i64 = 53;
+const WEEK_MICROS: i64 = 7 * 24 * 60 * 60 * 1_000_000;
+
+/// Deletes the events older than `retention`; how many.
+///
+/// A partition whose every row is older empties with one TRUNCATE, when its
+/// lock can be had at once; the other old rows, and all of them when a
+/// partition is busy (an otp_events reading it), are deleted row by row.
+/// The TRUNCATE locks that partition alone until the transaction ends: rows
+/// are written to the current week's partition, so the flow never waits
+/// for it.
+pub fn purge(
+    client: &mut SpiClient<'_>,
+    now: TimestampWithTimeZone,
+    retention: Interval,
+) -> Result<i64> {
+    let mut purged = 0;
+    // The slots of the weeks from the cutoff's to the next one stay: a row
+    // may be written with a time after `now` (a clock read just after the
+    // purge's), into the next week's slot. A retention as long as the ring
+    // keeps every slot.
+    if retention.as_micros() < i128::from(SLOTS * WEEK_MICROS) {
+        let old = prepared::select(
+            client,
+            "SELECT pg_catalog.format('otp.event_%s', pg_catalog.lpad(slot::text, 2, '0'))::pg_catalog.regclass::pg_catalog.oid
+               FROM pg_catalog.generate_series(0, 52) AS slot
+              WHERE slot NOT IN (SELECT otp.event_slot(week)
+                                   FROM pg_catalog.generate_series($1 - $2, $1 + interval '604800 seconds',
+                                                                   interval '604800 seconds') AS week
+                                 UNION ALL
+                                 SELECT otp.event_slot($1 + interval '604800 seconds'))",
+            None,
+            &[now.into(), retention.into()],
+        )?
+        .map(|row| Ok(row.get::<pg_sys::Oid>(1)?.expect("a slot's partition")))
+        .collect::<Result<Vec<_>>>()?;
+        for partition in old {
+            purged += empty_partition(client, partition)?;
+        }
+    }
+    purged += prepared::update(
+        client,
+        "DELETE FROM otp.event WHERE at < $1 - $2",
+        None,
+        &[now.into(), retention.into()],
+    )?
+    .len() as i64;
+    Ok(purged)
+}
+
+/// Truncates one partition if it has rows and its lock can be had without
+/// waiting; how many rows it held (0 when it was left to the DELETE).
+fn empty_partition(client: &mut SpiClient<'_>, partition: pg_sys::Oid) -> Result<i64> {
+    // SAFETY: takes a lock (or not) on a relation by oid; it may not exist
+    // any more, in which case the TRUNCATE below fails cleanly.
+    let locked = unsafe {
+        pg_sys::ConditionalLockRelationOid(
+            partition,
+            pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+        )
+    };
+    if !locked {
+        return Ok(0);
+    }
+    let name = client
+        .select(
+            "SELECT $1::pg_catalog.regclass::text",
+            Some(1),
+            &[partition.into()],
+        )?
+        .first()
+        .get_one::<String>()?
+        .expect("a locked relation has a name");
+    let rows = client
+        .select(&format!("SELECT count(*) FROM {name}"), Some(1), &[])?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0);
+    if rows > 0 {
+        client.update(&format!("TRUNCATE {name}"), None, &[])?;
+    }
+    Ok(rows)
 }
 
 /// One row of otp_events.

@@ -15,7 +15,7 @@ use pgrx::spi::SpiClient;
 
 use crate::errors::{OtpError, Result};
 use crate::prepared;
-use crate::{clock, delivery, gucs};
+use crate::{audit, clock, delivery, gucs};
 
 /// otp_purge()'s defaults, which the worker uses too.
 pub const DEFAULT_RETENTION_DAYS: i32 = 7;
@@ -73,11 +73,8 @@ pub fn purge(
         "DELETE FROM otp.subject_guard WHERE consecutive_failures = 0 AND (locked_until IS NULL OR locked_until < $1)",
         &[now.into()],
     )?;
-    let events = deleted(
-        client,
-        "DELETE FROM otp.event WHERE at < $1 - $2",
-        &[now.into(), event_retention.into()],
-    )?;
+    // Last, so that a partition it empties stays locked only briefly.
+    let events = audit::purge(client, now, event_retention)?;
     Ok(Purged {
         challenges,
         messages,

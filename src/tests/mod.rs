@@ -932,6 +932,138 @@ mod tests {
 
     // ---- purge -------------------------------------------------------------
 
+    /// The audit trail is 53 weekly partitions, event_00 to event_52, each
+    /// holding one slot; every event pg_otp writes goes to its week's.
+    #[pg_test]
+    fn every_event_is_written_to_its_weeks_partition() {
+        fixture();
+        assert_eq!(
+            count(
+                "SELECT count(DISTINCT p.relname) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid
+                  WHERE i.inhparent = 'otp.event'::regclass AND p.relkind = 'r'
+                    AND p.relname ~ '^event_[0-9]{2}$' AND substr(p.relname, 7)::int <= 52
+                    AND pg_get_expr(p.relpartbound, p.oid) = format('FOR VALUES IN (''%s'')', substr(p.relname, 7)::int)"
+            ),
+            53
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'otp.event'::regclass"),
+            53
+        );
+        // A week is 604,800 seconds from the Unix epoch, so weeks begin on
+        // Thursdays at 00:00 UTC; slots go round after 53 of them.
+        assert_eq!(
+            one::<i16>("SELECT otp.event_slot('1970-01-01 00:00:00+00')"),
+            Some(0)
+        );
+        assert_eq!(
+            one::<i16>("SELECT otp.event_slot('1970-01-07 23:59:59.999999+00')"),
+            Some(0)
+        );
+        assert_eq!(
+            one::<i16>("SELECT otp.event_slot('1970-01-08 00:00:00+00')"),
+            Some(1)
+        );
+        assert_eq!(
+            one::<i16>("SELECT otp.event_slot('1970-12-31 00:00:00+00')"),
+            Some(52)
+        );
+        assert_eq!(
+            one::<i16>("SELECT otp.event_slot('1971-01-07 00:00:00+00')"),
+            Some(0)
+        );
+        // 2026-11-26 is day 20,783 since the epoch: week 2,969
+        assert_eq!(
+            one::<i16>("SELECT otp.event_slot('2026-11-26 12:00:00+00')"),
+            Some(2969 % 53)
+        );
+        run("SET LOCAL TimeZone = 'Pacific/Kiritimati'");
+        assert_eq!(
+            one::<i16>("SELECT otp.event_slot('1970-01-08 00:00:00+00')"),
+            Some(1)
+        );
+        issue("t-slots", "4721");
+        let code = delivered_code("t-slots");
+        verify("t-slots", &code);
+        assert!(count("SELECT count(*) FROM otp.event WHERE conversation = 't-slots'") >= 3);
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM otp.event
+                    WHERE slot <> otp.event_slot(at)
+                       OR tableoid::regclass::text <> 'otp.event_' || lpad(slot::text, 2, '0')"
+            ),
+            0
+        );
+    }
+
+    /// A week whose every event is past the retention empties with one
+    /// TRUNCATE; the week the cutoff falls in, and the weeks after it, lose
+    /// only their old rows, row by row.
+    #[pg_test]
+    fn purge_empties_the_weeks_past_the_retention_and_deletes_the_rest() {
+        fixture();
+        // the start of the week 90 days ago falls in: older than a 90-day
+        // cutoff, in the cutoff's own week
+        let cutoff_week = "to_timestamp(floor(extract(epoch FROM clock_timestamp() - interval '90 days') / 604800) * 604800)";
+        run(&format!(
+            "INSERT INTO otp.event (at, slot, agent, subject, event)
+             SELECT t, otp.event_slot(t), 'weeks', 'p', 'issued'
+               FROM unnest(ARRAY[clock_timestamp() - interval '100 days',
+                                 clock_timestamp() - interval '101 days',
+                                 {cutoff_week},
+                                 clock_timestamp() - interval '89 days',
+                                 clock_timestamp()]) AS t"
+        ));
+        // the size of the partition a time's events are in: none once
+        // truncated, a page still after its rows were deleted one by one
+        // (within the test's transaction, a TRUNCATE keeps the file)
+        let size = |at: &str| -> i64 {
+            one::<i64>(&format!(
+                "SELECT pg_relation_size(format('otp.event_%s', lpad(otp.event_slot({at})::text, 2, '0')))"
+            ))
+            .unwrap()
+        };
+        let days_ago = |days: i32| format!("clock_timestamp() - interval '{days} days'");
+        let purged: i64 =
+            one("SELECT events FROM otp_purge(event_retention => interval '90 days')").unwrap();
+        assert_eq!(purged, 3);
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(extract(day FROM clock_timestamp() - at)::text, ',' ORDER BY at)
+                   FROM otp.event WHERE agent = 'weeks'"
+            ),
+            Some("89,0".into())
+        );
+        assert_eq!(size(&days_ago(100)), 0, "the old week was truncated");
+        assert!(size(cutoff_week) > 0, "the cutoff's week was not");
+        assert!(size(&days_ago(0)) > 0, "this week was not");
+
+        let old = |days: i32| {
+            run(&format!(
+                "INSERT INTO otp.event (at, slot, agent, subject, event)
+                 VALUES ({at}, otp.event_slot({at}), 'weeks', 'p', 'issued')",
+                at = days_ago(days)
+            ))
+        };
+        // A retention as long as the ring (53 weeks) truncates nothing.
+        old(400);
+        let purged: i64 =
+            one("SELECT events FROM otp_purge(event_retention => interval '380 days')").unwrap();
+        assert_eq!(purged, 1);
+        assert!(size(&days_ago(400)) > 0, "deleted row by row");
+        // A shorter one truncates whatever lies wholly before it.
+        old(100);
+        assert!(size(&days_ago(100)) > 0);
+        let purged: i64 =
+            one("SELECT events FROM otp_purge(event_retention => interval '60 days')").unwrap();
+        assert_eq!(purged, 2);
+        assert_eq!(size(&days_ago(100)), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM otp.event WHERE agent = 'weeks'"),
+            1
+        );
+    }
+
     #[pg_test]
     fn purge_deletes_what_ended_long_ago_and_keeps_the_rest() {
         fixture();
@@ -946,7 +1078,8 @@ mod tests {
              UPDATE otp.session SET expires_at = clock_timestamp() - interval '8 days',
                                     idle_expires_at = clock_timestamp() - interval '8 days' WHERE conversation = 't-old';
              ALTER TABLE otp.event DISABLE TRIGGER event_append_only;
-             UPDATE otp.event SET at = at - interval '91 days' WHERE conversation = 't-old';
+             UPDATE otp.event SET at = at - interval '91 days', slot = otp.event_slot(at - interval '91 days')
+              WHERE conversation = 't-old';
              ALTER TABLE otp.event ENABLE TRIGGER event_append_only;");
         // a current flow
         issue("t-new", "4721");

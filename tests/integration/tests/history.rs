@@ -39,8 +39,8 @@ fn a_flow_never_scans_history_tables_after_a_million_codes() {
              SELECT sha256(('s' || n)::bytea), 'it', 'old-' || n, 'old-' || (n % 50000), '30 minutes',
                     now() - interval '2 days', now() - interval '2 days', now() - interval '2 days', now() - interval '1 day'
                FROM generate_series(1, {ROWS}) n;
-             INSERT INTO otp.event (at, agent, conversation, subject, event)
-             SELECT now() - interval '2 days', 'it', 'old-' || n, 'old-' || (n % 50000), 'issued'
+             INSERT INTO otp.event (at, slot, agent, conversation, subject, event)
+             SELECT now() - interval '2 days', otp.event_slot(now() - interval '2 days'), 'it', 'old-' || n, 'old-' || (n % 50000), 'issued'
                FROM generate_series(1, {ROWS}) n;
              ANALYZE otp.challenge, otp.outbox, otp.session, otp.event;"
         ))
@@ -124,7 +124,8 @@ fn the_background_worker_purges_old_rows() {
     let mut db = connect_to_postgres_database();
     db.batch_execute(
         "CREATE EXTENSION IF NOT EXISTS pg_otp;
-         INSERT INTO otp.event (at, agent, subject, event) VALUES (now() - interval '100 days', 'gone', 'x', 'issued');
+         INSERT INTO otp.event (at, slot, agent, subject, event)
+             VALUES (now() - interval '100 days', otp.event_slot(now() - interval '100 days'), 'gone', 'x', 'issued');
          INSERT INTO otp.subject_guard VALUES ('gone', 'x', 0, NULL);",
     )
     .unwrap();
@@ -152,4 +153,94 @@ fn connect_to_postgres_database() -> Client {
         env("PG_OTP_TEST_PORT")
     );
     Client::connect(&config, NoTls).unwrap()
+}
+
+/// The partition holding events from `days` ago, and its file.
+fn week_of(db: &mut Client, days: i32) -> (String, i64) {
+    let row = db
+        .query_one(
+            "SELECT p, pg_relation_filenode(p)::bigint
+               FROM format('otp.event_%s', lpad(otp.event_slot(clock_timestamp() - make_interval(days => $1))::text,
+                                                2, '0')) AS p",
+            &[&days],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn old_events(db: &mut Client, agent: &str, days: i32) {
+    db.execute(
+        "INSERT INTO otp.event (at, slot, agent, subject, event)
+         SELECT t, otp.event_slot(t), $1, 'p', 'issued'
+           FROM (SELECT clock_timestamp() - make_interval(days => $2) AS t FROM generate_series(1, 10)) AS old",
+        &[&agent, &days],
+    )
+    .unwrap();
+}
+
+/// Purging the audit trail stalls nothing. A purge that empties an old
+/// week's partition holds it until it commits, but authentications write
+/// to this week's and never wait for it; and a purge never waits for a
+/// reader of an old week: it deletes that week's rows one by one instead.
+/// (Each side runs under a lock_timeout: a wait would fail it with 55P03.)
+#[test]
+fn purging_the_audit_trail_waits_for_nobody_and_stalls_no_authentication() {
+    let mut db = superuser();
+    let mut purger = superuser();
+    purger.batch_execute("SET lock_timeout = '200ms'").unwrap();
+
+    // A reader holds the old week: the purge deletes row by row.
+    old_events(&mut db, "purge-reader", 100);
+    let (week, file) = week_of(&mut db, 100);
+    let mut reader = superuser();
+    let mut reading = reader.transaction().unwrap();
+    reading
+        .query_one(&format!("SELECT count(*) FROM {week}"), &[])
+        .unwrap();
+    let purged: i64 = purger
+        .query_one("SELECT events FROM otp_purge()", &[])
+        .unwrap()
+        .get(0);
+    assert!(purged >= 10, "{purged}");
+    assert_eq!(
+        week_of(&mut db, 100).1,
+        file,
+        "not truncated under a reader"
+    );
+    reading.commit().unwrap();
+
+    // The purge empties the old week and keeps it locked; a whole
+    // authentication goes on meanwhile.
+    old_events(&mut db, "purge-holder", 100);
+    let mut purging = purger.transaction().unwrap();
+    let purged: i64 = purging
+        .query_one("SELECT events FROM otp_purge()", &[])
+        .unwrap()
+        .get(0);
+    assert!(purged >= 10, "{purged}");
+    let mut app = connect(APP);
+    let mut sender = connect(SENDER);
+    app.batch_execute("SET lock_timeout = '200ms'").unwrap();
+    sender.batch_execute("SET lock_timeout = '200ms'").unwrap();
+    let conversation = conversation("purge-flow");
+    assert_eq!(issue(&mut app, &conversation), "code_sent");
+    let code = claim_code(&mut sender, &conversation);
+    let status: String = app
+        .query_one(
+            "SELECT status FROM otp_verify($1, $2, $3)",
+            &[&AGENT, &conversation, &code],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "verified");
+    purging.commit().unwrap();
+    assert_ne!(week_of(&mut db, 100).1, file, "truncated");
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM otp.event WHERE agent IN ('purge-reader', 'purge-holder')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }

@@ -95,7 +95,8 @@ fn an_overload_planted_in_public_does_not_stop_the_purge_worker() {
     // An audit event older than any retention: the next pass deletes it.
     admin
         .batch_execute(
-            "INSERT INTO otp.event (at, agent, event) VALUES (now() - interval '2 years', 'worker-probe', 'issued')",
+            "INSERT INTO otp.event (at, slot, agent, event)
+             VALUES (now() - interval '2 years', otp.event_slot(now() - interval '2 years'), 'worker-probe', 'issued')",
         )
         .unwrap();
     wait_until(

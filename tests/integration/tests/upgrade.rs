@@ -184,7 +184,8 @@ fn update_from(old: &str, database: &str) {
     let files = |db: &mut Client| -> Vec<(String, u32)> {
         db.query(
             "SELECT c.relname::text, c.relfilenode::oid FROM pg_catalog.pg_class c
-              WHERE c.relnamespace = 'otp'::regnamespace AND c.relkind = 'r' ORDER BY 1",
+              WHERE c.relnamespace = 'otp'::regnamespace AND c.relkind = 'r'
+                AND c.relname !~ '^event(_[0-9]{2})?$' ORDER BY 1",
             &[],
         )
         .unwrap()
@@ -193,6 +194,17 @@ fn update_from(old: &str, database: &str) {
         .collect()
     };
     let files_before = files(&mut db);
+    let events = |db: &mut Client| -> (i64, Option<i64>, String) {
+        let row = db
+            .query_one(
+                "SELECT count(*), max(id), string_agg(event || ' ' || at::text, ', ' ORDER BY id) FROM otp.event",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let events_before = events(&mut db);
+    assert!(events_before.0 >= 5, "{events_before:?}");
 
     db.batch_execute("ALTER EXTENSION pg_otp UPDATE").unwrap();
     let new_version = extension_version(&mut db);
@@ -203,6 +215,18 @@ fn update_from(old: &str, database: &str) {
         // are, read once to check the domains' constraints.
         assert_eq!(files(&mut db), files_before, "a table was rewritten");
     }
+    // The audit trail, partitioned from 0.4.0 on, keeps every event, its id,
+    // and each in its week's partition; new events take ids after the old.
+    assert_eq!(events(&mut db), events_before);
+    let misplaced: i64 = db
+        .query_one(
+            "SELECT count(*) FROM otp.event
+              WHERE slot <> otp.event_slot(at) OR tableoid::regclass::text <> 'otp.event_' || lpad(slot::text, 2, '0')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(misplaced, 0);
 
     // The session is still active.
     let touched: String = db
@@ -220,6 +244,17 @@ fn update_from(old: &str, database: &str) {
         ["queued-before"]
     );
     assert_eq!(verify(&mut db, "queued-before", &queued[0].2).0, "verified");
+    let newer: i64 = db
+        .query_one(
+            "SELECT count(*) FROM otp.event WHERE conversation = 'queued-before' AND id > $1",
+            &[&events_before.1.unwrap()],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        newer >= 2,
+        "the events written after the update follow the old ids"
+    );
     // The code sent before still has its attempts counted, and verifies.
     let (status, _) = verify(
         &mut db,
