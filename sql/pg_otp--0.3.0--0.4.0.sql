@@ -94,14 +94,18 @@ ALTER INDEX otp.event_pkey RENAME TO event_0_3_pkey;
 ALTER INDEX otp.event_by_subject RENAME TO event_0_3_by_subject;
 ALTER INDEX otp.event_by_time RENAME TO event_0_3_by_time;
 ALTER SEQUENCE otp.event_id_seq RENAME TO event_0_3_id_seq;
+-- (Every name in the body is pg_catalog's: the body is resolved once, here,
+-- where an operator planted in the target schema could match closer.)
 CREATE FUNCTION otp.event_slot(at timestamptz) RETURNS smallint
     LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN (floor(extract(epoch FROM at) / 604800)::bigint % 53)::smallint;
+    RETURN CAST(pg_catalog.mod(pg_catalog.div(EXTRACT(epoch FROM at), 604800), 53) AS pg_catalog.int2);
 CREATE TABLE otp.event (
     id               bigint GENERATED ALWAYS AS IDENTITY,
     at               timestamptz NOT NULL,
-    -- the partition: otp.event_slot(at), written with the row
-    slot             smallint NOT NULL,
+    -- the partition: the week the row is written in, which is the week of
+    -- `at` or, when a week turns between the two clock readings, the next
+    -- (so no row is ever in an older week's partition than its time says)
+    slot             smallint NOT NULL DEFAULT otp.event_slot(pg_catalog.clock_timestamp()),
     agent            text NOT NULL,
     conversation     text,
     subject          text,
@@ -131,13 +135,17 @@ CREATE INDEX event_by_subject ON otp.event (agent, subject, at);
 CREATE INDEX event_by_time ON otp.event USING brin (at);
 CREATE TRIGGER event_append_only BEFORE UPDATE ON otp.event
     FOR EACH ROW EXECUTE FUNCTION otp.refuse_event_update();
--- The owner the rest of pg_otp has (see sql/privileges.sql).
+-- The privileges and owner the rest of pg_otp has (see sql/privileges.sql).
+REVOKE ALL ON otp.event FROM PUBLIC;
+REVOKE ALL ON SEQUENCE otp.event_id_seq FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION otp.event_slot(timestamptz) FROM PUBLIC;
+ALTER FUNCTION otp.event_slot(timestamptz) OWNER TO otp_owner;
+ALTER TABLE otp.event OWNER TO otp_owner;
 DO $owner$
 BEGIN
-    ALTER FUNCTION otp.event_slot(timestamptz) OWNER TO otp_owner;
-    ALTER TABLE otp.event OWNER TO otp_owner;
     FOR slot IN 0..52 LOOP
-        EXECUTE pg_catalog.format('ALTER TABLE otp.%I OWNER TO otp_owner', 'event_' || pg_catalog.lpad(slot::text, 2, '0'));
+        EXECUTE pg_catalog.format('REVOKE ALL ON otp.%1$I FROM PUBLIC; ALTER TABLE otp.%1$I OWNER TO otp_owner',
+                                  'event_' || pg_catalog.lpad(slot::text, 2, '0'));
     END LOOP;
 END
 $owner$;

@@ -243,14 +243,18 @@ CREATE INDEX session_by_subject ON otp.session (agent, subject);
 -- created as time passes: nothing is created at run time, so there is no DDL
 -- on the flow's path, and every partition is part of the extension (owner,
 -- privileges, pg_dump, upgrades).
+-- (Every name in the body is pg_catalog's: the body is resolved once, here,
+-- where an operator planted in the target schema could match closer.)
 CREATE FUNCTION otp.event_slot(at timestamptz) RETURNS smallint
     LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN (floor(extract(epoch FROM at) / 604800)::bigint % 53)::smallint;
+    RETURN CAST(pg_catalog.mod(pg_catalog.div(EXTRACT(epoch FROM at), 604800), 53) AS pg_catalog.int2);
 CREATE TABLE otp.event (
     id               bigint GENERATED ALWAYS AS IDENTITY,
     at               timestamptz NOT NULL,
-    -- the partition: otp.event_slot(at), written with the row
-    slot             smallint NOT NULL,
+    -- the partition: the week the row is written in, which is the week of
+    -- `at` or, when a week turns between the two clock readings, the next
+    -- (so no row is ever in an older week's partition than its time says)
+    slot             smallint NOT NULL DEFAULT otp.event_slot(pg_catalog.clock_timestamp()),
     agent            text NOT NULL,
     conversation     text,
     subject          text,

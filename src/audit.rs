@@ -7,7 +7,7 @@ use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 
 use crate::errors::{OtpError, Result};
-use crate::prepared;
+use crate::{prepared, schema};
 
 /// Event words, as stored in otp.event and returned by otp_events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +86,8 @@ pub fn challenge_event(
 ) -> Result<()> {
     prepared::update(
         client,
-        "INSERT INTO otp.event (at, slot, agent, conversation, subject, event, channel, destination_hint)
-         SELECT $3, otp.event_slot($3), agent, conversation, subject, $2, channel, destination_hint FROM otp.challenge WHERE id = $1",
+        "INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+         SELECT $3, agent, conversation, subject, $2, channel, destination_hint FROM otp.challenge WHERE id = $1",
         None,
         &[challenge_id.into(), event.as_str().into(), at.into()],
     )?;
@@ -103,8 +103,8 @@ pub fn session_event(
 ) -> Result<()> {
     prepared::update(
         client,
-        "INSERT INTO otp.event (at, slot, agent, conversation, subject, event)
-         SELECT $3, otp.event_slot($3), agent, conversation, subject, $2 FROM otp.session WHERE id = $1",
+        "INSERT INTO otp.event (at, agent, conversation, subject, event)
+         SELECT $3, agent, conversation, subject, $2 FROM otp.session WHERE id = $1",
         None,
         &[session_id.into(), event.as_str().into(), at.into()],
     )?;
@@ -121,7 +121,7 @@ pub fn rate_limited(
 ) -> Result<()> {
     prepared::update(
         client,
-        "INSERT INTO otp.event (at, slot, agent, conversation, subject, event) VALUES ($1, otp.event_slot($1), $2, $3, $4, $5)",
+        "INSERT INTO otp.event (at, agent, conversation, subject, event) VALUES ($1, $2, $3, $4, $5)",
         None,
         &[at.into(), agent.into(), conversation.into(), subject.into(), Event::RateLimited.as_str().into()],
     )?;
@@ -151,7 +151,10 @@ pub fn purge(
     // may be written with a time after `now` (a clock read just after the
     // purge's), into the next week's slot. A retention as long as the ring
     // keeps every slot.
-    if retention.as_micros() < i128::from(SLOTS * WEEK_MICROS) {
+    // (Before ALTER EXTENSION UPDATE to 0.4.0 there are no weeks: see
+    // `schema`.)
+    if retention.as_micros() < i128::from(SLOTS * WEEK_MICROS) && schema::installed().weekly_events
+    {
         let old = prepared::select(
             client,
             "SELECT pg_catalog.format('otp.event_%s', pg_catalog.lpad(slot::text, 2, '0'))::pg_catalog.regclass::pg_catalog.oid

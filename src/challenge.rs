@@ -234,8 +234,8 @@ pub fn issue(
                                         code_hash, max_attempts, created_at, expires_at, decoy, key_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
           RETURNING agent, conversation, subject, channel, destination_hint)
-         INSERT INTO otp.event (at, slot, agent, conversation, subject, event, channel, destination_hint)
-         SELECT $10, otp.event_slot($10), agent, conversation, subject, $14, channel, destination_hint FROM issued",
+         INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+         SELECT $10, agent, conversation, subject, $14, channel, destination_hint FROM issued",
         None,
         &[
             challenge_id.into(),
@@ -562,8 +562,8 @@ macro_rules! end_pending {
             " AND state = 'pending'
               RETURNING id, agent, conversation, subject, channel, destination_hint),
              recorded AS (
-                 INSERT INTO otp.event (at, slot, agent, conversation, subject, event, channel, destination_hint)
-                 SELECT $2, otp.event_slot($2), agent, conversation, subject, $3, channel, destination_hint FROM ended)
+                 INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+                 SELECT $2, agent, conversation, subject, $3, channel, destination_hint FROM ended)
              SELECT id FROM ended"
         )
     };

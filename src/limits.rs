@@ -100,15 +100,30 @@ pub struct Guard {
 /// that guesses in different conversations are judged one at a time and the
 /// threshold cannot be overshot) and returns it.
 pub fn lock_guard(client: &mut SpiClient<'_>, agent: &Agent, subject: &str) -> Result<Guard> {
-    let row = prepared::update(
+    // The row is usually there (from an earlier verification): lock it. An
+    // upsert would write a new version of it at every verification.
+    let mut row = prepared::update(
         client,
-        "INSERT INTO otp.subject_guard AS g (agent, subject) VALUES ($1, $2)
-         ON CONFLICT (agent, subject) DO UPDATE SET consecutive_failures = g.consecutive_failures
-         RETURNING locked_until, consecutive_failures",
-        None,
+        "SELECT locked_until, consecutive_failures FROM otp.subject_guard
+          WHERE agent = $1 AND subject = $2
+            FOR UPDATE",
+        Some(1),
         &[agent.name.as_str().into(), subject.into()],
     )?
     .first();
+    if row.is_empty() {
+        // The person's first verification (or the purge removed the row):
+        // the upsert settles a race with another first one.
+        row = prepared::update(
+            client,
+            "INSERT INTO otp.subject_guard AS g (agent, subject) VALUES ($1, $2)
+             ON CONFLICT (agent, subject) DO UPDATE SET consecutive_failures = g.consecutive_failures
+             RETURNING locked_until, consecutive_failures",
+            None,
+            &[agent.name.as_str().into(), subject.into()],
+        )?
+        .first();
+    }
     Ok(Guard {
         locked_until: row.get(1)?,
         failures: row.get(2)?.unwrap_or(0),

@@ -104,14 +104,17 @@ fn purge_if_installed(client: &mut SpiClient<'_>) -> Result<()> {
         // Not installed in this database (yet): nothing to purge.
         return Ok(());
     }
+    // Messages that can no longer be delivered end even with no dispatcher
+    // running (a dispatcher sweeps too, between claims, and moves decoys on).
+    delivery::sweep(client, delivery::Decoys::OnlyEnd)?;
+    // The purge last: the transaction ends right after an old week of the
+    // audit trail is emptied, so that its lock is held no longer than that.
     purge(
         client,
         Some(Interval::from_days(DEFAULT_RETENTION_DAYS)),
         Some(Interval::from_days(DEFAULT_EVENT_RETENTION_DAYS)),
-    )?;
-    // Messages that can no longer be delivered end even with no dispatcher
-    // running (a dispatcher sweeps too, between claims, and moves decoys on).
-    delivery::sweep(client, delivery::Decoys::OnlyEnd).map(drop)
+    )
+    .map(drop)
 }
 
 /// Registers the purge worker (only while PostgreSQL preloads the library).

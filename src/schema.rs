@@ -23,6 +23,9 @@ pub struct Schema {
     /// (`otp.agent.language_column` and `time_zone_column`, the same columns
     /// of `otp.outbox`, returned by otp_outbox_claim).
     pub locales: bool,
+    /// 0.4.0: the audit trail in weekly partitions (`otp.event.slot`),
+    /// which the purge empties a week at a time.
+    pub weekly_events: bool,
 }
 
 /// The schema of the current database.
@@ -30,6 +33,7 @@ pub fn installed() -> Schema {
     Schema {
         records_and_roles: has_column(c"session", c"record_changed_at"),
         locales: has_column(c"outbox", c"time_zone"),
+        weekly_events: has_column(c"event", c"slot"),
     }
 }
 

@@ -37,8 +37,8 @@ macro_rules! start_session {
             $values,
             ")
               RETURNING agent, conversation, subject)
-             INSERT INTO otp.event (at, slot, agent, conversation, subject, event)
-             SELECT $7, otp.event_slot($7), agent, conversation, subject, $9 FROM started"
+             INSERT INTO otp.event (at, agent, conversation, subject, event)
+             SELECT $7, agent, conversation, subject, $9 FROM started"
         )
     };
 }
@@ -89,8 +89,8 @@ macro_rules! revoke_sessions {
             $newer,
             " RETURNING agent, conversation, subject),
              recorded AS (
-                 INSERT INTO otp.event (at, slot, agent, conversation, subject, event)
-                 SELECT $2, otp.event_slot($2), agent, conversation, subject, $3 FROM revoked)
+                 INSERT INTO otp.event (at, agent, conversation, subject, event)
+                 SELECT $2, agent, conversation, subject, $3 FROM revoked)
              SELECT count(*)::integer FROM revoked"
         )
     };

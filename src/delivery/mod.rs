@@ -266,8 +266,8 @@ fn finish(
               mirrored AS (
              UPDATE otp.challenge SET delivery = $2 WHERE id = $5
           RETURNING agent, conversation, subject, channel, destination_hint)
-         INSERT INTO otp.event (at, slot, agent, conversation, subject, event, channel, destination_hint)
-         SELECT $3, otp.event_slot($3), agent, conversation, subject, $8, channel, destination_hint FROM mirrored"
+         INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+         SELECT $3, agent, conversation, subject, $8, channel, destination_hint FROM mirrored"
             )
         }
     };
@@ -299,8 +299,8 @@ fn mirror(
                             WHERE id = ANY ($1) AND delivery = $3
                               FOR UPDATE SKIP LOCKED)
           RETURNING agent, conversation, subject, channel, destination_hint)
-         INSERT INTO otp.event (at, slot, agent, conversation, subject, event, channel, destination_hint)
-         SELECT $4, otp.event_slot($4), agent, conversation, subject, $5, channel, destination_hint FROM mirrored
+         INSERT INTO otp.event (at, agent, conversation, subject, event, channel, destination_hint)
+         SELECT $4, agent, conversation, subject, $5, channel, destination_hint FROM mirrored
           WHERE $2 = $6",
         None,
         &[

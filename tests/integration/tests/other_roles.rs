@@ -208,7 +208,18 @@ const PLANTED_OPERATORS: &str = "
     CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = text, FUNCTION = public.eq_name_text);
     CREATE FUNCTION public.eq_char_text(\"char\", text) RETURNS boolean LANGUAGE plpgsql AS
         $$ BEGIN INSERT INTO public.called VALUES (current_user); RETURN $1::text = $2; END $$;
-    CREATE OPERATOR public.= (LEFTARG = \"char\", RIGHTARG = text, FUNCTION = public.eq_char_text);";
+    CREATE OPERATOR public.= (LEFTARG = \"char\", RIGHTARG = text, FUNCTION = public.eq_char_text);
+    -- closer matches than pg_catalog's for arithmetic on a time's epoch
+    CREATE FUNCTION public.div_numeric_int(numeric, integer) RETURNS numeric LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO public.called VALUES (current_user); RETURN $1 / $2::numeric; END $$;
+    CREATE OPERATOR public./ (LEFTARG = numeric, RIGHTARG = integer, FUNCTION = public.div_numeric_int);
+    CREATE FUNCTION public.mod_bigint_int(bigint, integer) RETURNS bigint LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO public.called VALUES (current_user); RETURN $1 % $2::bigint; END $$;
+    CREATE OPERATOR public.% (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = public.mod_bigint_int);";
+
+/// What runs pg_otp's own SQL functions (the audit trail's week), after
+/// the script: an operator the script let in would be called here.
+const USE_THE_SCHEMA: &str = "SELECT otp.event_slot(now())";
 
 /// A new database where `PLAIN` may create objects in `public`.
 fn open_database(name: &str) -> Client {
@@ -237,6 +248,7 @@ fn operators_planted_in_the_target_schema_are_never_called_by_the_install_script
         .batch_execute(PLANTED_OPERATORS)
         .unwrap();
     db.batch_execute("CREATE EXTENSION pg_otp").unwrap();
+    db.batch_execute(USE_THE_SCHEMA).unwrap();
     assert_eq!(called(&mut db), Vec::<String>::new());
 }
 
@@ -249,5 +261,6 @@ fn operators_planted_in_the_target_schema_are_never_called_by_the_update_script(
         .batch_execute(PLANTED_OPERATORS)
         .unwrap();
     db.batch_execute("ALTER EXTENSION pg_otp UPDATE").unwrap();
+    db.batch_execute(USE_THE_SCHEMA).unwrap();
     assert_eq!(called(&mut db), Vec::<String>::new());
 }

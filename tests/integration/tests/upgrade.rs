@@ -221,7 +221,8 @@ fn update_from(old: &str, database: &str) {
     let misplaced: i64 = db
         .query_one(
             "SELECT count(*) FROM otp.event
-              WHERE slot <> otp.event_slot(at) OR tableoid::regclass::text <> 'otp.event_' || lpad(slot::text, 2, '0')",
+              WHERE slot NOT IN (otp.event_slot(at), otp.event_slot(at + interval '1 minute'))
+                 OR tableoid::regclass::text <> 'otp.event_' || lpad(slot::text, 2, '0')",
             &[],
         )
         .unwrap()
