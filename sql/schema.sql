@@ -243,11 +243,20 @@ CREATE INDEX session_by_subject ON otp.session (agent, subject);
 -- created as time passes: nothing is created at run time, so there is no DDL
 -- on the flow's path, and every partition is part of the extension (owner,
 -- privileges, pg_dump, upgrades).
--- (Every name in the body is pg_catalog's: the body is resolved once, here,
--- where an operator planted in the target schema could match closer.)
+-- Weeks before 1970 count down from 52; 'infinity' and '-infinity' are
+-- slot 0. (Every name in the body is pg_catalog's: the body is resolved
+-- once, here, where an operator planted in the target schema could match
+-- closer.)
 CREATE FUNCTION otp.event_slot(at timestamptz) RETURNS smallint
     LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN CAST(pg_catalog.mod(pg_catalog.div(EXTRACT(epoch FROM at), 604800), 53) AS pg_catalog.int2);
+    RETURN CASE WHEN pg_catalog.isfinite(at)
+                THEN CAST(pg_catalog.mod(pg_catalog.mod(pg_catalog.floor(EXTRACT(epoch FROM at) OPERATOR(pg_catalog./) 604800),
+                                                        53)
+                                         OPERATOR(pg_catalog.+) 53,
+                                         53)
+                          AS pg_catalog.int2)
+                ELSE 0
+           END;
 CREATE TABLE otp.event (
     id               bigint GENERATED ALWAYS AS IDENTITY,
     at               timestamptz NOT NULL,
@@ -273,8 +282,10 @@ END
 $partitions$;
 CREATE INDEX event_by_subject ON otp.event (agent, subject, at);
 -- For purging by age. BRIN: events arrive in time order, so a block-range
--- summary finds old ones at a fraction of a B-tree's cost per insert.
-CREATE INDEX event_by_time ON otp.event USING brin (at);
+-- summary finds old ones at a fraction of a B-tree's cost per insert. Each
+-- range is summarized as soon as it fills, so that the purge's look for old
+-- rows in this week's partition skips all of it but the last range.
+CREATE INDEX event_by_time ON otp.event USING brin (at) WITH (autosummarize = on);
 
 CREATE FUNCTION otp.refuse_event_update() RETURNS trigger LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$

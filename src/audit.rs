@@ -7,7 +7,7 @@ use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 
 use crate::errors::{OtpError, Result};
-use crate::{prepared, schema};
+use crate::{clock, prepared, schema};
 
 /// Event words, as stored in otp.event and returned by otp_events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,86 +135,150 @@ const WEEK_MICROS: i64 = 7 * 24 * 60 * 60 * 1_000_000;
 
 /// Deletes the events older than `retention`; how many.
 ///
-/// A partition whose every row is older empties with one TRUNCATE, when its
-/// lock can be had at once; the other old rows, and all of them when a
-/// partition is busy (an otp_events reading it), are deleted row by row.
-/// The TRUNCATE locks that partition alone until the transaction ends: rows
-/// are written to the current week's partition, so the flow never waits
-/// for it.
-pub fn purge(
-    client: &mut SpiClient<'_>,
-    now: TimestampWithTimeZone,
-    retention: Interval,
-) -> Result<i64> {
-    let mut purged = 0;
-    // The slots of the weeks from the cutoff's to the next one stay: a row
-    // may be written with a time after `now` (a clock read just after the
-    // purge's), into the next week's slot. A retention as long as the ring
-    // keeps every slot.
+/// A week whose every row is older empties with one TRUNCATE, when its
+/// partition's lock can be had at once; the week the cutoff falls in, and
+/// an old week that someone is reading, lose their old rows one by one.
+/// Empty weeks are not locked at all. The TRUNCATE locks that partition
+/// alone until the transaction ends: pg_otp writes to the current week's
+/// and otp_events reads only the weeks it asks for, so neither waits for it.
+pub fn purge(client: &mut SpiClient<'_>, retention: Interval) -> Result<i64> {
+    // Read now, not when the purge began: its other deletes may have
+    // waited for locks, and a stale clock would put this week among the old.
+    let now = clock::now();
     // (Before ALTER EXTENSION UPDATE to 0.4.0 there are no weeks: see
-    // `schema`.)
-    if retention.as_micros() < i128::from(SLOTS * WEEK_MICROS) && schema::installed().weekly_events
+    // `schema`. A retention as long as the ring keeps every week in use.)
+    let weeks = if retention.as_micros() < i128::from(SLOTS * WEEK_MICROS)
+        && schema::installed().weekly_events
     {
-        let old = prepared::select(
+        old_weeks(client, now, retention)?
+    } else {
+        None
+    };
+    let Some(weeks) = weeks else {
+        return Ok(prepared::update(
             client,
-            "SELECT pg_catalog.format('otp.event_%s', pg_catalog.lpad(slot::text, 2, '0'))::pg_catalog.regclass::pg_catalog.oid
-               FROM pg_catalog.generate_series(0, 52) AS slot
-              WHERE slot NOT IN (SELECT otp.event_slot(week)
-                                   FROM pg_catalog.generate_series($1 - $2, $1 + interval '604800 seconds',
-                                                                   interval '604800 seconds') AS week
-                                 UNION ALL
-                                 SELECT otp.event_slot($1 + interval '604800 seconds'))",
+            "DELETE FROM otp.event WHERE at < $1 - $2",
             None,
             &[now.into(), retention.into()],
         )?
-        .map(|row| Ok(row.get::<pg_sys::Oid>(1)?.expect("a slot's partition")))
-        .collect::<Result<Vec<_>>>()?;
-        for partition in old {
-            purged += empty_partition(client, partition)?;
-        }
-    }
-    purged += prepared::update(
+        .len() as i64);
+    };
+    // Every other week's old rows, one by one: the cutoff's week, and rows
+    // from a year ago and more in a week now in use again (a purge that did
+    // not run, or a longer retention before). The BRIN index summarizes each
+    // range as it fills (autosummarize), so the current week is not read.
+    let mut purged = prepared::update(
         client,
-        "DELETE FROM otp.event WHERE at < $1 - $2",
+        "DELETE FROM otp.event WHERE at < $1 AND slot = ANY ($2)",
         None,
-        &[now.into(), retention.into()],
+        &[weeks.cutoff.into(), weeks.rest.into()],
     )?
     .len() as i64;
+    for slot in weeks.old {
+        purged += empty_week(client, slot, weeks.cutoff)?;
+    }
     Ok(purged)
 }
 
-/// Truncates one partition if it has rows and its lock can be had without
-/// waiting; how many rows it held (0 when it was left to the DELETE).
-fn empty_partition(client: &mut SpiClient<'_>, partition: pg_sys::Oid) -> Result<i64> {
-    // SAFETY: takes a lock (or not) on a relation by oid; it may not exist
-    // any more, in which case the TRUNCATE below fails cleanly.
-    let locked = unsafe {
-        pg_sys::ConditionalLockRelationOid(
-            partition,
-            pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
-        )
-    };
-    if !locked {
+/// The weeks a purge may empty whole.
+struct OldWeeks {
+    cutoff: TimestampWithTimeZone,
+    /// The slots that hold only rows older than the cutoff.
+    old: Vec<i16>,
+    /// The others.
+    rest: Vec<i16>,
+}
+
+/// None when the weeks from the cutoff's to the next one take every slot.
+fn old_weeks(
+    client: &mut SpiClient<'_>,
+    now: TimestampWithTimeZone,
+    retention: Interval,
+) -> Result<Option<OldWeeks>> {
+    // The weeks after the cutoff's up to the next one hold only rows newer
+    // than the cutoff; the next one, because a writer's clock may read just
+    // after ours. Every other week's rows are older.
+    let row = prepared::select(
+        client,
+        "WITH cut AS (SELECT $1 - $2 AS cutoff),
+              newer AS (SELECT otp.event_slot(week) AS slot
+                          FROM cut, pg_catalog.generate_series(cutoff + interval '604800 seconds',
+                                                               $1 + interval '604800 seconds',
+                                                               interval '604800 seconds') AS week
+                        UNION
+                        SELECT otp.event_slot($1 + interval '604800 seconds'))
+         SELECT cutoff, otp.event_slot(cutoff) IN (SELECT slot FROM newer),
+                ARRAY(SELECT slot::smallint FROM pg_catalog.generate_series(0, 52) AS slot
+                       WHERE slot NOT IN (SELECT slot FROM newer) AND slot <> otp.event_slot(cutoff)),
+                ARRAY(SELECT slot::smallint FROM pg_catalog.generate_series(0, 52) AS slot
+                       WHERE slot IN (SELECT slot FROM newer) OR slot = otp.event_slot(cutoff))
+           FROM cut",
+        Some(1),
+        &[now.into(), retention.into()],
+    )?
+    .first();
+    let wrapped: bool = row.get(2)?.unwrap_or(true);
+    if wrapped {
+        return Ok(None);
+    }
+    Ok(Some(OldWeeks {
+        cutoff: row.get(1)?.expect("a time"),
+        old: row.get(3)?.unwrap_or_default(),
+        rest: row.get(4)?.unwrap_or_default(),
+    }))
+}
+
+/// Empties one old week: with TRUNCATE when it holds nothing newer than the
+/// cutoff and its lock can be had without waiting, row by row otherwise.
+/// How many rows went.
+fn empty_week(client: &mut SpiClient<'_>, slot: i16, cutoff: TimestampWithTimeZone) -> Result<i64> {
+    // Our own names (sql/schema.sql), from a number.
+    let name = format!("otp.event_{slot:02}");
+    // Read under the readers' lock: an empty week takes no lock at all (no
+    // WAL, nothing for a standby to replay), and nothing waits for this.
+    // A row newer than the cutoff (a clock stepped back, a row written by
+    // hand) keeps the week from TRUNCATE.
+    let found = client
+        .select(
+            &format!("SELECT count(*), coalesce(max(at) >= $1, false) FROM {name}"),
+            Some(1),
+            &[cutoff.into()],
+        )?
+        .first();
+    let rows: i64 = found.get(1)?.unwrap_or(0);
+    let newer: bool = found.get(2)?.unwrap_or(false);
+    if rows == 0 {
         return Ok(0);
     }
-    let name = client
-        .select(
-            "SELECT $1::pg_catalog.regclass::text",
-            Some(1),
-            &[partition.into()],
-        )?
-        .first()
-        .get_one::<String>()?
-        .expect("a locked relation has a name");
-    let rows = client
-        .select(&format!("SELECT count(*) FROM {name}"), Some(1), &[])?
-        .first()
-        .get_one::<i64>()?
-        .unwrap_or(0);
-    if rows > 0 {
-        client.update(&format!("TRUNCATE {name}"), None, &[])?;
+    if !newer {
+        let partition = client
+            .select(
+                &format!("SELECT '{name}'::pg_catalog.regclass::pg_catalog.oid"),
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<pg_sys::Oid>()?
+            .expect("the week's partition");
+        // SAFETY: takes a lock (or not) on an existing relation by oid.
+        let locked = unsafe {
+            pg_sys::ConditionalLockRelationOid(
+                partition,
+                pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+            )
+        };
+        if locked {
+            client.update(&format!("TRUNCATE {name}"), None, &[])?;
+            return Ok(rows);
+        }
     }
-    Ok(rows)
+    Ok(client
+        .update(
+            &format!("DELETE FROM {name} WHERE at < $1"),
+            None,
+            &[cutoff.into()],
+        )?
+        .len() as i64)
 }
 
 /// One row of otp_events.
@@ -243,20 +307,61 @@ pub fn recent(
             "must be between 1 and 1000",
         ));
     }
-    let rows = prepared::select(
-        client,
-        "SELECT at, event, conversation, channel, destination_hint FROM otp.event
-          WHERE agent = $1 AND subject = $2 AND at > pg_catalog.clock_timestamp() - $3
-          ORDER BY at DESC, id DESC
-          LIMIT $4",
-        None,
-        &[
-            agent.into(),
-            subject.into(),
-            since.into(),
-            i64::from(max_rows).into(),
-        ],
-    )?;
+    let args = [
+        agent.into(),
+        subject.into(),
+        since.into(),
+        i64::from(max_rows).into(),
+    ];
+    let rows = if since.as_micros() < i128::from((SLOTS - 2) * WEEK_MICROS)
+        && schema::installed().weekly_events
+    {
+        // Only the weeks `since` reaches (and the next, as the purge keeps
+        // it), named as constants: a plan made for them locks those
+        // partitions alone, so that an open transaction that read a
+        // person's recent events does not keep the purge from emptying
+        // old weeks. Planned at each call, hence not a kept statement.
+        let weeks: Vec<i16> = prepared::select(
+            client,
+            "SELECT ARRAY(SELECT otp.event_slot(week)
+                            FROM pg_catalog.generate_series(pg_catalog.clock_timestamp() - $1,
+                                                            pg_catalog.clock_timestamp() + interval '604800 seconds',
+                                                            interval '604800 seconds') AS week
+                          UNION
+                          SELECT otp.event_slot(pg_catalog.clock_timestamp() + interval '604800 seconds'))",
+            Some(1),
+            &[since.into()],
+        )?
+        .first()
+        .get_one()?
+        .unwrap_or_default();
+        let weeks = weeks
+            .iter()
+            .map(i16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        client.select(
+            &format!(
+                "SELECT at, event, conversation, channel, destination_hint FROM otp.event
+                  WHERE agent = $1 AND subject = $2 AND at > pg_catalog.clock_timestamp() - $3
+                    AND slot IN ({weeks})
+                  ORDER BY at DESC, id DESC
+                  LIMIT $4"
+            ),
+            None,
+            &args,
+        )?
+    } else {
+        prepared::select(
+            client,
+            "SELECT at, event, conversation, channel, destination_hint FROM otp.event
+              WHERE agent = $1 AND subject = $2 AND at > pg_catalog.clock_timestamp() - $3
+              ORDER BY at DESC, id DESC
+              LIMIT $4",
+            None,
+            &args,
+        )?
+    };
     rows.map(|row| {
         Ok(Recorded {
             at: row.get(1)?.expect("NOT NULL column"),

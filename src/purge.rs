@@ -41,13 +41,22 @@ pub fn purge(
     let retention = retention.ok_or_else(|| OtpError::null_argument("retention"))?;
     let event_retention =
         event_retention.ok_or_else(|| OtpError::null_argument("event_retention"))?;
-    if retention.as_micros() < 0 || event_retention.as_micros() < 0 {
-        return Err(OtpError::invalid_argument(
-            "retention",
-            "must not be negative",
-        ));
-    }
     let now = clock::now();
+    // In SQL, as the deletes count: an interval such as '1 mon -29 days' is
+    // positive by PostgreSQL's comparison yet, in a 31-day month, reaches
+    // into the future.
+    let negative = prepared::select(
+        client,
+        "SELECT $1 - $2 > $1, $1 - $3 > $1",
+        Some(1),
+        &[now.into(), retention.into(), event_retention.into()],
+    )?
+    .first();
+    for (argument, column) in [("retention", 1), ("event_retention", 2)] {
+        if negative.get::<bool>(column)?.unwrap_or(true) {
+            return Err(OtpError::invalid_argument(argument, "must not be negative"));
+        }
+    }
     fn deleted(
         client: &mut SpiClient<'_>,
         sql: &str,
@@ -74,7 +83,7 @@ pub fn purge(
         &[now.into()],
     )?;
     // Last, so that a partition it empties stays locked only briefly.
-    let events = audit::purge(client, now, event_retention)?;
+    let events = audit::purge(client, event_retention)?;
     Ok(Purged {
         challenges,
         messages,

@@ -978,6 +978,13 @@ mod tests {
             one::<i16>("SELECT otp.event_slot('2026-11-26 12:00:00+00')"),
             Some(2969 % 53)
         );
+        // before 1970 (a row written by hand, say), and infinite times
+        assert_eq!(
+            one::<i16>("SELECT otp.event_slot('1969-12-31 23:00:00+00')"),
+            Some(52)
+        );
+        assert_eq!(one::<i16>("SELECT otp.event_slot('infinity')"), Some(0));
+        assert_eq!(one::<i16>("SELECT otp.event_slot('-infinity')"), Some(0));
         run("SET LOCAL TimeZone = 'Pacific/Kiritimati'");
         assert_eq!(
             one::<i16>("SELECT otp.event_slot('1970-01-08 00:00:00+00')"),
@@ -1059,8 +1066,90 @@ mod tests {
             one("SELECT events FROM otp_purge(event_retention => interval '60 days')").unwrap();
         assert_eq!(purged, 2);
         assert_eq!(size(&days_ago(100)), 0);
+        // 401 days old: 53 weeks before 30 days ago, so in the partition of
+        // a week in use again (a row not purged a year ago): deleted as any
+        // old row.
+        old(401);
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT (otp.event_slot({}) = otp.event_slot({}))::text",
+                days_ago(401),
+                days_ago(30)
+            )),
+            Some("true".into())
+        );
+        let purged: i64 =
+            one("SELECT events FROM otp_purge(event_retention => interval '90 days')").unwrap();
+        assert_eq!(purged, 1);
         assert_eq!(
             count("SELECT count(*) FROM otp.event WHERE agent = 'weeks'"),
+            1
+        );
+    }
+
+    /// The partitions of the audit trail this backend holds a lock on, and
+    /// in which mode.
+    fn event_locks() -> String {
+        one::<String>(
+            "SELECT coalesce(string_agg(c.relname || ' ' || l.mode, ', ' ORDER BY c.relname, l.mode), '')
+               FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+               JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'otp.event'::regclass
+              WHERE l.pid = pg_backend_pid()",
+        )
+        .unwrap_or_default()
+    }
+
+    /// A purge with nothing old to remove locks no week: a lock on each
+    /// empty one, at every pass of the worker, would be written to the WAL,
+    /// replayed on standbys and make otp_events wait.
+    #[pg_test]
+    fn a_purge_with_nothing_to_empty_locks_no_week() {
+        fixture();
+        issue("t-nolock", "4721");
+        one::<i64>("SELECT events FROM otp_purge()");
+        let locks = event_locks();
+        assert!(!locks.contains("AccessExclusiveLock"), "{locks}");
+    }
+
+    /// otp_events reads (and locks) only the weeks its `since` reaches, so
+    /// that a transaction holding its result keeps no old week from the
+    /// purge.
+    #[pg_test]
+    fn otp_events_locks_only_the_weeks_it_reads() {
+        fixture();
+        issue("t-weeks-read", "4721");
+        let old_week = one::<String>(
+            "SELECT format('event_%s', lpad(otp.event_slot(clock_timestamp() - interval '100 days')::text, 2, '0'))",
+        )
+        .unwrap();
+        let recent =
+            count("SELECT count(*) FROM otp_events('payroll', '4721', since => '30 days')");
+        assert!(recent >= 1);
+        let locks = event_locks();
+        assert!(!locks.contains(&format!("{old_week} ")), "{locks}");
+        assert!(locks.matches("AccessShareLock").count() <= 7, "{locks}");
+        // Reaching back 100 days reads (and locks) that week.
+        count("SELECT count(*) FROM otp_events('payroll', '4721', since => '100 days')");
+        assert!(event_locks().contains(&format!("{old_week} AccessShareLock")));
+    }
+
+    /// A week holding a row newer than the cutoff (a clock stepped back, a
+    /// row written by hand) is never truncated: its old rows go one by one.
+    #[pg_test]
+    fn purge_never_truncates_a_week_with_a_newer_row() {
+        fixture();
+        run("INSERT INTO otp.event (at, slot, agent, subject, event)
+             SELECT t, otp.event_slot(clock_timestamp() - interval '100 days'), 'stepped', 'p', 'issued'
+               FROM unnest(ARRAY[clock_timestamp() - interval '100 days', clock_timestamp()]) AS t");
+        let purged: i64 =
+            one("SELECT events FROM otp_purge(event_retention => interval '90 days')").unwrap();
+        assert_eq!(purged, 1);
+        assert_eq!(
+            count("SELECT count(*) FROM otp.event WHERE agent = 'stepped' AND at > clock_timestamp() - interval '1 day'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM otp.event WHERE agent = 'stepped'"),
             1
         );
     }

@@ -193,6 +193,13 @@ fn update_from(old: &str, database: &str) {
         .map(|row| (row.get(0), row.get(1)))
         .collect()
     };
+    // Events with times pg_otp never writes, but a superuser may have:
+    // before 1970 and infinite. The update copies them too.
+    db.batch_execute(
+        "INSERT INTO otp.event (at, agent, event)
+         VALUES ('1969-12-25 00:00:00+00', 'up', 'issued'), ('infinity', 'up', 'issued'), ('-infinity', 'up', 'issued')",
+    )
+    .unwrap();
     let files_before = files(&mut db);
     let events = |db: &mut Client| -> (i64, Option<i64>, String) {
         let row = db
