@@ -147,14 +147,19 @@ pub fn purge(client: &mut SpiClient<'_>, retention: Interval) -> Result<i64> {
     let now = clock::now();
     // (Before ALTER EXTENSION UPDATE to 0.4.0 there are no weeks: see
     // `schema`. A retention as long as the ring keeps every week in use.)
-    let weeks = if retention.as_micros() < i128::from(SLOTS * WEEK_MICROS)
+    let reached = if retention.as_micros() < i128::from(SLOTS * WEEK_MICROS)
         && schema::installed().weekly_events
     {
-        old_weeks(client, now, retention)?
+        Some(weeks_back(client, now, retention)?)
     } else {
         None
     };
-    let Some(weeks) = weeks else {
+    // The weeks from the cutoff's to the next one hold rows newer than the
+    // cutoff; every other week's rows are older. Unless the cutoff's slot
+    // comes round again among them: then every slot may hold newer rows.
+    let Some((cutoff, reached)) =
+        reached.filter(|(_, reached)| !reached[1..].contains(&reached[0]))
+    else {
         return Ok(prepared::update(
             client,
             "DELETE FROM otp.event WHERE at < $1 - $2",
@@ -163,6 +168,8 @@ pub fn purge(client: &mut SpiClient<'_>, retention: Interval) -> Result<i64> {
         )?
         .len() as i64);
     };
+    let (rest, old): (Vec<i16>, Vec<i16>) =
+        (0..SLOTS as i16).partition(|slot| reached.contains(slot));
     // Every other week's old rows, one by one: the cutoff's week, and rows
     // from a year ago and more in a week now in use again (a purge that did
     // not run, or a longer retention before). The BRIN index summarizes each
@@ -171,61 +178,39 @@ pub fn purge(client: &mut SpiClient<'_>, retention: Interval) -> Result<i64> {
         client,
         "DELETE FROM otp.event WHERE at < $1 AND slot = ANY ($2)",
         None,
-        &[weeks.cutoff.into(), weeks.rest.into()],
+        &[cutoff.into(), rest.into()],
     )?
     .len() as i64;
-    for slot in weeks.old {
-        purged += empty_week(client, slot, weeks.cutoff)?;
+    for slot in old {
+        purged += empty_week(client, slot, cutoff)?;
     }
     Ok(purged)
 }
 
-/// The weeks a purge may empty whole.
-struct OldWeeks {
-    cutoff: TimestampWithTimeZone,
-    /// The slots that hold only rows older than the cutoff.
-    old: Vec<i16>,
-    /// The others.
-    rest: Vec<i16>,
-}
-
-/// None when the weeks from the cutoff's to the next one take every slot.
-fn old_weeks(
-    client: &mut SpiClient<'_>,
+/// `now - back`, and the slots of the weeks from its week to the week
+/// after `now`'s (a writer's clock may read just after ours), in the order
+/// of the weeks. The callers bound `back`: the series has a row per week.
+fn weeks_back(
+    client: &SpiClient<'_>,
     now: TimestampWithTimeZone,
-    retention: Interval,
-) -> Result<Option<OldWeeks>> {
-    // The weeks after the cutoff's up to the next one hold only rows newer
-    // than the cutoff; the next one, because a writer's clock may read just
-    // after ours. Every other week's rows are older.
+    back: Interval,
+) -> Result<(TimestampWithTimeZone, Vec<i16>)> {
     let row = prepared::select(
         client,
-        "WITH cut AS (SELECT $1 - $2 AS cutoff),
-              newer AS (SELECT otp.event_slot(week) AS slot
-                          FROM cut, pg_catalog.generate_series(cutoff + interval '604800 seconds',
-                                                               $1 + interval '604800 seconds',
-                                                               interval '604800 seconds') AS week
-                        UNION
-                        SELECT otp.event_slot($1 + interval '604800 seconds'))
-         SELECT cutoff, otp.event_slot(cutoff) IN (SELECT slot FROM newer),
-                ARRAY(SELECT slot::smallint FROM pg_catalog.generate_series(0, 52) AS slot
-                       WHERE slot NOT IN (SELECT slot FROM newer) AND slot <> otp.event_slot(cutoff)),
-                ARRAY(SELECT slot::smallint FROM pg_catalog.generate_series(0, 52) AS slot
-                       WHERE slot IN (SELECT slot FROM newer) OR slot = otp.event_slot(cutoff))
-           FROM cut",
+        "SELECT $1 - $2,
+                ARRAY(SELECT otp.event_slot(week)
+                        FROM pg_catalog.generate_series($1 - $2, $1 + interval '604800 seconds',
+                                                        interval '604800 seconds') AS week
+                       ORDER BY week)
+                || otp.event_slot($1 + interval '604800 seconds')",
         Some(1),
-        &[now.into(), retention.into()],
+        &[now.into(), back.into()],
     )?
     .first();
-    let wrapped: bool = row.get(2)?.unwrap_or(true);
-    if wrapped {
-        return Ok(None);
-    }
-    Ok(Some(OldWeeks {
-        cutoff: row.get(1)?.expect("a time"),
-        old: row.get(3)?.unwrap_or_default(),
-        rest: row.get(4)?.unwrap_or_default(),
-    }))
+    Ok((
+        row.get(1)?.expect("a time"),
+        row.get(2)?.expect("at least the next week"),
+    ))
 }
 
 /// Empties one old week: with TRUNCATE when it holds nothing newer than the
@@ -307,61 +292,35 @@ pub fn recent(
             "must be between 1 and 1000",
         ));
     }
-    let args = [
-        agent.into(),
-        subject.into(),
-        since.into(),
-        i64::from(max_rows).into(),
-    ];
-    let rows = if since.as_micros() < i128::from((SLOTS - 2) * WEEK_MICROS)
+    // Only the weeks `since` reaches, named as constants: a plan made for
+    // them locks those partitions alone, so that an open transaction that
+    // read a person's recent events does not keep the purge from emptying
+    // old weeks. Planned at each call, hence not a kept statement. (Before
+    // ALTER EXTENSION UPDATE to 0.4.0 there are no weeks: see `schema`.)
+    let in_weeks = if since.as_micros() < i128::from((SLOTS - 2) * WEEK_MICROS)
         && schema::installed().weekly_events
     {
-        // Only the weeks `since` reaches (and the next, as the purge keeps
-        // it), named as constants: a plan made for them locks those
-        // partitions alone, so that an open transaction that read a
-        // person's recent events does not keep the purge from emptying
-        // old weeks. Planned at each call, hence not a kept statement.
-        let weeks: Vec<i16> = prepared::select(
-            client,
-            "SELECT ARRAY(SELECT otp.event_slot(week)
-                            FROM pg_catalog.generate_series(pg_catalog.clock_timestamp() - $1,
-                                                            pg_catalog.clock_timestamp() + interval '604800 seconds',
-                                                            interval '604800 seconds') AS week
-                          UNION
-                          SELECT otp.event_slot(pg_catalog.clock_timestamp() + interval '604800 seconds'))",
-            Some(1),
-            &[since.into()],
-        )?
-        .first()
-        .get_one()?
-        .unwrap_or_default();
-        let weeks = weeks
-            .iter()
-            .map(i16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        client.select(
-            &format!(
-                "SELECT at, event, conversation, channel, destination_hint FROM otp.event
-                  WHERE agent = $1 AND subject = $2 AND at > pg_catalog.clock_timestamp() - $3
-                    AND slot IN ({weeks})
-                  ORDER BY at DESC, id DESC
-                  LIMIT $4"
-            ),
-            None,
-            &args,
-        )?
+        let (_, weeks) = weeks_back(client, clock::now(), since)?;
+        let weeks: Vec<String> = weeks.iter().map(i16::to_string).collect();
+        format!("AND slot IN ({})", weeks.join(", "))
     } else {
-        prepared::select(
-            client,
-            "SELECT at, event, conversation, channel, destination_hint FROM otp.event
-              WHERE agent = $1 AND subject = $2 AND at > pg_catalog.clock_timestamp() - $3
-              ORDER BY at DESC, id DESC
-              LIMIT $4",
-            None,
-            &args,
-        )?
+        String::new()
     };
+    let rows = client.select(
+        &format!(
+            "SELECT at, event, conversation, channel, destination_hint FROM otp.event
+              WHERE agent = $1 AND subject = $2 AND at > pg_catalog.clock_timestamp() - $3 {in_weeks}
+              ORDER BY at DESC, id DESC
+              LIMIT $4"
+        ),
+        None,
+        &[
+            agent.into(),
+            subject.into(),
+            since.into(),
+            i64::from(max_rows).into(),
+        ],
+    )?;
     rows.map(|row| {
         Ok(Recorded {
             at: row.get(1)?.expect("NOT NULL column"),
