@@ -6,7 +6,9 @@
 #
 # PostgreSQL refuses to run as root, so the cluster runs as the postgres user;
 # DIR must be somewhere postgres can enter (use /tmp). The cluster preloads
-# pg_otp and gets a random otp.secret_key; its log is DIR/server.log.
+# pg_otp and gets a random otp.secret_key; its log is DIR/server.log. Its
+# background workers (purge, wake) serve database OTP_WORKER_DATABASE
+# (default postgres) and purge every OTP_PURGE_INTERVAL seconds (default 1).
 set -euo pipefail
 source "$(dirname "$0")/postgres.sh"
 BIN=$PG_BIN
@@ -34,9 +36,11 @@ unix_socket_directories = '$dir'
 shared_preload_libraries = 'pg_otp'
 otp.secret_key = '$secret'
 max_connections = 200
-# the purge worker: in database postgres (if pg_otp is installed there), every second
-otp.purge_database = 'postgres'
-otp.purge_interval = 1
+# two-phase commit on, so that tests can try PREPARE TRANSACTION
+max_prepared_transactions = 10
+# the background workers: purge (if pg_otp is installed there) and wake
+otp.purge_database = '${OTP_WORKER_DATABASE:-postgres}'
+otp.purge_interval = ${OTP_PURGE_INTERVAL:-1}
 log_line_prefix = '%m [%p] %q%u@%d '
 CONF
     # RUST_BACKTRACE would make pgrx attach backtraces to the DETAIL of ERRORs.

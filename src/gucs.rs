@@ -82,8 +82,9 @@ pub fn init(preloading: bool) {
     if preloading {
         GucRegistry::define_string_guc(
             c"otp.purge_database",
-            c"Database in which the pg_otp background worker purges old rows.",
-            c"Unset: no worker runs; schedule SELECT otp_purge() with pg_cron instead. Needs a restart.",
+            c"Database served by the pg_otp background workers: they purge old rows and wake dispatchers there.",
+            c"Unset: no worker runs; schedule SELECT otp_purge() with pg_cron instead, and each otp_issue \
+              notifies the dispatchers itself. Needs a restart.",
             &PURGE_DATABASE,
             GucContext::Postmaster,
             GucFlags::default(),

@@ -47,6 +47,7 @@ mod redact;
 mod restricted;
 mod schema;
 mod session;
+mod shmem;
 mod xact;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -80,6 +81,8 @@ pub extern "C-unwind" fn _PG_init() {
         xact::register_callbacks();
         locks::init();
         purge::register_worker();
+        delivery::wake::init();
+        shmem::init();
         gucs::hide_secret_values_in_the_server_log();
     }
 }

@@ -1,13 +1,14 @@
 //! The ends of transactions and subtransactions, for the state pg_otp keeps
 //! in backend memory: the attempt ledger's expectations (`ledger`) and the
-//! session binding (`binding`). One pair of callbacks, registered in the
+//! session binding (`binding`), and whether to wake the dispatchers
+//! (`delivery::wake`, which also refuses PREPARE TRANSACTION). One pair of callbacks, registered in the
 //! postmaster so that every backend has them; cheap when there is nothing
 //! to do.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::{binding, ledger};
+use crate::{binding, delivery, ledger};
 
 /// Registers the callbacks; from _PG_init, while preloading.
 pub fn register_callbacks() {
@@ -29,10 +30,12 @@ unsafe extern "C-unwind" fn on_subtransaction_end(
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
             ledger::subtransaction_aborted(level);
             binding::subtransaction_aborted(level);
+            delivery::wake::subtransaction_aborted(level);
         }
         pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
             ledger::subtransaction_committed(level, parent);
             binding::subtransaction_committed(level, parent);
+            delivery::wake::subtransaction_committed(level, parent);
         }
         _ => {}
     }
@@ -45,17 +48,20 @@ unsafe extern "C-unwind" fn on_transaction_end(
 ) {
     use pg_sys::XactEvent::*;
     // After commit or abort nothing may raise an ERROR: both only touch
-    // backend and shared memory.
+    // backend and shared memory. Before PREPARE one may.
     match event {
+        XACT_EVENT_PRE_PREPARE => delivery::wake::before_prepare(),
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             ledger::transaction_committed();
             binding::transaction_ended();
+            delivery::wake::transaction_committed();
         }
         // An aborted or prepared transaction: its writes are not (yet) in
         // the tables, so the ledger keeps its entries.
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
             ledger::transaction_aborted();
             binding::transaction_ended();
+            delivery::wake::transaction_aborted();
         }
         _ => {}
     }

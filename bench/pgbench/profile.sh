@@ -19,7 +19,8 @@ bash scripts/setup.sh
 bash scripts/package.sh --extension-only target/bench-debian >/dev/null
 bash scripts/install-package.sh "$PG_VERSION" target/bench-debian >/dev/null
 trap 'bash scripts/pg-cluster.sh stop "$CLUSTER"' EXIT
-bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT" >/dev/null
+# The workers serve database bench (the wake worker retries until it exists).
+OTP_WORKER_DATABASE=bench OTP_PURGE_INTERVAL=600 bash scripts/pg-cluster.sh start "$CLUSTER" "$PORT" >/dev/null
 cat >>"$CLUSTER/data/postgresql.conf" <<CONF
 shared_preload_libraries = 'pg_otp, pg_stat_statements'
 pg_stat_statements.track = all

@@ -8,7 +8,8 @@
 //! (`purge`).
 //!
 //! The database never makes network calls. otp_issue queues a message and
-//! sends `NOTIFY otp_outbox` in the same transaction; a dispatcher claims
+//! wakes the dispatchers (`NOTIFY otp_outbox`, see `wake`) once its
+//! transaction commits; a dispatcher claims
 //! due messages (`claim`), delivers them, and reports each result
 //! (`report`). Messages that can no longer be delivered (their code expired
 //! or their challenge ended while queued) and decoys are moved on by the
@@ -22,6 +23,7 @@ mod report;
 mod state;
 mod status;
 mod sweep;
+pub mod wake;
 
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::spi::SpiClient;
@@ -72,11 +74,7 @@ macro_rules! enqueue_sql {
             $column,
             ")
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12",
-            $value,
-            "
-               -- wakes the dispatchers when the transaction commits (one row, no
-               -- extra round trip; a constant payload, so repeats fold into one)
-               FROM pg_catalog.pg_notify($13, '') AS wake"
+            $value
         )
     };
 }
@@ -88,7 +86,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
     // Until ALTER EXTENSION pg_otp UPDATE there are no locale columns.
     let with_locale = crate::schema::installed().locales;
     let insert = if with_locale {
-        enqueue_sql!(", language, time_zone", ", $14, $15")
+        enqueue_sql!(", language, time_zone", ", $13, $14")
     } else {
         enqueue_sql!("", "")
     };
@@ -105,14 +103,13 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
         message.created_at.into(),
         message.expires_at.into(),
         keys.id.to_vec().into(),
-        NOTIFY_CHANNEL.into(),
     ];
     if with_locale {
         args.push(message.language.into());
         args.push(message.time_zone.into());
     }
     prepared::update(client, insert, None, &args)?;
-    Ok(())
+    wake::at_commit(client)
 }
 
 /// Why delivery of a challenge's code stops.
@@ -311,17 +308,6 @@ fn mirror(
             crate::audit::Event::Delivered.as_str().into(),
             MessageState::Sent.as_str().into(),
         ],
-    )?;
-    Ok(())
-}
-
-fn wake_dispatchers(client: &mut SpiClient<'_>) -> Result<()> {
-    // A constant payload: PostgreSQL folds repeats within one transaction.
-    prepared::update(
-        client,
-        "SELECT pg_catalog.pg_notify($1, '')",
-        None,
-        &[NOTIFY_CHANNEL.into()],
     )?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 
-use super::{finish, wake_dispatchers, MessageState};
+use super::{finish, wake, MessageState};
 use crate::audit::{self, Event};
 use crate::clock;
 use crate::config::Channel;
@@ -379,7 +379,7 @@ pub(super) fn fail(
                 MessageState::Queued.as_str().into(),
             ],
         )?;
-        wake_dispatchers(client)?;
+        wake::at_commit(client)?;
         return Ok(Failure::FellBack);
     }
     let delay = backoff_seconds(message.attempt);
@@ -408,7 +408,7 @@ pub(super) fn fail(
         return Ok(Failure::Expired);
     }
     if message.state != MessageState::Sending {
-        wake_dispatchers(client)?;
+        wake::at_commit(client)?;
     }
     Ok(Failure::Retried)
 }

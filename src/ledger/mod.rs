@@ -34,7 +34,7 @@
 //! transaction then rolls back: only someone who has the code can do that.
 
 mod settle;
-mod table;
+pub(crate) mod table;
 
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;

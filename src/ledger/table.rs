@@ -7,7 +7,6 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use super::{Key, State};
 
@@ -31,52 +30,33 @@ pub struct Entry {
 static TABLE: AtomicPtr<pg_sys::HTAB> = AtomicPtr::new(std::ptr::null_mut());
 static LOCK: AtomicPtr<pg_sys::LWLock> = AtomicPtr::new(std::ptr::null_mut());
 static CAPACITY: AtomicI64 = AtomicI64::new(0);
-static mut PREVIOUS_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
-static mut PREVIOUS_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
-
-/// Asks PostgreSQL for the table at server start (from _PG_init, while the
-/// library is being preloaded).
+/// Sets the table's capacity (from _PG_init, while the library is being
+/// preloaded); `shmem` asks for the space and attaches.
 pub fn request(capacity: i64) {
-    // SAFETY: _PG_init runs once, in the postmaster, before any other
-    // process exists; the previous hooks are chained.
-    unsafe {
-        CAPACITY.store(capacity, Ordering::Relaxed);
-        PREVIOUS_REQUEST_HOOK = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(on_request);
-        PREVIOUS_STARTUP_HOOK = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(on_startup);
-    }
+    CAPACITY.store(capacity, Ordering::Relaxed);
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_request() {
-    // SAFETY: called by the postmaster while shared memory is being sized.
+/// The table's space and lock, asked for while shared memory is sized.
+pub fn request_space() {
+    let capacity = CAPACITY.load(Ordering::Relaxed);
+    // SAFETY: called by the postmaster from the shared-memory request hook.
     unsafe {
-        if let Some(previous) = PREVIOUS_REQUEST_HOOK {
-            previous();
-        }
-        let capacity = CAPACITY.load(Ordering::Relaxed);
         pg_sys::RequestAddinShmemSpace(pg_sys::hash_estimate_size(capacity, size_of::<Entry>()));
         pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), 1);
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_startup() {
-    // SAFETY: called by the postmaster once shared memory exists (again after
-    // a crash restart), under AddinShmemInitLock as every add-in does.
+/// Creates or finds the table; from the start-up hook, under
+/// AddinShmemInitLock (again after a crash restart).
+pub fn attach() {
+    let mut info = pg_sys::HASHCTL {
+        keysize: size_of::<Key>(),
+        entrysize: size_of::<Entry>(),
+        ..Default::default()
+    };
+    let capacity = CAPACITY.load(Ordering::Relaxed);
+    // SAFETY: shared memory exists and the caller holds AddinShmemInitLock.
     unsafe {
-        if let Some(previous) = PREVIOUS_STARTUP_HOOK {
-            previous();
-        }
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut info = pg_sys::HASHCTL {
-            keysize: size_of::<Key>(),
-            entrysize: size_of::<Entry>(),
-            ..Default::default()
-        };
-        let capacity = CAPACITY.load(Ordering::Relaxed);
         let table = pg_sys::ShmemInitHash(
             NAME.as_ptr(),
             capacity,
@@ -89,7 +69,6 @@ unsafe extern "C-unwind" fn on_startup() {
             &raw mut (*pg_sys::GetNamedLWLockTranche(NAME.as_ptr())).lock,
             Ordering::Relaxed,
         );
-        pg_sys::LWLockRelease(init_lock);
     }
 }
 

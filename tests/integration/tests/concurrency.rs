@@ -138,6 +138,26 @@ fn parallel_issues_leave_exactly_one_pending_challenge() {
     }
 }
 
+/// The first notification `listener` receives, within 30 s.
+fn next_notification(listener: &mut Client) -> postgres::Notification {
+    listener
+        .notifications()
+        .timeout_iter(Duration::from_secs(30))
+        .next()
+        .expect("reading notifications")
+        .expect("a notification after otp_issue committed")
+}
+
+fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// In a database where no "pg_otp wake" worker runs (the worker serves
+/// otp.purge_database, 'postgres' in the test cluster), the issuing
+/// transaction notifies itself.
 #[test]
 fn issue_wakes_a_listening_dispatcher() {
     let mut listener = connect(SENDER);
@@ -145,18 +165,83 @@ fn issue_wakes_a_listening_dispatcher() {
     let mut app = connect(APP);
     let conversation = conversation("notify");
     assert_eq!(issue(&mut app, &conversation), "code_sent");
-    let mut notifications = listener.notifications();
-    let first = notifications
-        .timeout_iter(std::time::Duration::from_secs(30))
-        .next()
-        .expect("reading notifications")
-        .expect("a notification after otp_issue committed");
+    let first = next_notification(&mut listener);
     assert_eq!(first.channel(), "otp_outbox");
     assert_eq!(
         first.payload(),
         "",
         "the payload must not carry anything about the code"
     );
+    assert_eq!(first.process_id(), backend_pid(&mut app));
+}
+
+/// In otp.purge_database the "pg_otp wake" worker sends the NOTIFY once
+/// the issuing transaction has committed, so that issuing codes takes no
+/// part in PostgreSQL's serialised commits of notifying transactions; the
+/// dispatcher it wakes finds the message.
+#[test]
+fn in_the_workers_database_the_wake_worker_notifies_after_the_commit() {
+    const WORKERS_DATABASE: &str = "postgres";
+    let mut db = connect_in(WORKERS_DATABASE, "postgres");
+    let worker: i32 = db
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_otp wake' AND datname = $1",
+            &[&WORKERS_DATABASE],
+        )
+        .expect("the wake worker runs in otp.purge_database")
+        .get(0);
+    let mut listener = connect_in(WORKERS_DATABASE, SENDER);
+    listener.batch_execute("LISTEN otp_outbox").unwrap();
+    let mut app = connect_in(WORKERS_DATABASE, APP);
+    let conversation = conversation("wake");
+    assert_eq!(issue(&mut app, &conversation), "code_sent");
+    let first = next_notification(&mut listener);
+    assert_eq!((first.channel(), first.payload()), ("otp_outbox", ""));
+    assert_eq!(
+        first.process_id(),
+        worker,
+        "the worker notifies, not the issuing backend"
+    );
+    assert!(!claim_code(&mut listener, &conversation).is_empty());
+}
+
+/// A transaction that issued a code cannot be prepared (PREPARE
+/// TRANSACTION), in the wake worker's database as in any other, just as
+/// PostgreSQL refuses to prepare one that notified: a prepared transaction
+/// would keep pg_otp's locks on the person, the conversation and the
+/// destination through disconnects and restarts, and stall every code for
+/// them. One whose issuing savepoint was rolled back can be.
+#[test]
+fn a_transaction_that_issued_a_code_cannot_be_prepared() {
+    for database in [DATABASE, "postgres"] {
+        let mut app = connect_in(database, APP);
+        let conversation = conversation("prepare");
+        app.batch_execute("BEGIN").unwrap();
+        issue(&mut app, &conversation);
+        let prepared = app.batch_execute("PREPARE TRANSACTION 'pg_otp_it_prepare'");
+        if prepared.is_ok() {
+            // Or it would hold its locks for the tests after this one.
+            app.batch_execute("ROLLBACK PREPARED 'pg_otp_it_prepare'")
+                .unwrap();
+            panic!("in {database}: a transaction that issued a code was prepared");
+        }
+        let err = prepared.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+            "in {database}: {err}"
+        );
+        app.batch_execute("ROLLBACK").unwrap();
+
+        app.batch_execute("BEGIN; SAVEPOINT s").unwrap();
+        issue(&mut app, &conversation);
+        app.batch_execute("ROLLBACK TO SAVEPOINT s; PREPARE TRANSACTION 'pg_otp_it_prepare'")
+            .unwrap_or_else(|err| {
+                panic!("in {database}, after the rollback to the savepoint: {err}")
+            });
+        app.batch_execute("ROLLBACK PREPARED 'pg_otp_it_prepare'")
+            .unwrap();
+    }
 }
 
 /// Configures an agent over the fixture's people with the given limits.

@@ -1,0 +1,250 @@
+//! Waking the dispatchers: `NOTIFY otp_outbox` once a message is due.
+//!
+//! PostgreSQL serialises the commits of transactions that sent a NOTIFY:
+//! each takes one lock, the same for the whole cluster, before its commit
+//! record and keeps it until the commit has been flushed. With a NOTIFY in every otp_issue,
+//! codes are issued one fsync at a time however many clients ask.
+//!
+//! So in `otp.purge_database`, where the library's background workers run,
+//! a transaction that queued a message does not notify: when it commits it
+//! sets a flag in shared memory and the latch of the "pg_otp wake" worker,
+//! which sends one NOTIFY for everything committed since its last one,
+//! without waiting for a flush (`synchronous_commit = off`: a wake-up needs
+//! no durability). The NOTIFY follows the commit, so a dispatcher woken by
+//! it sees the message. In any other database, or while the worker is not
+//! running, the transaction notifies itself, as before. A wake lost when
+//! the worker stops between the two is caught by the dispatchers' polling
+//! (`--poll-interval-ms`), and a starting worker notifies once.
+
+use std::cell::Cell;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::PgSqlErrorCode;
+
+use super::NOTIFY_CHANNEL;
+use crate::errors::{OtpError, Result};
+use crate::{gucs, prepared};
+
+const NAME: &CStr = c"pg_otp wake";
+
+/// In shared memory: which worker to wake, in which database, and whether
+/// something committed since its last NOTIFY.
+#[repr(C)]
+struct Shared {
+    /// The worker's latch; null while no worker runs.
+    latch: AtomicPtr<pg_sys::Latch>,
+    /// The database it notifies in.
+    database: AtomicU32,
+    /// Set by committing transactions, cleared by the worker.
+    pending: AtomicBool,
+}
+
+// Set in the postmaster at start-up (again after a crash restart) and
+// inherited by every process it starts.
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+thread_local! {
+    /// The outermost (sub)transaction of this backend that queued a message
+    /// for the worker to announce at commit; 0 (InvalidSubTransactionId)
+    /// for none. Like a NOTIFY, a wake asked for in a subtransaction that
+    /// is rolled back is dropped.
+    static AT_COMMIT: Cell<pg_sys::SubTransactionId> = const { Cell::new(0) };
+}
+
+/// Registers the worker; from _PG_init, while the library is being
+/// preloaded (`shmem` makes the shared state).
+pub fn init() {
+    BackgroundWorkerBuilder::new("pg_otp wake")
+        .set_type("pg_otp wake")
+        .set_function("pg_otp_wake_worker_main")
+        .set_library("pg_otp")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// The shared state's space, asked for while shared memory is sized.
+pub fn request_space() {
+    // SAFETY: called by the postmaster from the shared-memory request hook.
+    unsafe { pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>()) };
+}
+
+/// Creates or finds the shared state; from the start-up hook, under
+/// AddinShmemInitLock. A new segment (at start, or after a crash restart)
+/// starts with no worker and nothing pending.
+pub fn attach() {
+    let mut found = false;
+    // SAFETY: shared memory exists and the caller holds AddinShmemInitLock;
+    // a struct not found is written before anyone can read it.
+    unsafe {
+        let shared =
+            pg_sys::ShmemInitStruct(NAME.as_ptr(), std::mem::size_of::<Shared>(), &mut found)
+                .cast::<Shared>();
+        if !found {
+            shared.write(Shared {
+                latch: AtomicPtr::new(std::ptr::null_mut()),
+                database: AtomicU32::new(0),
+                pending: AtomicBool::new(false),
+            });
+        }
+        SHARED.store(shared, Ordering::Relaxed);
+    }
+}
+
+fn shared() -> Option<&'static Shared> {
+    // SAFETY: once set, the struct lives as long as the server's shared memory.
+    unsafe { SHARED.load(Ordering::Relaxed).as_ref() }
+}
+
+/// Wakes the dispatchers once this transaction commits: through the worker
+/// if it runs in this database, else by notifying from this transaction.
+pub fn at_commit(client: &mut SpiClient<'_>) -> Result<()> {
+    // SAFETY: set for the life of the backend.
+    let here = u32::from(unsafe { pg_sys::MyDatabaseId });
+    let served = shared().is_some_and(|shared| {
+        !shared.latch.load(Ordering::Acquire).is_null()
+            && shared.database.load(Ordering::Acquire) == here
+    });
+    if served {
+        // SAFETY: inside a transaction, as every SQL function is.
+        let current = unsafe { pg_sys::GetCurrentSubTransactionId() };
+        let asked = AT_COMMIT.get();
+        if asked == 0 || current < asked {
+            AT_COMMIT.set(current);
+        }
+        return Ok(());
+    }
+    // A constant payload: PostgreSQL folds repeats within one transaction.
+    prepared::update(
+        client,
+        "SELECT pg_catalog.pg_notify($1, '')",
+        None,
+        &[NOTIFY_CHANNEL.into()],
+    )?;
+    Ok(())
+}
+
+/// From the subtransaction callback: a subtransaction (and those inside it:
+/// their ids are higher) was rolled back.
+pub fn subtransaction_aborted(subtransaction: pg_sys::SubTransactionId) {
+    if AT_COMMIT.get() >= subtransaction {
+        AT_COMMIT.set(0);
+    }
+}
+
+/// From the subtransaction callback: a subtransaction committed into its parent.
+pub fn subtransaction_committed(
+    subtransaction: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+) {
+    if AT_COMMIT.get() >= subtransaction {
+        AT_COMMIT.set(parent);
+    }
+}
+
+/// From the transaction callback, before PREPARE TRANSACTION: refused, as
+/// PostgreSQL refuses to prepare a transaction that sent a NOTIFY (what
+/// otp_issue does wherever the worker does not serve). A prepared
+/// transaction would keep pg_otp's locks on the person, the conversation
+/// and the destination, through disconnects and restarts, until someone
+/// ends it.
+pub fn before_prepare() {
+    if AT_COMMIT.get() != 0 {
+        OtpError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "pg_otp: cannot PREPARE a transaction that queued a code for delivery",
+        )
+        .raise();
+    }
+}
+
+/// From the transaction callback, after a commit: hands the wake to the
+/// worker. Never raises an ERROR.
+pub fn transaction_committed() {
+    if AT_COMMIT.replace(0) == 0 {
+        return;
+    }
+    let Some(shared) = shared() else { return };
+    shared.pending.store(true, Ordering::Release);
+    let latch = shared.latch.load(Ordering::Acquire);
+    if !latch.is_null() {
+        // SAFETY: a PGPROC's latch, in shared memory for the server's life;
+        // should the worker have exited meanwhile, another process sees a
+        // spurious wake-up, which every latch user tolerates.
+        unsafe { pg_sys::SetLatch(latch) };
+    }
+}
+
+/// From the transaction callback, after an abort: nothing to announce.
+pub fn transaction_aborted() {
+    AT_COMMIT.set(0);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_worker(_code: i32, _arg: pg_sys::Datum) {
+    if let Some(shared) = shared() {
+        shared.latch.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_otp_wake_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let (Some(database), Some(shared)) = (gucs::purge_database(), shared()) else {
+        // Each transaction notifies itself; exiting with 0 means no restart.
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // SAFETY: this process's own PGPROC and database, set for its life; the
+    // latch is withdrawn before the process leaves shared memory, whether it
+    // stops or fails.
+    unsafe {
+        pg_sys::before_shmem_exit(Some(forget_worker), pg_sys::Datum::null());
+        shared
+            .database
+            .store(u32::from(pg_sys::MyDatabaseId), Ordering::Release);
+        shared
+            .latch
+            .store(&raw mut (*pg_sys::MyProc).procLatch, Ordering::Release);
+    }
+    log!("pg_otp wake worker: waking dispatchers in database \"{database}\"");
+    // Whatever committed while no worker ran.
+    shared.pending.store(false, Ordering::Release);
+    notify();
+    while BackgroundWorker::wait_latch(None) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the documented way for a background worker to reload postgresql.conf.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        // The latch was reset before this read: a commit setting the flag
+        // from now on sets the latch again.
+        if shared.pending.swap(false, Ordering::AcqRel) {
+            notify();
+        }
+    }
+}
+
+/// One NOTIFY, in a transaction of its own that does not wait for its
+/// commit record to be flushed. An ERROR (a full notification queue, say)
+/// ends the worker: it is restarted 5 s later, issuing transactions notify
+/// themselves meanwhile, and it notifies once when it starts.
+fn notify() {
+    BackgroundWorker::transaction(|| {
+        Spi::connect_mut(|client| {
+            prepared::update(
+                client,
+                "SELECT pg_catalog.set_config('synchronous_commit', 'off', true), pg_catalog.pg_notify($1, '')",
+                None,
+                &[NOTIFY_CHANNEL.into()],
+            )
+            .map(drop)
+        })
+    })
+    .unwrap_or_else(|err| warning!("pg_otp wake worker: {}", err.message()));
+}
