@@ -183,13 +183,21 @@ fn issue_wakes_a_listening_dispatcher() {
 fn in_the_workers_database_the_wake_worker_notifies_after_the_commit() {
     const WORKERS_DATABASE: &str = "postgres";
     let mut db = connect_in(WORKERS_DATABASE, "postgres");
-    let worker: i32 = db
-        .query_one(
+    let worker_pid = |db: &mut Client| -> Option<i32> {
+        db.query_opt(
             "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_otp wake' AND datname = $1",
             &[&WORKERS_DATABASE],
         )
-        .expect("the wake worker runs in otp.purge_database")
-        .get(0);
+        .unwrap()
+        .map(|row| row.get(0))
+    };
+    // (just after a server start it may still be connecting)
+    wait_until(
+        "the wake worker to run in otp.purge_database",
+        Duration::from_secs(30),
+        || worker_pid(&mut db).is_some(),
+    );
+    let worker = worker_pid(&mut db).unwrap();
     let mut listener = connect_in(WORKERS_DATABASE, SENDER);
     listener.batch_execute("LISTEN otp_outbox").unwrap();
     let mut app = connect_in(WORKERS_DATABASE, APP);
