@@ -2,8 +2,9 @@
 //!
 //! PostgreSQL serialises the commits of transactions that sent a NOTIFY:
 //! each takes one lock, the same for the whole cluster, before its commit
-//! record and keeps it until the commit has been flushed. With a NOTIFY in every otp_issue,
-//! codes are issued one fsync at a time however many clients ask.
+//! record and keeps it until the commit has been flushed. With a NOTIFY in
+//! every otp_issue, codes are issued one fsync at a time however many
+//! clients ask.
 //!
 //! So in `otp.purge_database`, where the library's background workers run,
 //! a transaction that queued a message does not notify: when it commits it
@@ -48,6 +49,7 @@ struct Shared {
 // Set in the postmaster at start-up (again after a crash restart) and
 // inherited by every process it starts.
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+
 thread_local! {
     /// The outermost (sub)transaction of this backend that queued a message
     /// for the worker to announce at commit; 0 (InvalidSubTransactionId)
