@@ -19,7 +19,7 @@ use crate::crypto::{self, Code, CODE_DIGITS};
 use crate::errors::{OtpError, Result};
 use crate::prepared;
 use crate::record::{Fingerprint, Still};
-use crate::{clock, delivery, gucs, ledger, limits, locks, record, schema, session};
+use crate::{clock, delivery, gucs, ledger, limits, locks, record, schema, session, xact};
 
 /// Result words of otp_issue. The spelling is the SQL contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -376,6 +376,7 @@ pub fn verify(
 
     // FOR UPDATE serialises concurrent submissions: each one sees the
     // attempts and state its predecessors committed.
+    xact::refuse_prepare();
     let row = prepared::update(
         client,
         "SELECT id, subject, code_hash, attempts_used, max_attempts, expires_at, key_id, decoy,

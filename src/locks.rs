@@ -49,6 +49,7 @@ pub fn init() {
 /// (sub)transaction, waiting for it like any lock (lock_timeout applies,
 /// deadlocks are detected).
 pub fn lock(scope: Scope, parts: &[&[u8]]) {
+    crate::xact::refuse_prepare();
     let salt = SALT
         .get()
         .expect("pg_otp is preloaded (checked before any lock)");

@@ -102,6 +102,7 @@ fn lock_message(client: &mut SpiClient<'_>, message_id: Option<i64>) -> Result<M
 /// Locks a message for the caller's update; None when there is no such
 /// message.
 pub(super) fn lock(client: &mut SpiClient<'_>, message_id: i64) -> Result<Option<Message>> {
+    crate::xact::refuse_prepare();
     // The challenge first, then the message: the order otp_verify takes
     // them in (it ends the challenge, then stops its messages). The other
     // order deadlocks with a verification, and PostgreSQL may abort the

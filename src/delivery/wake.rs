@@ -17,7 +17,6 @@
 //! the worker stops between the two is caught by the dispatchers' polling
 //! (`--poll-interval-ms`), and a starting worker notifies once.
 
-use std::cell::Cell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::time::Duration;
@@ -26,10 +25,10 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::PgSqlErrorCode;
 
 use super::NOTIFY_CHANNEL;
-use crate::errors::{OtpError, Result};
+use crate::errors::Result;
+use crate::xact::{self, Mark};
 use crate::{gucs, prepared};
 
 const NAME: &CStr = c"pg_otp wake";
@@ -51,11 +50,10 @@ struct Shared {
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
 
 thread_local! {
-    /// The outermost (sub)transaction of this backend that queued a message
-    /// for the worker to announce at commit; 0 (InvalidSubTransactionId)
-    /// for none. Like a NOTIFY, a wake asked for in a subtransaction that
-    /// is rolled back is dropped.
-    static AT_COMMIT: Cell<pg_sys::SubTransactionId> = const { Cell::new(0) };
+    /// This backend's transaction queued a message for the worker to
+    /// announce at commit. Like a NOTIFY, a wake asked for in a
+    /// subtransaction that is rolled back is dropped.
+    static AT_COMMIT: Mark = const { Mark::new() };
 }
 
 /// Registers the worker; from _PG_init, while the library is being
@@ -106,6 +104,8 @@ fn shared() -> Option<&'static Shared> {
 /// Wakes the dispatchers once this transaction commits: through the worker
 /// if it runs in this database, else by notifying from this transaction.
 pub fn at_commit(client: &mut SpiClient<'_>) -> Result<()> {
+    // Wherever the NOTIFY comes from: PostgreSQL would refuse it anyway.
+    xact::refuse_prepare();
     // SAFETY: set for the life of the backend.
     let here = u32::from(unsafe { pg_sys::MyDatabaseId });
     let served = shared().is_some_and(|shared| {
@@ -113,12 +113,7 @@ pub fn at_commit(client: &mut SpiClient<'_>) -> Result<()> {
             && shared.database.load(Ordering::Acquire) == here
     });
     if served {
-        // SAFETY: inside a transaction, as every SQL function is.
-        let current = unsafe { pg_sys::GetCurrentSubTransactionId() };
-        let asked = AT_COMMIT.get();
-        if asked == 0 || current < asked {
-            AT_COMMIT.set(current);
-        }
+        AT_COMMIT.with(Mark::set);
         return Ok(());
     }
     // A constant payload: PostgreSQL folds repeats within one transaction.
@@ -131,12 +126,9 @@ pub fn at_commit(client: &mut SpiClient<'_>) -> Result<()> {
     Ok(())
 }
 
-/// From the subtransaction callback: a subtransaction (and those inside it:
-/// their ids are higher) was rolled back.
+/// From the subtransaction callback: a subtransaction was rolled back.
 pub fn subtransaction_aborted(subtransaction: pg_sys::SubTransactionId) {
-    if AT_COMMIT.get() >= subtransaction {
-        AT_COMMIT.set(0);
-    }
+    AT_COMMIT.with(|mark| mark.subtransaction_aborted(subtransaction));
 }
 
 /// From the subtransaction callback: a subtransaction committed into its parent.
@@ -144,31 +136,13 @@ pub fn subtransaction_committed(
     subtransaction: pg_sys::SubTransactionId,
     parent: pg_sys::SubTransactionId,
 ) {
-    if AT_COMMIT.get() >= subtransaction {
-        AT_COMMIT.set(parent);
-    }
-}
-
-/// From the transaction callback, before PREPARE TRANSACTION: refused, as
-/// PostgreSQL refuses to prepare a transaction that sent a NOTIFY (what
-/// otp_issue does wherever the worker does not serve). A prepared
-/// transaction would keep pg_otp's locks on the person, the conversation
-/// and the destination, through disconnects and restarts, until someone
-/// ends it.
-pub fn before_prepare() {
-    if AT_COMMIT.get() != 0 {
-        OtpError::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "pg_otp: cannot PREPARE a transaction that queued a code for delivery",
-        )
-        .raise();
-    }
+    AT_COMMIT.with(|mark| mark.subtransaction_committed(subtransaction, parent));
 }
 
 /// From the transaction callback, after a commit: hands the wake to the
 /// worker. Never raises an ERROR.
 pub fn transaction_committed() {
-    if AT_COMMIT.replace(0) == 0 {
+    if !AT_COMMIT.with(Mark::take) {
         return;
     }
     let Some(shared) = shared() else { return };
@@ -184,7 +158,7 @@ pub fn transaction_committed() {
 
 /// From the transaction callback, after an abort: nothing to announce.
 pub fn transaction_aborted() {
-    AT_COMMIT.set(0);
+    AT_COMMIT.with(Mark::take);
 }
 
 #[pg_guard]

@@ -213,33 +213,75 @@ fn in_the_workers_database_the_wake_worker_notifies_after_the_commit() {
     assert!(!claim_code(&mut listener, &conversation).is_empty());
 }
 
-/// A transaction that issued a code cannot be prepared (PREPARE
-/// TRANSACTION), in the wake worker's database as in any other, just as
-/// PostgreSQL refuses to prepare one that notified: a prepared transaction
-/// would keep pg_otp's locks on the person, the conversation and the
-/// destination through disconnects and restarts, and stall every code for
-/// them. One whose issuing savepoint was rolled back can be.
+/// Runs `work` in a transaction and tries to PREPARE it: it must fail
+/// with 0A000 (a prepared transaction left behind is rolled back first,
+/// or it would hold its locks for the tests after this one).
+fn refused_prepare(app: &mut Client, what: &str, work: impl FnOnce(&mut Client)) {
+    app.batch_execute("BEGIN").unwrap();
+    work(app);
+    let prepared = app.batch_execute("PREPARE TRANSACTION 'pg_otp_it_prepare'");
+    if prepared.is_ok() {
+        app.batch_execute("ROLLBACK PREPARED 'pg_otp_it_prepare'")
+            .unwrap();
+        panic!("{what}: the transaction was prepared");
+    }
+    let err = prepared.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+        "{what}: {err}"
+    );
+    app.batch_execute("ROLLBACK").unwrap();
+}
+
+/// A transaction that issued or verified a code cannot be prepared (PREPARE
+/// TRANSACTION), in the wake worker's database as in any other, whatever
+/// the outcome, just as PostgreSQL refuses to prepare one that notified: a
+/// prepared transaction would keep pg_otp's locks on the person, the
+/// conversation and the destination (and a verification's row locks) until
+/// someone ended it, and stall every code and guess for them. One whose
+/// issuing savepoint was rolled back can be.
 #[test]
-fn a_transaction_that_issued_a_code_cannot_be_prepared() {
+fn a_transaction_that_issued_or_verified_a_code_cannot_be_prepared() {
     for database in [DATABASE, "postgres"] {
+        let mut db = connect_in(database, "postgres");
+        limited_agent(&mut db, "it-prepare", "resend_cooldown => '1 hour'");
         let mut app = connect_in(database, APP);
         let conversation = conversation("prepare");
-        app.batch_execute("BEGIN").unwrap();
-        issue(&mut app, &conversation);
-        let prepared = app.batch_execute("PREPARE TRANSACTION 'pg_otp_it_prepare'");
-        if prepared.is_ok() {
-            // Or it would hold its locks for the tests after this one.
-            app.batch_execute("ROLLBACK PREPARED 'pg_otp_it_prepare'")
-                .unwrap();
-            panic!("in {database}: a transaction that issued a code was prepared");
-        }
-        let err = prepared.unwrap_err();
+        refused_prepare(&mut app, &format!("{database}, code sent"), |app| {
+            assert_eq!(issue(app, &conversation), "code_sent");
+        });
+        // Refused for the cooldown: no message queued, no NOTIFY, but the
+        // person's, the conversation's and the destination's locks taken.
+        let issue_as = |app: &mut Client, conversation: &str| -> String {
+            app.query_one(
+                "SELECT status FROM otp_issue('it-prepare', $1, 'p1')",
+                &[&conversation],
+            )
+            .unwrap()
+            .get(0)
+        };
         assert_eq!(
-            err.code(),
-            Some(&postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
-            "in {database}: {err}"
+            issue_as(&mut app, &format!("{conversation}-a")),
+            "code_sent"
         );
-        app.batch_execute("ROLLBACK").unwrap();
+        refused_prepare(&mut app, &format!("{database}, rate limited"), |app| {
+            assert_eq!(issue_as(app, &format!("{conversation}-b")), "rate_limited");
+        });
+        // A wrong guess: the challenge's and the person's guard rows locked.
+        refused_prepare(&mut app, &format!("{database}, wrong code"), |app| {
+            let status: String = app
+                .query_one(
+                    "SELECT status FROM otp_verify('it-prepare', $1, '000000')",
+                    &[&format!("{conversation}-a")],
+                )
+                .unwrap()
+                .get(0);
+            assert!(
+                ["incorrect", "verified"].contains(&status.as_str()),
+                "{status}"
+            );
+        });
 
         app.batch_execute("BEGIN; SAVEPOINT s").unwrap();
         issue(&mut app, &conversation);
