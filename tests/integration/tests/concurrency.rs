@@ -246,21 +246,24 @@ fn a_transaction_that_issued_or_verified_a_code_cannot_be_prepared() {
     for database in [DATABASE, "postgres"] {
         let mut db = connect_in(database, "postgres");
         limited_agent(&mut db, "it-prepare", "resend_cooldown => '1 hour'");
+        // A person of its own: the cooldown counts every agent's codes to
+        // an address, and other tests send to the fixture's people.
+        let person = new_person(&mut db, "prepare");
         let mut app = connect_in(database, APP);
         let conversation = conversation("prepare");
-        refused_prepare(&mut app, &format!("{database}, code sent"), |app| {
-            assert_eq!(issue(app, &conversation), "code_sent");
-        });
-        // Refused for the cooldown: no message queued, no NOTIFY, but the
-        // person's, the conversation's and the destination's locks taken.
         let issue_as = |app: &mut Client, conversation: &str| -> String {
             app.query_one(
-                "SELECT status FROM otp_issue('it-prepare', $1, 'p1')",
-                &[&conversation],
+                "SELECT status FROM otp_issue('it-prepare', $1, $2)",
+                &[&conversation, &person],
             )
             .unwrap()
             .get(0)
         };
+        refused_prepare(&mut app, &format!("{database}, code sent"), |app| {
+            assert_eq!(issue_as(app, &conversation), "code_sent");
+        });
+        // Refused for the cooldown: no message queued, no NOTIFY, but the
+        // person's, the conversation's and the destination's locks taken.
         assert_eq!(
             issue_as(&mut app, &format!("{conversation}-a")),
             "code_sent"
@@ -284,7 +287,7 @@ fn a_transaction_that_issued_or_verified_a_code_cannot_be_prepared() {
         });
 
         app.batch_execute("BEGIN; SAVEPOINT s").unwrap();
-        issue(&mut app, &conversation);
+        issue_as(&mut app, &format!("{conversation}-c"));
         app.batch_execute("ROLLBACK TO SAVEPOINT s; PREPARE TRANSACTION 'pg_otp_it_prepare'")
             .unwrap_or_else(|err| {
                 panic!("in {database}, after the rollback to the savepoint: {err}")
