@@ -6,10 +6,10 @@
 //! postmaster so that every backend has them; cheap when there is nothing
 //! to do.
 
+use std::cell::Cell;
+
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-
-use std::cell::Cell;
 
 use crate::errors::OtpError;
 use crate::{binding, delivery, ledger};

@@ -37,13 +37,12 @@ done
 psql_bench -d bench -f bench/pgbench/diy_setup.sql >/dev/null
 psql_bench -d bench -c "ALTER DATABASE bench SET diy.secret = '$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')'"
 # The wake worker retries every 5 s until database bench exists.
-for _ in $(seq 120); do
+waking_bench() {
     [ "$(psql_bench -d bench -tAc "SELECT count(*) FROM pg_stat_activity
-                                     WHERE backend_type = 'pg_otp wake' AND datname = 'bench'")" = 1 ] && break
-    sleep 0.5
-done
-[ "$(psql_bench -d bench -tAc "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_otp wake'")" = 1 ] ||
-    { echo "run.sh: the pg_otp wake worker did not start in database bench" >&2; exit 1; }
+                                     WHERE backend_type = 'pg_otp wake' AND datname = 'bench'")" = 1 ]
+}
+for _ in $(seq 120); do waking_bench && break; sleep 0.5; done
+waking_bench || { echo "run.sh: the pg_otp wake worker did not start in database bench" >&2; exit 1; }
 
 tps() { # SCRIPT CLIENTS [DATABASE]
     "$PG_BIN/pgbench" -h "$CLUSTER" -p "$PORT" -U postgres -n -M prepared -c "$2" -j "$2" -T "$SECONDS_EACH" \

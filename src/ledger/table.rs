@@ -30,6 +30,7 @@ pub struct Entry {
 static TABLE: AtomicPtr<pg_sys::HTAB> = AtomicPtr::new(std::ptr::null_mut());
 static LOCK: AtomicPtr<pg_sys::LWLock> = AtomicPtr::new(std::ptr::null_mut());
 static CAPACITY: AtomicI64 = AtomicI64::new(0);
+
 /// Sets the table's capacity (from _PG_init, while the library is being
 /// preloaded); `shmem` asks for the space and attaches.
 pub fn request(capacity: i64) {

@@ -574,10 +574,7 @@ fn a_status_racing_the_right_code_never_burns_it() {
         &[&AGENT, &person],
     )
     .unwrap();
-    let app_pid: i32 = app
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let app_pid = backend_pid(&mut app);
     let status = |sender: &mut Client| {
         sender
             .query_one(
@@ -632,10 +629,7 @@ fn a_report_locks_the_challenge_before_the_message() {
     let mut hold = db.transaction().unwrap();
     hold.execute("SELECT FROM otp.outbox WHERE id = $1 FOR UPDATE", &[&id])
         .unwrap();
-    let sender_pid: i32 = sender
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let sender_pid = backend_pid(&mut sender);
     std::thread::scope(|scope| {
         let reporting = scope.spawn(|| {
             sender
