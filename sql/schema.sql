@@ -244,19 +244,22 @@ CREATE INDEX session_by_subject ON otp.session (agent, subject);
 -- on the flow's path, and every partition is part of the extension (owner,
 -- privileges, pg_dump, upgrades).
 -- Weeks before 1970 count down from 52; 'infinity' and '-infinity' are
--- slot 0. (Every name in the body is pg_catalog's: the body is resolved
+-- slot 0: their epoch is infinite, mod() of it is NaN, and NaN sorts above
+-- every number, so LEAST makes it 106, which is slot 0. `at` appears once
+-- so that the planner inlines the function into the column default below,
+-- whose argument, clock_timestamp(), is volatile: called instead, a SQL
+-- function is parsed and planned again in every statement that inserts an
+-- event. (Every name in the body is pg_catalog's: the body is resolved
 -- once, here, where an operator planted in the target schema could match
 -- closer.)
 CREATE FUNCTION otp.event_slot(at timestamptz) RETURNS smallint
     LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN CASE WHEN pg_catalog.isfinite(at)
-                THEN CAST(pg_catalog.mod(pg_catalog.mod(pg_catalog.floor(EXTRACT(epoch FROM at) OPERATOR(pg_catalog./) 604800),
-                                                        53)
-                                         OPERATOR(pg_catalog.+) 53,
-                                         53)
-                          AS pg_catalog.int2)
-                ELSE 0
-           END;
+    RETURN CAST(pg_catalog.mod(LEAST(pg_catalog.mod(pg_catalog.floor(EXTRACT(epoch FROM at) OPERATOR(pg_catalog./) 604800),
+                                                    53)
+                                     OPERATOR(pg_catalog.+) 53,
+                                     106),
+                               53)
+                AS pg_catalog.int2);
 CREATE TABLE otp.event (
     id               bigint GENERATED ALWAYS AS IDENTITY,
     at               timestamptz NOT NULL,

@@ -57,6 +57,18 @@ mod tests {
         Spi::get_one(sql).unwrap()
     }
 
+    /// The plan EXPLAIN prints for `sql` (its options included), one line per row.
+    fn explain(sql: &str) -> String {
+        Spi::connect(|client| {
+            client
+                .select(sql, None, &[])
+                .unwrap()
+                .map(|row| row.get::<String>(1).unwrap().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
     /// The SQLSTATE a statement fails with, or "ok".
     fn sqlstate(sql: &str) -> String {
         Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()])
@@ -985,6 +997,14 @@ mod tests {
         );
         assert_eq!(one::<i16>("SELECT otp.event_slot('infinity')"), Some(0));
         assert_eq!(one::<i16>("SELECT otp.event_slot('-infinity')"), Some(0));
+        // The slot's default is inlined into every insert's plan: called
+        // instead (its argument, clock_timestamp(), is volatile), the SQL
+        // function would be parsed and planned again at every insert.
+        let plan = explain(
+            "EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO otp.event (at, agent, event) VALUES (now(), 'a', 'issued')",
+        );
+        assert!(plan.contains("clock_timestamp()"), "{plan}");
+        assert!(!plan.contains("event_slot"), "not inlined: {plan}");
         run("SET LOCAL TimeZone = 'Pacific/Kiritimati'");
         assert_eq!(
             one::<i16>("SELECT otp.event_slot('1970-01-08 00:00:00+00')"),
@@ -2850,17 +2870,7 @@ mod tests {
         assert_eq!(use_session(&token), "active");
         run("SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0;
              SET LOCAL min_parallel_table_scan_size = 0; SET LOCAL max_parallel_workers_per_gather = 2");
-        let plan: String = Spi::connect(|c| {
-            c.select(
-                "EXPLAIN (COSTS OFF) SELECT count(*) FROM public.payslips",
-                None,
-                &[],
-            )
-            .unwrap()
-            .map(|row| row.get::<String>(1).unwrap().unwrap())
-            .collect::<Vec<_>>()
-            .join("\n")
-        });
+        let plan = explain("EXPLAIN (COSTS OFF) SELECT count(*) FROM public.payslips");
         assert!(plan.contains("Gather"), "a parallel plan: {plan}");
         assert_eq!(
             count("SELECT count(*) FROM public.payslips"),
