@@ -6,6 +6,7 @@
 #      checked with lintian, installed into it (scripts/install-package.sh)
 #   3. pg_regress against a throwaway cluster of that version
 #   4. the upgrade tests: each release updated to this one
+#   5. from 17 on, a full notification queue (tests/integration/tests/notify_queue.rs)
 # Builds go to target/other (CARGO_TARGET_DIR, shared by 16-18: what does
 # not depend on the PostgreSQL version is built once), logs, packages and
 # pg_regress results to target/pgN. With RESULTS=FILE, each step appends
@@ -59,3 +60,8 @@ step pg_regress bash scripts/regress.sh "$cluster" "$port" "$work/regress"
 step upgrade env PG_OTP_TEST_HOST="$cluster" PG_OTP_TEST_PORT="$port" \
     PG_OTP_TEST_LOG="$cluster/server.log" PG_OTP_TEST_PGDATA="$cluster/data" \
     cargo test -q -p pg_otp_integration --test upgrade -- --test-threads=1
+# A full notification queue (its size is a setting from 17 on; 15's suite
+# skips this test): a cluster of the test's own.
+if [ "$major" -ge 17 ]; then
+    step notify_queue cargo test -q -p pg_otp_integration --test notify_queue
+fi

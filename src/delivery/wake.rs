@@ -16,6 +16,13 @@
 //! running, the transaction notifies itself, as before. A wake lost when
 //! the worker stops between the two is caught by the dispatchers' polling
 //! (`--poll-interval-ms`), and a starting worker notifies once.
+//!
+//! PostgreSQL's notification queue is the cluster's, and any role that can
+//! LISTEN can fill it: a listener that never reads holds every later
+//! notification in it. Once it is full, every NOTIFY fails its transaction
+//! (54000). So nobody here notifies once it is half full (where PostgreSQL
+//! starts warning about it): issuing codes never depends on the queue, and
+//! the dispatchers find the messages by polling until it drains.
 
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
@@ -27,11 +34,16 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use super::NOTIFY_CHANNEL;
-use crate::errors::Result;
+use crate::errors::{OtpError, Result};
 use crate::xact::{self, Mark};
 use crate::{gucs, prepared};
 
 const NAME: &CStr = c"pg_otp wake";
+
+/// The NOTIFY, unless PostgreSQL's queue is half full or more: returns a
+/// row when it notified.
+const NOTIFY: &str =
+    "SELECT pg_catalog.pg_notify($1, '') WHERE pg_catalog.pg_notification_queue_usage() < 0.5";
 
 /// In shared memory: which worker to wake, in which database, and whether
 /// something committed since its last NOTIFY.
@@ -117,12 +129,7 @@ pub fn at_commit(client: &mut SpiClient<'_>) -> Result<()> {
         return Ok(());
     }
     // A constant payload: PostgreSQL folds repeats within one transaction.
-    prepared::update(
-        client,
-        "SELECT pg_catalog.pg_notify($1, '')",
-        None,
-        &[NOTIFY_CHANNEL.into()],
-    )?;
+    prepared::update(client, NOTIFY, None, &[NOTIFY_CHANNEL.into()])?;
     Ok(())
 }
 
@@ -192,7 +199,8 @@ pub extern "C-unwind" fn pg_otp_wake_worker_main(_arg: pg_sys::Datum) {
     log!("pg_otp wake worker: waking dispatchers in database \"{database}\"");
     // Whatever committed while no worker ran.
     shared.pending.store(false, Ordering::Release);
-    notify();
+    let mut queue = Queue::Open;
+    queue.notified(notify());
     while BackgroundWorker::wait_latch(None) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a background worker to reload postgresql.conf.
@@ -201,26 +209,56 @@ pub extern "C-unwind" fn pg_otp_wake_worker_main(_arg: pg_sys::Datum) {
         // The latch was reset before this read: a commit setting the flag
         // from now on sets the latch again.
         if shared.pending.swap(false, Ordering::AcqRel) {
-            notify();
+            queue.notified(notify());
         }
     }
 }
 
-/// One NOTIFY, in a transaction of its own that does not wait for its
-/// commit record to be flushed. An ERROR (a full notification queue, say)
+/// Whether the worker last found the notification queue open or too full
+/// to notify: the server log says when that changes, not at every wake.
+#[derive(Clone, Copy, PartialEq)]
+enum Queue {
+    Open,
+    TooFull,
+}
+
+impl Queue {
+    fn notified(&mut self, notified: Option<bool>) {
+        let now = match notified {
+            Some(true) => Queue::Open,
+            Some(false) => Queue::TooFull,
+            None => return,
+        };
+        match (*self, now) {
+            (Queue::Open, Queue::TooFull) => warning!(
+                "pg_otp wake worker: PostgreSQL's notification queue is half full or more; not waking dispatchers, who find new messages by polling until it drains"
+            ),
+            (Queue::TooFull, Queue::Open) => {
+                log!("pg_otp wake worker: the notification queue has drained; waking dispatchers again")
+            }
+            _ => {}
+        }
+        *self = now;
+    }
+}
+
+/// One NOTIFY, unless the queue is too full, in a transaction of its own
+/// that does not wait for its commit record to be flushed: whether it
+/// notified, or None after a failure (logged). An ERROR raised at commit
 /// ends the worker: it is restarted 5 s later, issuing transactions notify
 /// themselves meanwhile, and it notifies once when it starts.
-fn notify() {
+fn notify() -> Option<bool> {
     BackgroundWorker::transaction(|| {
         Spi::connect_mut(|client| {
             prepared::update(
                 client,
-                "SELECT pg_catalog.set_config('synchronous_commit', 'off', true), pg_catalog.pg_notify($1, '')",
+                "SELECT pg_catalog.set_config('synchronous_commit', 'off', true)",
                 None,
-                &[NOTIFY_CHANNEL.into()],
-            )
-            .map(drop)
+                &[],
+            )?;
+            Ok(!prepared::update(client, NOTIFY, None, &[NOTIFY_CHANNEL.into()])?.is_empty())
         })
     })
-    .unwrap_or_else(|err| warning!("pg_otp wake worker: {}", err.message()));
+    .map_err(|err: OtpError| warning!("pg_otp wake worker: {}", err.message()))
+    .ok()
 }

@@ -1,0 +1,201 @@
+//! PostgreSQL's notification queue is the cluster's, and any login role can
+//! fill it: LISTEN, stay in a transaction (a listener reads nothing while in
+//! one, and the queue keeps everything it has not read), and notify. Once
+//! it is full every NOTIFY fails its transaction with 54000. Issuing a code
+//! must not: pg_otp stops notifying while the queue is half full or more,
+//! and the dispatchers find the messages by polling.
+//!
+//! The queue holds 8 GB before PostgreSQL 17; from 17 on its size is a
+//! setting (max_notify_queue_pages), so that a test can fill it in a moment.
+//! scripts/test-version.sh runs this on 17 and 18.
+
+use pg_otp_integration::*;
+use postgres::fallible_iterator::FallibleIterator;
+use std::time::Duration;
+
+/// The served database of the test's cluster (otp.purge_database), where
+/// the "pg_otp wake" worker notifies for the issuing transactions.
+const SERVED: &str = "served";
+
+fn server_major() -> u32 {
+    let out = std::process::Command::new(pg_bin().join("postgres"))
+        .arg("--version")
+        .output()
+        .expect("postgres --version");
+    // "postgres (PostgreSQL) 17.11"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().last().expect("a version");
+    version
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a major version")
+}
+
+/// pg_otp, the roles and an agent over one person in `db`.
+fn install(db: &mut Client) {
+    db.batch_execute(&format!(
+        "CREATE EXTENSION pg_otp;
+         GRANT otp_app TO {APP};
+         GRANT otp_dispatcher TO {SENDER};
+         CREATE TABLE people (id text PRIMARY KEY, phone text, email text);
+         INSERT INTO people VALUES ('p1', '+34 600 12 34 78', 'p.one@example.com');
+         SELECT otp_configure(agent => '{AGENT}', source => 'people', id_column => 'id',
+                              phone_column => 'phone', max_codes => 1000, resend_cooldown => '0');"
+    ))
+    .unwrap();
+}
+
+/// The SQLSTATE of a failed statement.
+fn sqlstate(result: Result<(), postgres::Error>) -> Option<String> {
+    result
+        .err()
+        .and_then(|err| err.as_db_error().map(|err| err.code().code().to_owned()))
+}
+
+#[test]
+fn a_full_notification_queue_does_not_stop_codes_being_issued() {
+    let major = server_major();
+    if major < 17 {
+        eprintln!(
+            "skipped on PostgreSQL {major}: filling its notification queue takes 8 GB (scripts/test-version.sh runs this on 17 and 18)"
+        );
+        return;
+    }
+    let cluster = Cluster::start(
+        "notify-queue",
+        54345,
+        &[
+            "shared_preload_libraries = 'pg_otp'",
+            CLUSTER_SECRET,
+            // the smallest queue PostgreSQL allows: 64 pages of 8 kB
+            "max_notify_queue_pages = 64",
+            "otp.purge_database = 'served'",
+        ],
+        &[],
+    );
+    let mut admin = cluster.connect("postgres", "postgres");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {APP} LOGIN; CREATE ROLE {SENDER} LOGIN; CREATE ROLE flooder LOGIN"
+        ))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {SERVED}"))
+        .unwrap();
+    install(&mut admin);
+    install(&mut cluster.connect("postgres", SERVED));
+    let worker = || -> Option<i32> {
+        cluster
+            .connect("postgres", "postgres")
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_otp wake' AND datname = $1",
+                &[&SERVED],
+            )
+            .unwrap()
+            .map(|row| row.get(0))
+    };
+    wait_until(
+        "the wake worker to run in the served database",
+        Duration::from_secs(30),
+        || worker().is_some(),
+    );
+    let worker_pid = worker().unwrap();
+    // (before the database existed, the worker started and exited)
+    let started = cluster.log().len();
+    let log_since = || cluster.log().split_off(started);
+
+    // A role with no privileges at all fills the queue: a listener that
+    // stays in a transaction, and distinct notifications (repeats within a
+    // transaction are folded) until PostgreSQL refuses more.
+    let mut holder = cluster.connect("flooder", "postgres");
+    holder.batch_execute("LISTEN anything").unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").unwrap();
+    let mut flooder = cluster.connect("flooder", "postgres");
+    let mut refused = None;
+    for round in 0..200 {
+        let result = flooder.batch_execute(&format!(
+            "SELECT pg_notify('anything', repeat('x', 7000) || {round} || '-' || i) FROM generate_series(1, 8) AS i"
+        ));
+        if let Some(code) = sqlstate(result) {
+            refused = Some(code);
+            break;
+        }
+    }
+    assert_eq!(
+        refused.as_deref(),
+        Some("54000"),
+        "the queue should be full"
+    );
+
+    for database in ["postgres", SERVED] {
+        let mut app = cluster.connect(APP, database);
+        let conversation = conversation("full-queue");
+        let status = app
+            .query_one(
+                "SELECT status FROM otp_issue($1, $2, 'p1')",
+                &[&AGENT, &conversation],
+            )
+            .map(|row| row.get::<_, String>(0))
+            .unwrap_or_else(|err| {
+                panic!(
+                    "in {database}, issuing with the queue full: {:?}",
+                    err.as_db_error()
+                )
+            });
+        assert_eq!(status, "code_sent", "in {database}");
+        // A dispatcher polling finds the message.
+        let mut sender = cluster.connect(SENDER, database);
+        assert!(
+            !claim_code(&mut sender, &conversation).is_empty(),
+            "in {database}"
+        );
+    }
+    // The worker, woken by the issue in its database, saw the queue full:
+    // it says so once, and runs on (an ERROR would have ended it).
+    wait_until(
+        "the wake worker to find the queue full",
+        Duration::from_secs(30),
+        || log_since().contains("notification queue is half full or more"),
+    );
+    let log = log_since();
+    assert!(!log.contains("background worker \"pg_otp wake\""), "{log}");
+    assert_eq!(worker(), Some(worker_pid), "the wake worker was restarted");
+
+    // Once the listener is gone the queue drains, and the worker wakes
+    // dispatchers again.
+    holder.batch_execute("ROLLBACK; UNLISTEN *").unwrap();
+    drop(holder);
+    let mut probe = cluster.connect("postgres", "postgres");
+    wait_until(
+        "the notification queue to drain",
+        Duration::from_secs(30),
+        || {
+            probe
+                .query_one("SELECT pg_notification_queue_usage() < 0.5", &[])
+                .unwrap()
+                .get(0)
+        },
+    );
+    let mut listener = cluster.connect(SENDER, SERVED);
+    listener.batch_execute("LISTEN otp_outbox").unwrap();
+    let mut app = cluster.connect(APP, SERVED);
+    let conversation = conversation("drained");
+    let status: String = app
+        .query_one(
+            "SELECT status FROM otp_issue($1, $2, 'p1')",
+            &[&AGENT, &conversation],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "code_sent");
+    let woken = listener
+        .notifications()
+        .timeout_iter(Duration::from_secs(30))
+        .next()
+        .expect("reading notifications")
+        .expect("a notification once the queue drained");
+    assert_eq!(woken.process_id(), worker_pid);
+    assert!(log_since().contains("the notification queue has drained"));
+}
