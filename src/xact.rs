@@ -36,6 +36,11 @@ impl Mark {
         }
     }
 
+    /// Whether it is set.
+    pub fn is_set(&self) -> bool {
+        self.0.get() != 0
+    }
+
     /// Whether it was set; clears it (the transaction ended).
     pub fn take(&self) -> bool {
         self.0.replace(0) != 0
@@ -130,6 +135,8 @@ unsafe extern "C-unwind" fn on_transaction_end(
             )
             .raise();
         }
+        // The last moment an ERROR can still roll the transaction back.
+        XACT_EVENT_PRE_COMMIT => delivery::wake::transaction_committing(),
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             ledger::transaction_committed();
             binding::transaction_ended();

@@ -25,6 +25,8 @@ mod status;
 mod sweep;
 pub mod wake;
 
+use std::ffi::CStr;
+
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::spi::SpiClient;
 
@@ -41,7 +43,7 @@ pub use status::status;
 pub use sweep::{sweep, Decoys};
 
 /// Channel a dispatcher listens on.
-pub const NOTIFY_CHANNEL: &str = "otp_outbox";
+pub const NOTIFY_CHANNEL: &CStr = c"otp_outbox";
 
 /// A message to queue: the code of a new challenge and where it goes.
 /// A decoy's message (reveal_unknown => false, nobody to send it to, so an
@@ -109,7 +111,8 @@ pub fn enqueue(client: &mut SpiClient<'_>, keys: &Keys, message: &Outgoing<'_>) 
         args.push(message.time_zone.into());
     }
     prepared::update(client, insert, None, &args)?;
-    wake::at_commit(client)
+    wake::at_commit();
+    Ok(())
 }
 
 /// Why delivery of a challenge's code stops.

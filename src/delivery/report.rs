@@ -380,7 +380,7 @@ pub(super) fn fail(
                 MessageState::Queued.as_str().into(),
             ],
         )?;
-        wake::at_commit(client)?;
+        wake::at_commit();
         return Ok(Failure::FellBack);
     }
     let delay = backoff_seconds(message.attempt);
@@ -409,7 +409,7 @@ pub(super) fn fail(
         return Ok(Failure::Expired);
     }
     if message.state != MessageState::Sending {
-        wake::at_commit(client)?;
+        wake::at_commit();
     }
     Ok(Failure::Retried)
 }

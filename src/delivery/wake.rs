@@ -22,28 +22,33 @@
 //! notification in it. Once it is full, every NOTIFY fails its transaction
 //! (54000). So nobody here notifies once it is half full (where PostgreSQL
 //! starts warning about it): issuing codes never depends on the queue, and
-//! the dispatchers find the messages by polling until it drains.
+//! the dispatchers find the messages by polling until it drains. The queue
+//! is looked at just before the commit, not when the message was queued:
+//! an application may keep its transaction open while the queue fills.
 
-use std::ffi::CStr;
+use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 
 use super::NOTIFY_CHANNEL;
-use crate::errors::{OtpError, Result};
+use crate::errors::OtpError;
 use crate::xact::{self, Mark};
 use crate::{gucs, prepared};
 
 const NAME: &CStr = c"pg_otp wake";
 
-/// The NOTIFY, unless PostgreSQL's queue is half full or more: returns a
-/// row when it notified.
-const NOTIFY: &str =
-    "SELECT pg_catalog.pg_notify($1, '') WHERE pg_catalog.pg_notification_queue_usage() < 0.5";
+/// The share of PostgreSQL's notification queue from which nobody is woken.
+const QUEUE_TOO_FULL: f64 = 0.5;
+
+unsafe extern "C-unwind" {
+    /// PostgreSQL's NOTIFY (commands/async.h, which pgrx does not bind):
+    /// queued in the current transaction, sent when it commits.
+    fn Async_Notify(channel: *const c_char, payload: *const c_char);
+}
 
 /// In shared memory: which worker to wake, in which database, and whether
 /// something committed since its last NOTIFY.
@@ -114,23 +119,50 @@ fn shared() -> Option<&'static Shared> {
 }
 
 /// Wakes the dispatchers once this transaction commits: through the worker
-/// if it runs in this database, else by notifying from this transaction.
-pub fn at_commit(client: &mut SpiClient<'_>) -> Result<()> {
+/// if it runs in this database then, else by notifying from this
+/// transaction (`transaction_committing`).
+pub fn at_commit() {
     // Wherever the NOTIFY comes from: PostgreSQL would refuse it anyway.
     xact::refuse_prepare();
+    AT_COMMIT.with(Mark::set);
+}
+
+/// Whether a "pg_otp wake" worker runs in this backend's database.
+fn served_here() -> bool {
     // SAFETY: set for the life of the backend.
     let here = u32::from(unsafe { pg_sys::MyDatabaseId });
-    let served = shared().is_some_and(|shared| {
+    shared().is_some_and(|shared| {
         !shared.latch.load(Ordering::Acquire).is_null()
             && shared.database.load(Ordering::Acquire) == here
-    });
-    if served {
-        AT_COMMIT.with(Mark::set);
-        return Ok(());
+    })
+}
+
+/// NOTIFY otp_outbox in the current transaction, unless PostgreSQL's
+/// notification queue is too full; whether it did.
+fn notify_unless_queue_full() -> bool {
+    // SAFETY: in a transaction; the function takes no arguments.
+    let usage =
+        unsafe { pgrx::direct_function_call::<f64>(pg_sys::pg_notification_queue_usage, &[]) };
+    if usage.is_none_or(|usage| usage >= QUEUE_TOO_FULL) {
+        return false;
     }
-    // A constant payload: PostgreSQL folds repeats within one transaction.
-    prepared::update(client, NOTIFY, None, &[NOTIFY_CHANNEL.into()])?;
-    Ok(())
+    // SAFETY: in a transaction, with two NUL-terminated strings within
+    // PostgreSQL's limits. A constant payload: PostgreSQL folds repeats
+    // within one transaction.
+    unsafe { Async_Notify(NOTIFY_CHANNEL.as_ptr(), c"".as_ptr()) };
+    true
+}
+
+/// From the transaction callback, just before the commit (after the last
+/// deferred trigger, before PostgreSQL queues the transaction's
+/// notifications): a transaction that queued a message, in a database no
+/// worker serves now, notifies itself.
+pub fn transaction_committing() {
+    if !AT_COMMIT.with(Mark::is_set) || served_here() {
+        return;
+    }
+    AT_COMMIT.with(Mark::take);
+    notify_unless_queue_full();
 }
 
 /// From the subtransaction callback: a subtransaction was rolled back.
@@ -256,7 +288,7 @@ fn notify() -> Option<bool> {
                 None,
                 &[],
             )?;
-            Ok(!prepared::update(client, NOTIFY, None, &[NOTIFY_CHANNEL.into()])?.is_empty())
+            Ok(notify_unless_queue_full())
         })
     })
     .map_err(|err: OtpError| warning!("pg_otp wake worker: {}", err.message()))

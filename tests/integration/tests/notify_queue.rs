@@ -2,8 +2,9 @@
 //! fill it: LISTEN, stay in a transaction (a listener reads nothing while in
 //! one, and the queue keeps everything it has not read), and notify. Once
 //! it is full every NOTIFY fails its transaction with 54000. Issuing a code
-//! must not: pg_otp stops notifying while the queue is half full or more,
-//! and the dispatchers find the messages by polling.
+//! must not: pg_otp does not notify while the queue is half full or more
+//! when the transaction commits, and the dispatchers find the messages by
+//! polling.
 //!
 //! The queue holds 8 GB before PostgreSQL 17; from 17 on its size is a
 //! setting (max_notify_queue_pages), so that a test can fill it in a moment.
@@ -106,6 +107,20 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
     let started = cluster.log().len();
     let log_since = || cluster.log().split_off(started);
 
+    // An application's transaction issues a code while the queue is empty,
+    // and commits once it is full.
+    let mut early = cluster.connect(APP, "postgres");
+    let early_conversation = conversation("before-the-flood");
+    early.batch_execute("BEGIN").unwrap();
+    let status: String = early
+        .query_one(
+            "SELECT status FROM otp_issue($1, $2, 'p1')",
+            &[&AGENT, &early_conversation],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "code_sent");
+
     // A role with no privileges at all fills the queue: a listener that
     // stays in a transaction, and distinct notifications (repeats within a
     // transaction are folded) until PostgreSQL refuses more.
@@ -128,6 +143,18 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
         Some("54000"),
         "the queue should be full"
     );
+
+    early.batch_execute("COMMIT").unwrap_or_else(|err| {
+        panic!(
+            "committing a code issued before the queue filled: {:?}",
+            err.as_db_error()
+        )
+    });
+    assert!(!claim_code(
+        &mut cluster.connect(SENDER, "postgres"),
+        &early_conversation
+    )
+    .is_empty());
 
     for database in ["postgres", SERVED] {
         let mut app = cluster.connect(APP, database);
