@@ -21,14 +21,18 @@
 //! LISTEN can fill it: a listener that never reads holds every later
 //! notification in it. Once it is full, every NOTIFY fails its transaction
 //! (54000). So nobody here notifies once it is half full (where PostgreSQL
-//! starts warning about it): issuing codes never depends on the queue, and
-//! the dispatchers find the messages by polling until it drains. The queue
-//! is looked at just before the commit, not when the message was queued:
-//! an application may keep its transaction open while the queue fills.
+//! starts warning about it), and the dispatchers find the messages by
+//! polling until it drains. The queue is looked at just before the commit,
+//! not when the message was queued: an application may keep its
+//! transaction open while the queue fills. What is left is the moment
+//! between that look and PostgreSQL's own insert at commit: the worker
+//! catches the ERROR and goes on, so issuing in its database never
+//! depends on the queue; a transaction that notifies itself fails if the
+//! queue fills from under half to full in that moment (docs/operations.md).
 
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
@@ -231,8 +235,8 @@ pub extern "C-unwind" fn pg_otp_wake_worker_main(_arg: pg_sys::Datum) {
     log!("pg_otp wake worker: waking dispatchers in database \"{database}\"");
     // Whatever committed while no worker ran.
     shared.pending.store(false, Ordering::Release);
-    let mut queue = Queue::Open;
-    queue.notified(notify());
+    let mut told = Told::default();
+    told.after(notify());
     while BackgroundWorker::wait_latch(None) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a background worker to reload postgresql.conf.
@@ -241,56 +245,97 @@ pub extern "C-unwind" fn pg_otp_wake_worker_main(_arg: pg_sys::Datum) {
         // The latch was reset before this read: a commit setting the flag
         // from now on sets the latch again.
         if shared.pending.swap(false, Ordering::AcqRel) {
-            queue.notified(notify());
+            told.after(notify());
         }
     }
 }
 
-/// Whether the worker last found the notification queue open or too full
-/// to notify: the server log says when that changes, not at every wake.
-#[derive(Clone, Copy, PartialEq)]
-enum Queue {
-    Open,
-    TooFull,
+/// How often the worker may tell the server log that it stopped waking
+/// dispatchers: whoever can fill the queue can empty it again, as often as
+/// they like.
+const TELL_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
+/// What the worker has told the server log about wake-ups it did not send:
+/// a WARNING when a run of them begins, a LOG when it ends, and no more
+/// than one run's pair a minute (the runs in between are counted in the
+/// next WARNING).
+#[derive(Default)]
+struct Told {
+    /// In a run of wake-ups not sent; whether its start was told.
+    in_run: Option<bool>,
+    /// When a run's start was last told.
+    last: Option<Instant>,
+    /// Runs since then that were not told.
+    untold: u64,
 }
 
-impl Queue {
-    fn notified(&mut self, notified: Option<bool>) {
-        let now = match notified {
-            Some(true) => Queue::Open,
-            Some(false) => Queue::TooFull,
-            None => return,
-        };
-        match (*self, now) {
-            (Queue::Open, Queue::TooFull) => warning!(
-                "pg_otp wake worker: PostgreSQL's notification queue is half full or more; not waking dispatchers, who find new messages by polling until it drains"
-            ),
-            (Queue::TooFull, Queue::Open) => {
-                log!("pg_otp wake worker: the notification queue has drained; waking dispatchers again")
+impl Told {
+    fn after(&mut self, outcome: std::result::Result<bool, String>) {
+        let why = match outcome {
+            Ok(true) => {
+                if self.in_run.take() == Some(true) {
+                    log!("pg_otp wake worker: waking dispatchers again");
+                }
+                return;
             }
-            _ => {}
+            _ if self.in_run.is_some() => return,
+            Ok(false) => "PostgreSQL's notification queue is half full or more".to_owned(),
+            Err(message) => format!("the NOTIFY failed: {message}"),
+        };
+        let due = self
+            .last
+            .is_none_or(|last| last.elapsed() >= TELL_AT_MOST_EVERY);
+        self.in_run = Some(due);
+        if !due {
+            self.untold += 1;
+            return;
         }
-        *self = now;
+        let untold = std::mem::take(&mut self.untold);
+        warning!(
+            "pg_otp wake worker: not waking dispatchers, who find new messages by polling meanwhile: {why}{}",
+            if untold > 0 {
+                format!(" ({untold} more such runs since the last message)")
+            } else {
+                String::new()
+            }
+        );
+        self.last = Some(Instant::now());
     }
 }
 
 /// One NOTIFY, unless the queue is too full, in a transaction of its own
 /// that does not wait for its commit record to be flushed: whether it
-/// notified, or None after a failure (logged). An ERROR raised at commit
-/// ends the worker: it is restarted 5 s later, issuing transactions notify
-/// themselves meanwhile, and it notifies once when it starts.
-fn notify() -> Option<bool> {
-    BackgroundWorker::transaction(|| {
-        Spi::connect_mut(|client| {
-            prepared::update(
-                client,
-                "SELECT pg_catalog.set_config('synchronous_commit', 'off', true)",
-                None,
-                &[],
-            )?;
-            Ok(notify_unless_queue_full())
+/// notified, or why it failed. An ERROR, one raised at commit included
+/// (the queue filled between the look and the commit), rolls the
+/// transaction back and the worker goes on.
+fn notify() -> std::result::Result<bool, String> {
+    PgTryBuilder::new(|| {
+        BackgroundWorker::transaction(|| {
+            Spi::connect_mut(|client| {
+                prepared::update(
+                    client,
+                    "SELECT pg_catalog.set_config('synchronous_commit', 'off', true)",
+                    None,
+                    &[],
+                )?;
+                Ok(notify_unless_queue_full())
+            })
+        })
+        .map_err(|err: OtpError| err.message().to_owned())
+    })
+    .catch_others(|caught| {
+        // What PostgreSQL's own processes do after an ERROR (pgrx has
+        // already copied and flushed the error).
+        // SAFETY: outside any PG_TRY of ours, in the worker's main loop.
+        unsafe {
+            pg_sys::AbortCurrentTransaction();
+            pg_sys::CurrentMemoryContext = pg_sys::TopMemoryContext;
+        }
+        Err(match caught {
+            pg_sys::panic::CaughtError::PostgresError(report)
+            | pg_sys::panic::CaughtError::ErrorReport(report) => report.message().to_owned(),
+            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
         })
     })
-    .map_err(|err: OtpError| warning!("pg_otp wake worker: {}", err.message()))
-    .ok()
+    .execute()
 }

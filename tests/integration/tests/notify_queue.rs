@@ -43,7 +43,7 @@ fn install(db: &mut Client) {
          CREATE TABLE people (id text PRIMARY KEY, phone text, email text);
          INSERT INTO people VALUES ('p1', '+34 600 12 34 78', 'p.one@example.com');
          SELECT otp_configure(agent => '{AGENT}', source => 'people', id_column => 'id',
-                              phone_column => 'phone', max_codes => 1000, resend_cooldown => '0');"
+                              phone_column => 'phone', max_codes => 1000000, resend_cooldown => '0');"
     ))
     .unwrap();
 }
@@ -55,22 +55,24 @@ fn sqlstate(result: Result<(), postgres::Error>) -> Option<String> {
         .and_then(|err| err.as_db_error().map(|err| err.code().code().to_owned()))
 }
 
-#[test]
-fn a_full_notification_queue_does_not_stop_codes_being_issued() {
+/// A cluster of the test's own with the smallest notification queue
+/// PostgreSQL allows (64 pages of 8 kB), pg_otp in `postgres` and in
+/// SERVED, and the wake worker running in SERVED; or None before
+/// PostgreSQL 17 (the test is skipped).
+fn small_queue_cluster(name: &str, port: u16) -> Option<Cluster> {
     let major = server_major();
     if major < 17 {
         eprintln!(
             "skipped on PostgreSQL {major}: filling its notification queue takes 8 GB (scripts/test-version.sh runs this on 17 and 18)"
         );
-        return;
+        return None;
     }
     let cluster = Cluster::start(
-        "notify-queue",
-        54345,
+        name,
+        port,
         &[
             "shared_preload_libraries = 'pg_otp'",
             CLUSTER_SECRET,
-            // the smallest queue PostgreSQL allows: 64 pages of 8 kB
             "max_notify_queue_pages = 64",
             "otp.purge_database = 'served'",
         ],
@@ -87,22 +89,49 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
         .unwrap();
     install(&mut admin);
     install(&mut cluster.connect("postgres", SERVED));
-    let worker = || -> Option<i32> {
-        cluster
-            .connect("postgres", "postgres")
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_otp wake' AND datname = $1",
-                &[&SERVED],
-            )
-            .unwrap()
-            .map(|row| row.get(0))
-    };
     wait_until(
         "the wake worker to run in the served database",
         Duration::from_secs(30),
-        || worker().is_some(),
+        || wake_worker(&cluster).is_some(),
     );
-    let worker_pid = worker().unwrap();
+    Some(cluster)
+}
+
+/// The pid of the "pg_otp wake" worker in SERVED.
+fn wake_worker(cluster: &Cluster) -> Option<i32> {
+    cluster
+        .connect("postgres", "postgres")
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_otp wake' AND datname = $1",
+            &[&SERVED],
+        )
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+/// Notifies distinct payloads (repeats within a transaction are folded)
+/// until PostgreSQL refuses more: whether it did (54000) within 200
+/// transactions. The queue holds them while some listener is in a
+/// transaction.
+fn fill_queue(flooder: &mut Client) -> bool {
+    for round in 0..200 {
+        let result = flooder.batch_execute(&format!(
+            "SELECT pg_notify('anything', repeat('x', 7000) || {round} || '-' || i) FROM generate_series(1, 8) AS i"
+        ));
+        if let Some(code) = sqlstate(result) {
+            assert_eq!(code, "54000");
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_full_notification_queue_does_not_stop_codes_being_issued() {
+    let Some(cluster) = small_queue_cluster("notify-queue", 54345) else {
+        return;
+    };
+    let worker_pid = wake_worker(&cluster).unwrap();
     // (before the database existed, the worker started and exited)
     let started = cluster.log().len();
     let log_since = || cluster.log().split_off(started);
@@ -128,21 +157,7 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
     holder.batch_execute("LISTEN anything").unwrap();
     holder.batch_execute("BEGIN; SELECT 1").unwrap();
     let mut flooder = cluster.connect("flooder", "postgres");
-    let mut refused = None;
-    for round in 0..200 {
-        let result = flooder.batch_execute(&format!(
-            "SELECT pg_notify('anything', repeat('x', 7000) || {round} || '-' || i) FROM generate_series(1, 8) AS i"
-        ));
-        if let Some(code) = sqlstate(result) {
-            refused = Some(code);
-            break;
-        }
-    }
-    assert_eq!(
-        refused.as_deref(),
-        Some("54000"),
-        "the queue should be full"
-    );
+    assert!(fill_queue(&mut flooder), "the queue should be full");
 
     early.batch_execute("COMMIT").unwrap_or_else(|err| {
         panic!(
@@ -188,7 +203,11 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
     );
     let log = log_since();
     assert!(!log.contains("background worker \"pg_otp wake\""), "{log}");
-    assert_eq!(worker(), Some(worker_pid), "the wake worker was restarted");
+    assert_eq!(
+        wake_worker(&cluster),
+        Some(worker_pid),
+        "the wake worker was restarted"
+    );
 
     // Once the listener is gone the queue drains, and the worker wakes
     // dispatchers again.
@@ -224,5 +243,75 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
         .expect("reading notifications")
         .expect("a notification once the queue drained");
     assert_eq!(woken.process_id(), worker_pid);
-    assert!(log_since().contains("the notification queue has drained"));
+    // (the worker writes to the log after its commit woke the listener)
+    wait_until(
+        "the wake worker to say it wakes dispatchers again",
+        Duration::from_secs(30),
+        || log_since().contains("pg_otp wake worker: waking dispatchers again"),
+    );
+}
+
+/// Someone cycles the queue from empty to full and back as fast as they
+/// can, so that it fills between the wake worker's look at it and its
+/// commit: the worker's NOTIFY then fails at commit. It must go on (not
+/// exit and leave its database to issuing transactions that notify
+/// themselves, which the same race makes fail), issuing in its database
+/// must never fail, and the server log must not fill with its messages.
+#[test]
+fn a_queue_cycled_full_and_empty_neither_stops_the_wake_worker_nor_floods_the_log() {
+    let Some(cluster) = small_queue_cluster("notify-cycle", 54346) else {
+        return;
+    };
+    let worker_pid = wake_worker(&cluster).unwrap();
+    let started = cluster.log().len();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (cycles, outcomes) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| {
+            let mut holder = cluster.connect("flooder", "postgres");
+            holder.batch_execute("LISTEN anything").unwrap();
+            let mut flooder = cluster.connect("flooder", "postgres");
+            let mut cycles = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // the listener in a transaction holds what follows in the
+                // queue; ending it lets the queue drain
+                holder.batch_execute("BEGIN; SELECT 1").unwrap();
+                cycles += usize::from(fill_queue(&mut flooder));
+                holder.batch_execute("COMMIT").unwrap();
+            }
+            cycles
+        });
+        let mut app = cluster.connect(APP, SERVED);
+        let mut outcomes = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            outcomes.push(
+                app.query_one(
+                    "SELECT status FROM otp_issue($1, $2, 'p1')",
+                    &[&AGENT, &conversation("cycled")],
+                )
+                .map(|row| row.get::<_, String>(0))
+                .map_err(|err| format!("{:?}", err.as_db_error())),
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (flood.join().unwrap(), outcomes)
+    });
+    assert!(cycles >= 5, "the queue filled only {cycles} times");
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} issues failed, first: {}",
+        failed.len(),
+        outcomes.len(),
+        failed[0]
+    );
+    let log = cluster.log().split_off(started);
+    assert!(
+        !log.contains("background worker \"pg_otp wake\""),
+        "the wake worker exited: {log}"
+    );
+    assert_eq!(wake_worker(&cluster), Some(worker_pid));
+    // At most one warning a minute, and the LOG that ends what it began.
+    let said = log.matches("pg_otp wake worker:").count();
+    assert!(said <= 2, "the worker logged {said} lines in 10 s: {log}");
 }
