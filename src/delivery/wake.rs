@@ -24,11 +24,10 @@
 //! starts warning about it), and the dispatchers find the messages by
 //! polling until it drains. The queue is looked at just before the commit,
 //! not when the message was queued: an application may keep its
-//! transaction open while the queue fills. What is left is the moment
-//! between that look and PostgreSQL's own insert at commit: the worker
-//! catches the ERROR and goes on, so issuing in its database never
-//! depends on the queue; a transaction that notifies itself fails if the
-//! queue fills from under half to full in that moment (docs/operations.md).
+//! transaction open while the queue fills, and under PostgreSQL's own lock
+//! on notifying commits, so that nobody else adds to the queue between
+//! that look and the commit. Should a NOTIFY still fail, the worker
+//! catches the ERROR and goes on.
 
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
@@ -144,10 +143,32 @@ fn served_here() -> bool {
 /// NOTIFY otp_outbox in the current transaction, unless PostgreSQL's
 /// notification queue is too full; whether it did.
 fn notify_unless_queue_full() -> bool {
-    // SAFETY: in a transaction; the function takes no arguments.
-    let usage =
-        unsafe { pgrx::direct_function_call::<f64>(pg_sys::pg_notification_queue_usage, &[]) };
-    if usage.is_none_or(|usage| usage >= QUEUE_TOO_FULL) {
+    let too_full = || {
+        // SAFETY: in a transaction; the function takes no arguments.
+        let usage =
+            unsafe { pgrx::direct_function_call::<f64>(pg_sys::pg_notification_queue_usage, &[]) };
+        usage.is_none_or(|usage| usage >= QUEUE_TOO_FULL)
+    };
+    if too_full() {
+        return false;
+    }
+    // PostgreSQL serialises the commits of notifying transactions with one
+    // lock, taken (PreCommit_Notify, async.c, 13 to 18) before it looks
+    // whether the queue has room, and held until the commit ends; others
+    // may fill the queue while this transaction waits for it. Taken here,
+    // before the second look, only this transaction's own notification can
+    // reach the queue until it has committed, so that look is the one that
+    // counts. (PostgreSQL takes it again without waiting.)
+    // SAFETY: in a transaction; a lock tag of PostgreSQL's own.
+    unsafe {
+        pg_sys::LockSharedObject(
+            pg_sys::DatabaseRelationId,
+            pg_sys::InvalidOid,
+            0,
+            pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+        );
+    }
+    if too_full() {
         return false;
     }
     // SAFETY: in a transaction, with two NUL-terminated strings within
