@@ -135,7 +135,8 @@ unsafe extern "C-unwind" fn on_transaction_end(
             )
             .raise();
         }
-        // The last moment an ERROR can still roll the transaction back.
+        // Before the commit, after the last deferred trigger: an ERROR
+        // here still rolls the transaction back.
         XACT_EVENT_PRE_COMMIT => delivery::wake::transaction_committing(),
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             ledger::transaction_committed();

@@ -23,11 +23,11 @@
 //! (54000). So nobody here notifies once it is half full (where PostgreSQL
 //! starts warning about it), and the dispatchers find the messages by
 //! polling until it drains. The queue is looked at just before the commit,
-//! not when the message was queued: an application may keep its
-//! transaction open while the queue fills, and under PostgreSQL's own lock
-//! on notifying commits, so that nobody else adds to the queue between
-//! that look and the commit. Should a NOTIFY still fail, the worker
-//! catches the ERROR and goes on.
+//! not when the message was queued (an application may keep its
+//! transaction open while the queue fills), and while holding PostgreSQL's
+//! own lock on notifying commits, so that nobody else adds to the queue
+//! between that look and the commit. The worker catches any ERROR of its
+//! transaction (a lock timeout, say) and goes on.
 
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
@@ -49,7 +49,9 @@ const QUEUE_TOO_FULL: f64 = 0.5;
 
 unsafe extern "C-unwind" {
     /// PostgreSQL's NOTIFY (commands/async.h, which pgrx does not bind):
-    /// queued in the current transaction, sent when it commits.
+    /// queued in the current transaction, sent when it commits. Called
+    /// through pgrx's guard, as pgrx's own bindings are: an ERROR in it
+    /// must not jump over Rust frames.
     fn Async_Notify(channel: *const c_char, payload: *const c_char);
 }
 
@@ -156,25 +158,41 @@ fn notify_unless_queue_full() -> bool {
     // lock, taken (PreCommit_Notify, async.c, 13 to 18) before it looks
     // whether the queue has room, and held until the commit ends; others
     // may fill the queue while this transaction waits for it. Taken here,
-    // before the second look, only this transaction's own notification can
-    // reach the queue until it has committed, so that look is the one that
-    // counts. (PostgreSQL takes it again without waiting.)
-    // SAFETY: in a transaction; a lock tag of PostgreSQL's own.
-    unsafe {
-        pg_sys::LockSharedObject(
+    // before the second look, only this transaction's own notifications
+    // can reach the queue until it has committed, so that look is the one
+    // that counts. (PostgreSQL takes it again without waiting.) As
+    // PostgreSQL does, the transaction gets its id before the lock, not
+    // under it.
+    let lock = || {
+        (
             pg_sys::DatabaseRelationId,
             pg_sys::InvalidOid,
             0,
             pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
-        );
+        )
+    };
+    // SAFETY: in a transaction; a lock tag of PostgreSQL's own.
+    unsafe {
+        pg_sys::GetCurrentTransactionId();
+        let (class, object, sub, mode) = lock();
+        pg_sys::LockSharedObject(class, object, sub, mode);
     }
     if too_full() {
+        // Sending nothing, this commit need not wait for other notifiers.
+        // SAFETY: the lock just taken; PostgreSQL takes it again should
+        // the transaction have notified by itself.
+        unsafe {
+            let (class, object, sub, mode) = lock();
+            pg_sys::UnlockSharedObject(class, object, sub, mode);
+        }
         return false;
     }
     // SAFETY: in a transaction, with two NUL-terminated strings within
     // PostgreSQL's limits. A constant payload: PostgreSQL folds repeats
     // within one transaction.
-    unsafe { Async_Notify(NOTIFY_CHANNEL.as_ptr(), c"".as_ptr()) };
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| Async_Notify(NOTIFY_CHANNEL.as_ptr(), c"".as_ptr()))
+    };
     true
 }
 
@@ -326,9 +344,9 @@ impl Told {
 
 /// One NOTIFY, unless the queue is too full, in a transaction of its own
 /// that does not wait for its commit record to be flushed: whether it
-/// notified, or why it failed. An ERROR, one raised at commit included
-/// (the queue filled between the look and the commit), rolls the
-/// transaction back and the worker goes on.
+/// notified, or why it failed. An ERROR (a lock timeout while waiting for
+/// the lock on notifying commits, say) rolls the transaction back and the
+/// worker goes on.
 fn notify() -> std::result::Result<bool, String> {
     PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
@@ -345,13 +363,11 @@ fn notify() -> std::result::Result<bool, String> {
         .map_err(|err: OtpError| err.message().to_owned())
     })
     .catch_others(|caught| {
-        // What PostgreSQL's own processes do after an ERROR (pgrx has
-        // already copied and flushed the error).
+        // What PostgreSQL's own background processes do after an ERROR
+        // (pgrx has already copied and flushed the error); it leaves
+        // TopMemoryContext current.
         // SAFETY: outside any PG_TRY of ours, in the worker's main loop.
-        unsafe {
-            pg_sys::AbortCurrentTransaction();
-            pg_sys::CurrentMemoryContext = pg_sys::TopMemoryContext;
-        }
+        unsafe { pg_sys::AbortOutOfAnyTransaction() };
         Err(match caught {
             pg_sys::panic::CaughtError::PostgresError(report)
             | pg_sys::panic::CaughtError::ErrorReport(report) => report.message().to_owned(),

@@ -7,6 +7,7 @@
 //! `PG_OTP_TEST_LOG` and `PG_OTP_TEST_PGDATA`. Without them the tests fail
 //! rather than pass vacuously.
 
+use postgres::fallible_iterator::FallibleIterator;
 use std::collections::HashSet;
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -391,4 +392,14 @@ fn run_as_postgres(command: &mut std::process::Command, as_postgres: bool) {
     }
     .expect("running a PostgreSQL program");
     assert!(status.success(), "{command:?} failed");
+}
+
+/// The first notification `listener` receives, within 30 s.
+pub fn next_notification(listener: &mut Client) -> postgres::Notification {
+    listener
+        .notifications()
+        .timeout_iter(Duration::from_secs(30))
+        .next()
+        .expect("reading notifications")
+        .expect("a notification within 30 s")
 }

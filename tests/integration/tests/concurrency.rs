@@ -2,7 +2,6 @@
 //! with real parallel connections released at the same moment.
 
 use pg_otp_integration::*;
-use postgres::fallible_iterator::FallibleIterator;
 use std::time::Duration;
 
 const CONNECTIONS: usize = 32;
@@ -136,16 +135,6 @@ fn parallel_issues_leave_exactly_one_pending_challenge() {
             (1, CONNECTIONS as i64 - 1, 1)
         );
     }
-}
-
-/// The first notification `listener` receives, within 30 s.
-fn next_notification(listener: &mut Client) -> postgres::Notification {
-    listener
-        .notifications()
-        .timeout_iter(Duration::from_secs(30))
-        .next()
-        .expect("reading notifications")
-        .expect("a notification after otp_issue committed")
 }
 
 fn backend_pid(client: &mut Client) -> i32 {

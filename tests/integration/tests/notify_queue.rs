@@ -8,10 +8,10 @@
 //!
 //! The queue holds 8 GB before PostgreSQL 17; from 17 on its size is a
 //! setting (max_notify_queue_pages), so that a test can fill it in a moment.
-//! scripts/test-version.sh runs this on 17 and 18.
+//! scripts/test-version.sh runs those tests on 17 and 18; the last one,
+//! on the wake worker's failures, runs everywhere.
 
 use pg_otp_integration::*;
-use postgres::fallible_iterator::FallibleIterator;
 use std::time::Duration;
 
 /// The served database of the test's cluster (otp.purge_database), where
@@ -56,9 +56,8 @@ fn sqlstate(result: Result<(), postgres::Error>) -> Option<String> {
 }
 
 /// A cluster of the test's own with the smallest notification queue
-/// PostgreSQL allows (64 pages of 8 kB), pg_otp in `postgres` and in
-/// SERVED, and the wake worker running in SERVED; or None before
-/// PostgreSQL 17 (the test is skipped).
+/// PostgreSQL allows (64 pages of 8 kB), as `notifying_cluster` sets it
+/// up; or None before PostgreSQL 17 (the test is skipped).
 fn small_queue_cluster(name: &str, port: u16) -> Option<Cluster> {
     let major = server_major();
     if major < 17 {
@@ -67,17 +66,23 @@ fn small_queue_cluster(name: &str, port: u16) -> Option<Cluster> {
         );
         return None;
     }
-    let cluster = Cluster::start(
+    Some(notifying_cluster(
         name,
         port,
-        &[
-            "shared_preload_libraries = 'pg_otp'",
-            CLUSTER_SECRET,
-            "max_notify_queue_pages = 64",
-            "otp.purge_database = 'served'",
-        ],
-        &[],
-    );
+        &["max_notify_queue_pages = 64"],
+    ))
+}
+
+/// A cluster of the test's own with `conf`, pg_otp in `postgres` and in
+/// SERVED, and the wake worker running in SERVED.
+fn notifying_cluster(name: &str, port: u16, conf: &[&str]) -> Cluster {
+    let mut lines = vec![
+        "shared_preload_libraries = 'pg_otp'",
+        CLUSTER_SECRET,
+        "otp.purge_database = 'served'",
+    ];
+    lines.extend_from_slice(conf);
+    let cluster = Cluster::start(name, port, &lines, &[]);
     let mut admin = cluster.connect("postgres", "postgres");
     admin
         .batch_execute(&format!(
@@ -94,7 +99,17 @@ fn small_queue_cluster(name: &str, port: u16) -> Option<Cluster> {
         Duration::from_secs(30),
         || wake_worker(&cluster).is_some(),
     );
-    Some(cluster)
+    // (its first line, before the lines a test counts)
+    wait_until(
+        "the wake worker to say where it wakes dispatchers",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .log()
+                .contains("pg_otp wake worker: waking dispatchers in database")
+        },
+    );
+    cluster
 }
 
 /// The pid of the "pg_otp wake" worker in SERVED.
@@ -154,7 +169,8 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
     // stays in a transaction, and distinct notifications (repeats within a
     // transaction are folded) until PostgreSQL refuses more.
     let mut holder = cluster.connect("flooder", "postgres");
-    holder.batch_execute("LISTEN anything").unwrap();
+    // (on a channel of its own: it does not read the flood, yet holds it)
+    holder.batch_execute("LISTEN pinned").unwrap();
     holder.batch_execute("BEGIN; SELECT 1").unwrap();
     let mut flooder = cluster.connect("flooder", "postgres");
     assert!(fill_queue(&mut flooder), "the queue should be full");
@@ -236,12 +252,7 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
         .unwrap()
         .get(0);
     assert_eq!(status, "code_sent");
-    let woken = listener
-        .notifications()
-        .timeout_iter(Duration::from_secs(30))
-        .next()
-        .expect("reading notifications")
-        .expect("a notification once the queue drained");
+    let woken = next_notification(&mut listener);
     assert_eq!(woken.process_id(), worker_pid);
     // (the worker writes to the log after its commit woke the listener)
     wait_until(
@@ -277,7 +288,7 @@ fn a_queue_cycled_full_and_empty_fails_no_issue_nor_stops_the_wake_worker() {
         // once it is full, ending the transaction lets it drain.
         scope.spawn(|| {
             let mut holder = cluster.connect("flooder", "postgres");
-            holder.batch_execute("LISTEN anything").unwrap();
+            holder.batch_execute("LISTEN pinned").unwrap();
             holder.batch_execute("BEGIN; SELECT 1").unwrap();
             while !stop.load(Relaxed) {
                 if full.swap(false, Relaxed) {
@@ -329,12 +340,13 @@ fn a_queue_cycled_full_and_empty_fails_no_issue_nor_stops_the_wake_worker() {
                 })
             })
             .collect();
-        let outcomes: Vec<_> = issuers
-            .into_iter()
-            .flat_map(|issuer| issuer.join().unwrap())
-            .collect();
+        let outcomes: Vec<_> = issuers.into_iter().map(|issuer| issuer.join()).collect();
+        // (before a panicking issuer is reported: the scope waits for the flooders)
         stop.store(true, Relaxed);
         outcomes
+            .into_iter()
+            .flat_map(|outcomes| outcomes.unwrap())
+            .collect::<Vec<_>>()
     });
     let cycles = cycles.into_inner();
     assert!(cycles >= 5, "the queue filled only {cycles} times");
@@ -353,6 +365,103 @@ fn a_queue_cycled_full_and_empty_fails_no_issue_nor_stops_the_wake_worker() {
     );
     assert_eq!(wake_worker(&cluster), Some(worker_pid));
     // At most one warning a minute, and the LOG that ends what it began.
-    let said = log.matches("pg_otp wake worker:").count();
+    let said = log.matches("pg_otp wake worker: not waking").count()
+        + log
+            .matches("pg_otp wake worker: waking dispatchers again")
+            .count();
     assert!(said <= 2, "the worker logged {said} lines in 15 s");
+}
+
+/// The wake worker's transaction fails (here it cannot get PostgreSQL's
+/// lock on notifying commits within lock_timeout, because a notifying
+/// commit waits for a synchronous standby that does not exist): the
+/// worker says so, goes on, and wakes dispatchers once the lock is free.
+#[test]
+fn the_wake_worker_goes_on_after_its_notify_fails() {
+    let cluster = notifying_cluster(
+        "wake-fails",
+        54347,
+        &[
+            "lock_timeout = '100ms'",
+            // every commit local, but for one that asks to wait
+            "synchronous_standby_names = 'nobody'",
+            "synchronous_commit = local",
+        ],
+    );
+    let worker_pid = wake_worker(&cluster).unwrap();
+    let started = cluster.log().len();
+    let log_since = || cluster.log().split_off(started);
+
+    // A notifying commit holds the lock while it waits for the standby
+    // (one that wrote something: a commit that wrote nothing does not wait).
+    let mut stalled = cluster.connect("postgres", "postgres");
+    let stalled_pid: i32 = stalled
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(move || {
+            stalled
+                .batch_execute(
+                    "SET synchronous_commit = on; BEGIN; CREATE TABLE stall (); NOTIFY stall; COMMIT",
+                )
+                .ok();
+        });
+        // Ends the wait, however the test ends: the scope waits for it.
+        struct Cancel<'a>(&'a Cluster, i32);
+        impl Drop for Cancel<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .connect("postgres", "postgres")
+                    .execute("SELECT pg_cancel_backend($1)", &[&self.1])
+                    .unwrap();
+            }
+        }
+        let cancel = Cancel(&cluster, stalled_pid);
+        let mut watch = cluster.connect("postgres", "postgres");
+        wait_until(
+            "the notifying commit to wait for the standby",
+            Duration::from_secs(30),
+            || {
+                watch
+                    .query_opt(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
+                        &[&stalled_pid],
+                    )
+                    .unwrap()
+                    .is_some()
+            },
+        );
+        let mut app = cluster.connect(APP, SERVED);
+        let issue = |app: &mut Client| -> String {
+            app.query_one(
+                "SELECT status FROM otp_issue($1, $2, 'p1')",
+                &[&AGENT, &conversation("stalled")],
+            )
+            .unwrap()
+            .get(0)
+        };
+        assert_eq!(issue(&mut app), "code_sent");
+        wait_until(
+            "the wake worker to report its failed NOTIFY",
+            Duration::from_secs(30),
+            || log_since().contains("the NOTIFY failed"),
+        );
+        assert_eq!(
+            wake_worker(&cluster),
+            Some(worker_pid),
+            "the worker exited: {}",
+            log_since()
+        );
+        // The wait ends (the commit stands, locally), and with it the lock.
+        drop(cancel);
+        waiting.join().unwrap();
+
+        let mut listener = cluster.connect(SENDER, SERVED);
+        listener.batch_execute("LISTEN otp_outbox").unwrap();
+        assert_eq!(issue(&mut app), "code_sent");
+        let woken = next_notification(&mut listener);
+        assert_eq!(woken.process_id(), worker_pid);
+    });
+    assert!(!log_since().contains("background worker \"pg_otp wake\""));
 }
