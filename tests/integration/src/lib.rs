@@ -149,13 +149,16 @@ pub fn conversation(label: &str) -> String {
 
 /// Issues a code for person `p1` in `conversation`, as the application.
 pub fn issue(app: &mut Client, conversation: &str) -> String {
-    let row = app
-        .query_one(
-            "SELECT status FROM otp_issue($1, $2, 'p1')",
-            &[&AGENT, &conversation],
-        )
-        .unwrap();
-    row.get(0)
+    try_issue(app, conversation).unwrap()
+}
+
+/// `issue`, for a test that expects it may fail.
+pub fn try_issue(app: &mut Client, conversation: &str) -> Result<String, postgres::Error> {
+    app.query_one(
+        "SELECT status FROM otp_issue($1, $2, 'p1')",
+        &[&AGENT, &conversation],
+    )
+    .map(|row| row.get(0))
 }
 
 /// Claims every due message as the dispatcher and returns the code queued
@@ -402,4 +405,12 @@ pub fn next_notification(listener: &mut Client) -> postgres::Notification {
         .next()
         .expect("reading notifications")
         .expect("a notification within 30 s")
+}
+
+/// The backend process id of `client`'s connection.
+pub fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
 }

@@ -137,13 +137,6 @@ fn parallel_issues_leave_exactly_one_pending_challenge() {
     }
 }
 
-fn backend_pid(client: &mut Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0)
-}
-
 /// In a database where no "pg_otp wake" worker runs (the worker serves
 /// otp.purge_database, 'postgres' in the test cluster), the issuing
 /// transaction notifies itself.

@@ -156,14 +156,7 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
     let mut early = cluster.connect(APP, "postgres");
     let early_conversation = conversation("before-the-flood");
     early.batch_execute("BEGIN").unwrap();
-    let status: String = early
-        .query_one(
-            "SELECT status FROM otp_issue($1, $2, 'p1')",
-            &[&AGENT, &early_conversation],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "code_sent");
+    assert_eq!(issue(&mut early, &early_conversation), "code_sent");
 
     // A role with no privileges at all fills the queue: a listener that
     // stays in a transaction, and distinct notifications (repeats within a
@@ -190,18 +183,12 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
     for database in ["postgres", SERVED] {
         let mut app = cluster.connect(APP, database);
         let conversation = conversation("full-queue");
-        let status = app
-            .query_one(
-                "SELECT status FROM otp_issue($1, $2, 'p1')",
-                &[&AGENT, &conversation],
+        let status = try_issue(&mut app, &conversation).unwrap_or_else(|err| {
+            panic!(
+                "in {database}, issuing with the queue full: {:?}",
+                err.as_db_error()
             )
-            .map(|row| row.get::<_, String>(0))
-            .unwrap_or_else(|err| {
-                panic!(
-                    "in {database}, issuing with the queue full: {:?}",
-                    err.as_db_error()
-                )
-            });
+        });
         assert_eq!(status, "code_sent", "in {database}");
         // A dispatcher polling finds the message.
         let mut sender = cluster.connect(SENDER, database);
@@ -243,15 +230,7 @@ fn a_full_notification_queue_does_not_stop_codes_being_issued() {
     let mut listener = cluster.connect(SENDER, SERVED);
     listener.batch_execute("LISTEN otp_outbox").unwrap();
     let mut app = cluster.connect(APP, SERVED);
-    let conversation = conversation("drained");
-    let status: String = app
-        .query_one(
-            "SELECT status FROM otp_issue($1, $2, 'p1')",
-            &[&AGENT, &conversation],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "code_sent");
+    assert_eq!(issue(&mut app, &conversation("drained")), "code_sent");
     let woken = next_notification(&mut listener);
     assert_eq!(woken.process_id(), worker_pid);
     // (the worker writes to the log after its commit woke the listener)
@@ -328,12 +307,8 @@ fn a_queue_cycled_full_and_empty_fails_no_issue_nor_stops_the_wake_worker() {
                     let until = std::time::Instant::now() + Duration::from_secs(15);
                     while std::time::Instant::now() < until {
                         outcomes.push(
-                            app.query_one(
-                                "SELECT status FROM otp_issue($1, $2, 'p1')",
-                                &[&AGENT, &conversation("cycled")],
-                            )
-                            .map(|row| row.get::<_, String>(0))
-                            .map_err(|err| format!("in {database}: {:?}", err.as_db_error())),
+                            try_issue(&mut app, &conversation("cycled"))
+                                .map_err(|err| format!("in {database}: {:?}", err.as_db_error())),
                         );
                     }
                     outcomes
@@ -395,10 +370,7 @@ fn the_wake_worker_goes_on_after_its_notify_fails() {
     // A notifying commit holds the lock while it waits for the standby
     // (one that wrote something: a commit that wrote nothing does not wait).
     let mut stalled = cluster.connect("postgres", "postgres");
-    let stalled_pid: i32 = stalled
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let stalled_pid = backend_pid(&mut stalled);
     std::thread::scope(|scope| {
         let waiting = scope.spawn(move || {
             stalled
@@ -433,15 +405,7 @@ fn the_wake_worker_goes_on_after_its_notify_fails() {
             },
         );
         let mut app = cluster.connect(APP, SERVED);
-        let issue = |app: &mut Client| -> String {
-            app.query_one(
-                "SELECT status FROM otp_issue($1, $2, 'p1')",
-                &[&AGENT, &conversation("stalled")],
-            )
-            .unwrap()
-            .get(0)
-        };
-        assert_eq!(issue(&mut app), "code_sent");
+        assert_eq!(issue(&mut app, &conversation("stalled")), "code_sent");
         wait_until(
             "the wake worker to report its failed NOTIFY",
             Duration::from_secs(30),
@@ -459,7 +423,7 @@ fn the_wake_worker_goes_on_after_its_notify_fails() {
 
         let mut listener = cluster.connect(SENDER, SERVED);
         listener.batch_execute("LISTEN otp_outbox").unwrap();
-        assert_eq!(issue(&mut app), "code_sent");
+        assert_eq!(issue(&mut app, &conversation("stalled")), "code_sent");
         let woken = next_notification(&mut listener);
         assert_eq!(woken.process_id(), worker_pid);
     });
